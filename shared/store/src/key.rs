@@ -1,0 +1,77 @@
+//! Cache keys. A run key is BLAKE3 over the stage name, the stage's source identity, the canonical
+//! params and the keys of its inputs sorted by input name. Nothing machine-specific (paths, mtimes,
+//! hosts) enters a key, so an exported run is fresh on the machine that imports it.
+
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// JSON with object keys sorted and no insignificant whitespace: equal params give equal bytes.
+pub fn canonical_json(value: &Value) -> String {
+    // serde_json's Map is a BTreeMap (no `preserve_order` feature), so keys serialise sorted.
+    serde_json::to_string(&sort(value)).expect("JSON values always serialise")
+}
+
+fn sort(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), sort(v))).collect()),
+        Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The run key of a stage: 64 hex characters.
+pub fn run_key(stage: &str, identity: &str, params: &Value, inputs: &BTreeMap<String, String>) -> String {
+    let mut h = blake3::Hasher::new();
+    for part in [b"pgolf-run-key-v1".as_slice(), stage.as_bytes(), identity.as_bytes(), canonical_json(params).as_bytes()] {
+        h.update(&(part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    for (name, key) in inputs {
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&(key.len() as u64).to_le_bytes());
+        h.update(key.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// Key of a raw (non-stage) input: its content hash, or for a list of files the hash of their
+/// content hashes in order.
+pub fn raw_input_key(content_hashes: &[String]) -> String {
+    if let [single] = content_hashes {
+        return format!("file:{single}");
+    }
+    let mut h = blake3::Hasher::new();
+    for c in content_hashes {
+        h.update(c.as_bytes());
+        h.update(b"\n");
+    }
+    format!("files:{}", h.finalize().to_hex())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_ignores_key_order() {
+        let a = json!({"b": 1, "a": {"y": [1, 2], "x": null}});
+        let b: Value = serde_json::from_str(r#"{ "a": {"x": null, "y": [1,2]}, "b": 1 }"#).unwrap();
+        assert_eq!(canonical_json(&a), canonical_json(&b));
+        assert_eq!(canonical_json(&a), r#"{"a":{"x":null,"y":[1,2]},"b":1}"#);
+    }
+
+    #[test]
+    fn key_changes_with_each_part() {
+        let inputs: BTreeMap<String, String> = [("shards".to_string(), "k1".to_string())].into();
+        let base = run_key("train", "id1", &json!({"lr": 0.04}), &inputs);
+        assert_eq!(base.len(), 64);
+        assert_eq!(base, run_key("train", "id1", &json!({"lr": 0.04}), &inputs));
+        assert_ne!(base, run_key("train", "id2", &json!({"lr": 0.04}), &inputs));
+        assert_ne!(base, run_key("train", "id1", &json!({"lr": 0.05}), &inputs));
+        assert_ne!(base, run_key("tokenize", "id1", &json!({"lr": 0.04}), &inputs));
+        let other: BTreeMap<String, String> = [("shards".to_string(), "k2".to_string())].into();
+        assert_ne!(base, run_key("train", "id1", &json!({"lr": 0.04}), &other));
+    }
+}

@@ -1,0 +1,143 @@
+//! `manifest.json`: the last file a stage writes, and the only proof that a run is complete.
+//! The schema is documented in docs/MANIFEST.md; bump [`MANIFEST_SCHEMA`] on any incompatible change.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use crate::hashing::hash_file;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const MANIFEST_SCHEMA: u32 = 1;
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub schema: u32,
+    /// Stage name, e.g. `train`.
+    pub stage: String,
+    /// The stage's source identity (see `pgolf-buildid`), e.g. `train@3f2a…`.
+    pub identity: String,
+    /// The run key this output is stored under (see [`crate::run_key`]).
+    pub key: String,
+    /// The params as given to the stage (canonical JSON; what the key was computed from).
+    pub params: Value,
+    /// Input name -> what it was.
+    pub inputs: BTreeMap<String, InputRef>,
+    /// Every file of the output, sorted by path, `manifest.json` excluded.
+    pub outputs: Vec<OutputFile>,
+    /// RFC 3339 times and the wall time in seconds.
+    pub started: String,
+    pub finished: String,
+    pub wall_seconds: f64,
+    pub host: String,
+    pub device: String,
+    /// The stage's headline figures (e.g. `val_bpb`, `artifact_bytes`), for status lines and reports.
+    pub headline: BTreeMap<String, Value>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct InputRef {
+    /// The input's key: a stage run key, or `file:<blake3>` / `files:<blake3>` for raw files.
+    pub key: String,
+    /// For stage outputs: the upstream stage name (its output is `out/<stage>/<key>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+    /// For raw files: the paths as given (informational; never part of a key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct OutputFile {
+    /// Relative to the output directory, `/`-separated.
+    pub path: String,
+    pub bytes: u64,
+    pub blake3: String,
+}
+
+impl Manifest {
+    /// Reads and parses `dir/manifest.json`.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = fs::read(&path).with_context(|| format!("{}: no manifest (not a finished stage output)", path.display()))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a valid pgolf manifest", path.display()))?;
+        if manifest.schema != MANIFEST_SCHEMA {
+            bail!("{}: manifest schema {} is not the supported {}", path.display(), manifest.schema, MANIFEST_SCHEMA);
+        }
+        Ok(manifest)
+    }
+
+    /// Cheap check: every listed file exists with its recorded size, and nothing unlisted is there.
+    pub fn verify_sizes(&self, dir: &Path) -> Result<()> {
+        self.verify(dir, false)
+    }
+
+    /// Full check: sizes and BLAKE3 hashes of every file.
+    pub fn verify_hashes(&self, dir: &Path) -> Result<()> {
+        self.verify(dir, true)
+    }
+
+    fn verify(&self, dir: &Path, hashes: bool) -> Result<()> {
+        let present = list_files(dir)?;
+        let listed: Vec<&str> = self.outputs.iter().map(|o| o.path.as_str()).collect();
+        for (rel, _) in &present {
+            if !listed.contains(&rel.as_str()) {
+                bail!("{}: file {rel} is not listed in its manifest", dir.display());
+            }
+        }
+        for out in &self.outputs {
+            let path = dir.join(&out.path);
+            let meta = fs::metadata(&path).with_context(|| format!("{}: listed in the manifest but missing", path.display()))?;
+            if meta.len() != out.bytes {
+                bail!("{}: size {} differs from the manifest's {}", path.display(), meta.len(), out.bytes);
+            }
+            if hashes && hash_file(&path)? != out.blake3 {
+                bail!("{}: content hash differs from the manifest (corrupted or tampered)", path.display());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn headline_f64(&self, name: &str) -> Option<f64> {
+        self.headline.get(name).and_then(|v| v.as_f64())
+    }
+}
+
+/// Every regular file below `dir` except the manifest, as (relative `/` path, absolute path), sorted.
+pub fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, PathBuf)>) -> Result<()> {
+        for entry in fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                walk(root, &path, out)?;
+            } else {
+                let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                if rel != MANIFEST_FILE {
+                    out.push((rel, path));
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    out.sort();
+    Ok(out)
+}
+
+/// Hashes every file below `dir` into manifest output entries.
+pub fn describe_outputs(dir: &Path) -> Result<Vec<OutputFile>> {
+    list_files(dir)?
+        .into_iter()
+        .map(|(rel, path)| {
+            let bytes = fs::metadata(&path)?.len();
+            Ok(OutputFile { path: rel, bytes, blake3: hash_file(&path)? })
+        })
+        .collect()
+}

@@ -1,0 +1,314 @@
+//! The stage command-line contract and the wrapper that makes a stage body a well-behaved program:
+//!
+//! ```text
+//! <stage> --out DIR [--in NAME=PATH]... [--params FILE.json] [--device cpu|cuda|cuda:N]
+//! <stage> --identity        # prints the stage's source identity (used by the driver)
+//! ```
+//!
+//! An `--in` path is either a finished stage output (a directory with `manifest.json`; its key is the
+//! run key it was stored under) or a raw file/directory (keyed by content). A name may repeat to give
+//! a list of raw files. On any error the stage prints one line, `error: <stage>: <cause>`, removes
+//! what it wrote, and exits 1; on success it writes `manifest.json` last.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::Parser;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use crate::hashing::{hash_file, write_atomic, HashCache};
+use crate::key::{canonical_json, raw_input_key, run_key};
+use crate::manifest::{describe_outputs, list_files, InputRef, Manifest, MANIFEST_FILE, MANIFEST_SCHEMA};
+
+/// Marks an output directory as being written; a directory holding it may be cleared by a rerun.
+const INCOMPLETE_MARKER: &str = ".pgolf-incomplete";
+/// Environment variable through which the driver shares its hash memo with the stages it runs.
+pub const HASH_CACHE_ENV: &str = "PGOLF_HASH_CACHE";
+
+#[derive(Parser, Debug)]
+#[command(disable_version_flag = true)]
+struct StageCli {
+    /// Output directory (created; must not hold a finished run).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// An input: NAME=PATH, a finished stage output directory or a raw file. Repeat a NAME for a list.
+    #[arg(long = "in", value_name = "NAME=PATH")]
+    inputs: Vec<String>,
+    /// Params as a JSON object; unknown fields are an error.
+    #[arg(long)]
+    params: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Print this stage's source identity and exit.
+    #[arg(long)]
+    identity: bool,
+}
+
+/// One named input of a stage run.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub name: String,
+    /// The path(s) given on the command line.
+    pub paths: Vec<PathBuf>,
+    /// For a stage output: its manifest.
+    pub manifest: Option<Manifest>,
+    pub key: String,
+}
+
+impl Input {
+    /// The (first) path of this input.
+    pub fn path(&self) -> &Path {
+        &self.paths[0]
+    }
+
+    /// The manifest of an input that must be a stage output.
+    pub fn stage_manifest(&self) -> Result<&Manifest> {
+        self.manifest
+            .as_ref()
+            .ok_or_else(|| anyhow!("--in {}={}: expected a stage output directory with a manifest", self.name, self.path().display()))
+    }
+}
+
+/// What a stage body sees: its typed params, inputs, output directory and device.
+pub struct Stage<P> {
+    pub name: &'static str,
+    pub identity: &'static str,
+    pub params: P,
+    /// The params as given (what the key is computed from).
+    pub params_json: Value,
+    pub out: PathBuf,
+    pub device: String,
+    pub key: String,
+    inputs: BTreeMap<String, Input>,
+    headline: BTreeMap<String, Value>,
+    device_description: Option<String>,
+}
+
+impl<P> Stage<P> {
+    pub fn input(&self, name: &str) -> Result<&Input> {
+        self.inputs.get(name).ok_or_else(|| anyhow!("missing input: pass --in {name}=PATH"))
+    }
+
+    pub fn optional_input(&self, name: &str) -> Option<&Input> {
+        self.inputs.get(name)
+    }
+
+    /// The directory of a required stage-output input.
+    pub fn input_dir(&self, name: &str) -> Result<&Path> {
+        let input = self.input(name)?;
+        input.stage_manifest()?;
+        Ok(input.path())
+    }
+
+    pub fn inputs(&self) -> impl Iterator<Item = &Input> {
+        self.inputs.values()
+    }
+
+    /// A path inside the output directory.
+    pub fn out_path(&self, relative: &str) -> PathBuf {
+        self.out.join(relative)
+    }
+
+    /// Records a headline figure for the manifest (and the driver's status line).
+    pub fn headline(&mut self, name: &str, value: impl Serialize) {
+        self.headline.insert(name.to_string(), serde_json::to_value(value).expect("headline value serialises"));
+    }
+
+    /// A human description of the device actually used (e.g. `cuda:0 NVIDIA H100 80GB HBM3`).
+    pub fn set_device_description(&mut self, description: impl Into<String>) {
+        self.device_description = Some(description.into());
+    }
+}
+
+/// Runs a stage body under the contract and exits the process. `identity` is
+/// `env!("PGOLF_STAGE_IDENTITY")` from the stage's build script.
+pub fn run_stage<P, F>(name: &'static str, identity: &'static str, body: F) -> !
+where
+    P: DeserializeOwned + Serialize,
+    F: FnOnce(&mut Stage<P>) -> Result<()>,
+{
+    let cli = StageCli::parse();
+    if cli.identity {
+        println!("{identity}");
+        std::process::exit(0);
+    }
+    let mut created_out: Option<PathBuf> = None;
+    let result = run(name, identity, cli, body, &mut created_out);
+    match result {
+        Ok(()) => std::process::exit(0),
+        Err(err) => {
+            if let Some(out) = created_out {
+                let _ = fs::remove_dir_all(&out);
+            }
+            eprintln!("error: {name}: {}", one_line(&err));
+            std::process::exit(1);
+        }
+    }
+}
+
+/// An error chain on one line: `outer: inner: root`.
+pub fn one_line(err: &anyhow::Error) -> String {
+    format!("{err:#}").replace('\n', " ")
+}
+
+fn run<P, F>(name: &'static str, identity: &'static str, cli: StageCli, body: F, created_out: &mut Option<PathBuf>) -> Result<()>
+where
+    P: DeserializeOwned + Serialize,
+    F: FnOnce(&mut Stage<P>) -> Result<()>,
+{
+    let out = cli.out.clone().ok_or_else(|| anyhow!("--out DIR is required"))?;
+    let params_json = read_params(cli.params.as_deref())?;
+    let params: P = serde_json::from_value(params_json.clone()).map_err(|e| {
+        let source = cli.params.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "params".into());
+        anyhow!("{source}: {e}")
+    })?;
+    let inputs = resolve_inputs(&cli.inputs)?;
+    let input_keys: BTreeMap<String, String> = inputs.iter().map(|(n, i)| (n.clone(), i.key.clone())).collect();
+    let key = run_key(name, identity, &params_json, &input_keys);
+
+    prepare_out(&out)?;
+    *created_out = Some(out.clone());
+    fs::write(out.join(INCOMPLETE_MARKER), b"")?;
+
+    let started = chrono::Local::now();
+    let clock = Instant::now();
+    let mut stage = Stage {
+        name,
+        identity,
+        params,
+        params_json,
+        out: out.clone(),
+        device: cli.device.clone(),
+        key,
+        inputs,
+        headline: BTreeMap::new(),
+        device_description: None,
+    };
+    body(&mut stage)?;
+
+    fs::remove_file(out.join(INCOMPLETE_MARKER))?;
+    let manifest = Manifest {
+        schema: MANIFEST_SCHEMA,
+        stage: name.to_string(),
+        identity: identity.to_string(),
+        key: stage.key.clone(),
+        params: serde_json::from_str(&canonical_json(&stage.params_json))?,
+        inputs: stage
+            .inputs
+            .values()
+            .map(|i| {
+                let reference = InputRef {
+                    key: i.key.clone(),
+                    stage: i.manifest.as_ref().map(|m| m.stage.clone()),
+                    paths: if i.manifest.is_some() { vec![] } else { i.paths.iter().map(|p| p.display().to_string()).collect() },
+                };
+                (i.name.clone(), reference)
+            })
+            .collect(),
+        outputs: describe_outputs(&out)?,
+        started: started.to_rfc3339(),
+        finished: chrono::Local::now().to_rfc3339(),
+        wall_seconds: clock.elapsed().as_secs_f64(),
+        host: host_description(),
+        device: stage.device_description.clone().unwrap_or_else(|| stage.device.clone()),
+        headline: stage.headline.clone(),
+    };
+    write_atomic(&out.join(MANIFEST_FILE), &serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(())
+}
+
+fn read_params(path: Option<&Path>) -> Result<Value> {
+    let Some(path) = path else { return Ok(Value::Object(Default::default())) };
+    let text = fs::read_to_string(path).with_context(|| format!("{}: cannot read params", path.display()))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+    if !value.is_object() {
+        bail!("{}: params must be a JSON object", path.display());
+    }
+    Ok(value)
+}
+
+fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
+    let mut grouped: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+    for spec in specs {
+        let (name, path) = spec.split_once('=').ok_or_else(|| anyhow!("--in {spec}: expected NAME=PATH"))?;
+        if name.is_empty() || path.is_empty() {
+            bail!("--in {spec}: expected NAME=PATH");
+        }
+        grouped.entry(name.to_string()).or_default().push(PathBuf::from(path));
+    }
+    let cache = std::env::var_os(HASH_CACHE_ENV).map(|p| HashCache::open(Path::new(&p)));
+    let mut inputs = BTreeMap::new();
+    for (name, paths) in grouped {
+        for p in &paths {
+            if !p.exists() {
+                bail!("--in {name}={}: not found", p.display());
+            }
+        }
+        let is_stage_output = paths.len() == 1 && paths[0].join(MANIFEST_FILE).is_file();
+        let input = if is_stage_output {
+            let manifest = Manifest::read(&paths[0]).with_context(|| format!("--in {name}"))?;
+            manifest.verify_sizes(&paths[0]).with_context(|| format!("--in {name}"))?;
+            Input { name: name.clone(), key: manifest.key.clone(), paths, manifest: Some(manifest) }
+        } else {
+            if paths.iter().any(|p| p.is_dir() && p.join(INCOMPLETE_MARKER).exists()) {
+                bail!("--in {name}: {} is an unfinished stage output (no manifest)", paths[0].display());
+            }
+            let mut hashes = Vec::new();
+            for p in &paths {
+                hashes.push(content_hash(p, cache.as_ref())?);
+            }
+            Input { name: name.clone(), key: raw_input_key(&hashes), paths, manifest: None }
+        };
+        inputs.insert(name, input);
+    }
+    if let Some(cache) = cache {
+        let _ = cache.save();
+    }
+    Ok(inputs)
+}
+
+/// Content hash of a raw input: a file's BLAKE3, or for a directory the hash of its files' relative
+/// paths and hashes.
+pub fn content_hash(path: &Path, cache: Option<&HashCache>) -> Result<String> {
+    let file_hash = |p: &Path| match cache {
+        Some(c) => c.hash(p),
+        None => hash_file(p),
+    };
+    if path.is_file() {
+        return file_hash(path);
+    }
+    let mut h = blake3::Hasher::new();
+    for (rel, abs) in list_files(path)? {
+        h.update(rel.as_bytes());
+        h.update(b"\0");
+        h.update(file_hash(&abs)?.as_bytes());
+        h.update(b"\n");
+    }
+    Ok(h.finalize().to_hex().to_string())
+}
+
+fn prepare_out(out: &Path) -> Result<()> {
+    if out.join(MANIFEST_FILE).exists() {
+        bail!("--out {}: already holds a finished run (remove it or choose another directory)", out.display());
+    }
+    if out.exists() {
+        let empty = fs::read_dir(out)?.next().is_none();
+        if out.join(INCOMPLETE_MARKER).exists() {
+            fs::remove_dir_all(out).with_context(|| format!("{}: cannot clear an unfinished run", out.display()))?;
+        } else if !empty {
+            bail!("--out {}: directory is not empty and holds no pgolf run", out.display());
+        }
+    }
+    fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create", out.display()))?;
+    Ok(())
+}
+
+fn host_description() -> String {
+    let host = gethostname::gethostname().to_string_lossy().to_string();
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{host} ({cpus} CPUs, {} {})", std::env::consts::OS, std::env::consts::ARCH)
+}

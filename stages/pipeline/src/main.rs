@@ -1,0 +1,1 @@
+fn main() { eprintln!("error: pipeline: not implemented yet"); std::process::exit(1) }
