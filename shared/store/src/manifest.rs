@@ -45,6 +45,9 @@ pub struct InputRef {
     /// For stage outputs: the upstream stage name (its output is `out/<stage>/<key>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<String>,
+    /// For a list of stage outputs (e.g. the seeds of a multi-seed report): their keys, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<String>,
     /// For raw files: the paths as given (informational; never part of a key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<String>,

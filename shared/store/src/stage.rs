@@ -48,14 +48,14 @@ struct StageCli {
     identity: bool,
 }
 
-/// One named input of a stage run.
+/// One named input of a stage run: one or more stage outputs, or one or more raw files/directories.
 #[derive(Debug, Clone)]
 pub struct Input {
     pub name: String,
-    /// The path(s) given on the command line.
+    /// The path(s) given on the command line, in order.
     pub paths: Vec<PathBuf>,
-    /// For a stage output: its manifest.
-    pub manifest: Option<Manifest>,
+    /// For stage outputs: their manifests, in the order of `paths` (empty for raw inputs).
+    pub manifests: Vec<Manifest>,
     pub key: String,
 }
 
@@ -65,11 +65,17 @@ impl Input {
         &self.paths[0]
     }
 
-    /// The manifest of an input that must be a stage output.
+    /// The manifest of an input that must be exactly one stage output.
     pub fn stage_manifest(&self) -> Result<&Manifest> {
-        self.manifest
-            .as_ref()
-            .ok_or_else(|| anyhow!("--in {}={}: expected a stage output directory with a manifest", self.name, self.path().display()))
+        match self.manifests.as_slice() {
+            [one] => Ok(one),
+            [] => bail!("--in {}={}: expected a stage output directory with a manifest", self.name, self.path().display()),
+            _ => bail!("--in {}: expected one stage output, got {}", self.name, self.manifests.len()),
+        }
+    }
+
+    pub fn is_stage_output(&self) -> bool {
+        !self.manifests.is_empty()
     }
 }
 
@@ -203,8 +209,9 @@ where
             .map(|i| {
                 let reference = InputRef {
                     key: i.key.clone(),
-                    stage: i.manifest.as_ref().map(|m| m.stage.clone()),
-                    paths: if i.manifest.is_some() { vec![] } else { i.paths.iter().map(|p| p.display().to_string()).collect() },
+                    stage: i.manifests.first().map(|m| m.stage.clone()),
+                    runs: if i.manifests.len() > 1 { i.manifests.iter().map(|m| m.key.clone()).collect() } else { vec![] },
+                    paths: if i.is_stage_output() { vec![] } else { i.paths.iter().map(|p| p.display().to_string()).collect() },
                 };
                 (i.name.clone(), reference)
             })
@@ -248,11 +255,23 @@ fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
                 bail!("--in {name}={}: not found", p.display());
             }
         }
-        let is_stage_output = paths.len() == 1 && paths[0].join(MANIFEST_FILE).is_file();
-        let input = if is_stage_output {
-            let manifest = Manifest::read(&paths[0]).with_context(|| format!("--in {name}"))?;
-            manifest.verify_sizes(&paths[0]).with_context(|| format!("--in {name}"))?;
-            Input { name: name.clone(), key: manifest.key.clone(), paths, manifest: Some(manifest) }
+        let with_manifest = paths.iter().filter(|p| p.join(MANIFEST_FILE).is_file()).count();
+        let input = if with_manifest == paths.len() {
+            let mut manifests = Vec::new();
+            for p in &paths {
+                let manifest = Manifest::read(p).with_context(|| format!("--in {name}"))?;
+                manifest.verify_sizes(p).with_context(|| format!("--in {name}"))?;
+                manifests.push(manifest);
+            }
+            let key = if let [one] = manifests.as_slice() {
+                one.key.clone()
+            } else {
+                let keys: Vec<String> = manifests.iter().map(|m| m.key.clone()).collect();
+                format!("runs:{}", blake3::hash(keys.join("\n").as_bytes()).to_hex())
+            };
+            Input { name: name.clone(), key, paths, manifests }
+        } else if with_manifest > 0 {
+            bail!("--in {name}: mixes stage outputs and raw files");
         } else {
             if paths.iter().any(|p| p.is_dir() && p.join(INCOMPLETE_MARKER).exists()) {
                 bail!("--in {name}: {} is an unfinished stage output (no manifest)", paths[0].display());
@@ -261,7 +280,7 @@ fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
             for p in &paths {
                 hashes.push(content_hash(p, cache.as_ref())?);
             }
-            Input { name: name.clone(), key: raw_input_key(&hashes), paths, manifest: None }
+            Input { name: name.clone(), key: raw_input_key(&hashes), paths, manifests: vec![] }
         };
         inputs.insert(name, input);
     }
