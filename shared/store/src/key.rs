@@ -49,6 +49,15 @@ pub fn raw_input_key(content_hashes: &[String]) -> String {
     format!("files:{}", h.finalize().to_hex())
 }
 
+/// Key of a list of stage outputs given as one input (e.g. the seeds of a multi-seed report): a
+/// hash of their run keys in order. A list of one is keyed by that run's own key.
+pub fn runs_key(keys: &[String]) -> String {
+    if let [single] = keys {
+        return single.clone();
+    }
+    format!("runs:{}", blake3::hash(keys.join("\n").as_bytes()).to_hex())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +82,14 @@ mod tests {
         assert_ne!(base, run_key("tokenize", "id1", &json!({"lr": 0.04}), &inputs));
         let other: BTreeMap<String, String> = [("shards".to_string(), "k2".to_string())].into();
         assert_ne!(base, run_key("train", "id1", &json!({"lr": 0.04}), &other));
+    }
+
+    #[test]
+    fn runs_key_is_ordered_and_a_single_run_keeps_its_key() {
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        assert_eq!(runs_key(std::slice::from_ref(&a)), a);
+        let ab = runs_key(&[a.clone(), b.clone()]);
+        assert!(ab.starts_with("runs:"));
+        assert_ne!(ab, runs_key(&[b, a]));
     }
 }

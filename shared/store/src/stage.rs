@@ -20,13 +20,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::hashing::{hash_file, write_atomic, HashCache};
-use crate::key::{canonical_json, raw_input_key, run_key};
+use crate::key::{canonical_json, raw_input_key, run_key, runs_key};
 use crate::manifest::{describe_outputs, list_files, InputRef, Manifest, MANIFEST_FILE, MANIFEST_SCHEMA};
 
 /// Marks an output directory as being written; a directory holding it may be cleared by a rerun.
-const INCOMPLETE_MARKER: &str = ".pgolf-incomplete";
+pub const INCOMPLETE_MARKER: &str = ".pgolf-incomplete";
 /// Environment variable through which the driver shares its hash memo with the stages it runs.
 pub const HASH_CACHE_ENV: &str = "PGOLF_HASH_CACHE";
+/// Environment variable naming a file where a failing stage also writes its one-line error, so the
+/// driver can repeat it while the stage's stderr goes straight to the terminal.
+pub const ERROR_FILE_ENV: &str = "PGOLF_ERROR_FILE";
 
 #[derive(Parser, Debug)]
 #[command(disable_version_flag = true)]
@@ -150,7 +153,11 @@ where
             if let Some(out) = created_out {
                 let _ = fs::remove_dir_all(&out);
             }
-            eprintln!("error: {name}: {}", one_line(&err));
+            let line = format!("error: {name}: {}", one_line(&err));
+            eprintln!("{line}");
+            if let Some(path) = std::env::var_os(ERROR_FILE_ENV) {
+                let _ = fs::write(path, format!("{line}\n"));
+            }
             std::process::exit(1);
         }
     }
@@ -263,12 +270,7 @@ fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
                 manifest.verify_sizes(p).with_context(|| format!("--in {name}"))?;
                 manifests.push(manifest);
             }
-            let key = if let [one] = manifests.as_slice() {
-                one.key.clone()
-            } else {
-                let keys: Vec<String> = manifests.iter().map(|m| m.key.clone()).collect();
-                format!("runs:{}", blake3::hash(keys.join("\n").as_bytes()).to_hex())
-            };
+            let key = runs_key(&manifests.iter().map(|m| m.key.clone()).collect::<Vec<_>>());
             Input { name: name.clone(), key, paths, manifests }
         } else if with_manifest > 0 {
             bail!("--in {name}: mixes stage outputs and raw files");
