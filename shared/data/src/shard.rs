@@ -21,19 +21,35 @@ pub struct Shard {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard> {
-        let file = File::open(path).with_context(|| format!("{}: cannot open shard", path.display()))?;
+        let file =
+            File::open(path).with_context(|| format!("{}: cannot open shard", path.display()))?;
         let size = file.metadata()?.len() as usize;
         if size < HEADER_BYTES {
-            bail!("{}: {size} bytes is shorter than the 1024-byte shard header", path.display());
+            bail!(
+                "{}: {size} bytes is shorter than the 1024-byte shard header",
+                path.display()
+            );
         }
         // SAFETY: the map is read-only; shards are immutable once written (content-addressed outputs).
-        let map = unsafe { Mmap::map(&file) }.with_context(|| format!("{}: cannot map", path.display()))?;
-        let header: Vec<i32> = map[..12].chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap())).collect();
+        let map = unsafe { Mmap::map(&file) }
+            .with_context(|| format!("{}: cannot map", path.display()))?;
+        let header: Vec<i32> = map[..12]
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
         if header[0] != SHARD_MAGIC {
-            bail!("{}: bad magic {} (expected {SHARD_MAGIC}; not a token shard)", path.display(), header[0]);
+            bail!(
+                "{}: bad magic {} (expected {SHARD_MAGIC}; not a token shard)",
+                path.display(),
+                header[0]
+            );
         }
         if header[1] != SHARD_VERSION {
-            bail!("{}: unsupported shard version {} (expected {SHARD_VERSION})", path.display(), header[1]);
+            bail!(
+                "{}: unsupported shard version {} (expected {SHARD_VERSION})",
+                path.display(),
+                header[1]
+            );
         }
         if header[2] < 0 {
             bail!("{}: negative token count {}", path.display(), header[2]);
@@ -43,7 +59,11 @@ impl Shard {
         if size != expected {
             bail!("{}: size {size} bytes does not match the header's {len} tokens (expected {expected}; truncated or padded)", path.display());
         }
-        Ok(Shard { path: path.to_path_buf(), map, len })
+        Ok(Shard {
+            path: path.to_path_buf(),
+            map,
+            len,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -68,14 +88,20 @@ impl Shard {
 /// Writes a shard atomically (temporary file, then rename).
 pub fn write_shard(path: &Path, tokens: &[u16]) -> Result<()> {
     if tokens.len() >= (1usize << 31) {
-        bail!("{}: {} tokens do not fit a shard (< 2^31)", path.display(), tokens.len());
+        bail!(
+            "{}: {} tokens do not fit a shard (< 2^31)",
+            path.display(),
+            tokens.len()
+        );
     }
     let mut header = [0i32; 256];
     header[0] = SHARD_MAGIC;
     header[1] = SHARD_VERSION;
     header[2] = tokens.len() as i32;
     let tmp = path.with_extension("bin.partial");
-    let mut file = std::io::BufWriter::new(File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?);
+    let mut file = std::io::BufWriter::new(
+        File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?,
+    );
     for v in header {
         file.write_all(&v.to_le_bytes())?;
     }
@@ -98,6 +124,15 @@ impl Split {
         match self {
             Split::Train => "train",
             Split::Val => "val",
+        }
+    }
+
+    /// The split named `train` or `val`.
+    pub fn from_name(name: &str) -> Option<Split> {
+        match name {
+            "train" => Some(Split::Train),
+            "val" => Some(Split::Val),
+            _ => None,
         }
     }
 
@@ -136,11 +171,18 @@ impl TokenStream {
         if paths.is_empty() {
             bail!("no shards to stream");
         }
-        let shards = paths.iter().map(|p| Shard::open(p)).collect::<Result<Vec<_>>>()?;
+        let shards = paths
+            .iter()
+            .map(|p| Shard::open(p))
+            .collect::<Result<Vec<_>>>()?;
         if shards.iter().all(|s| s.is_empty()) {
             bail!("{}: all shards are empty", paths[0].display());
         }
-        Ok(TokenStream { shards, file: 0, pos: 0 })
+        Ok(TokenStream {
+            shards,
+            file: 0,
+            pos: 0,
+        })
     }
 
     /// The next `n` tokens, crossing shard boundaries and wrapping at the end.

@@ -1,0 +1,306 @@
+//! Byte lookup tables (REFERENCE.md §2.1–2.2): how many bytes of text each scored token stands for.
+//! Built from a SentencePiece `.model` or for the built-in `byte260` tokenizer.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+use crate::sp_model::{ModelProto, PieceType};
+use crate::tokenizer_info::{TokenizerInfo, TokenizerKind, TOKENIZER_MODEL_FILE};
+
+/// SentencePiece's whitespace marker U+2581.
+pub const SPACE_MARKER: char = '\u{2581}';
+
+/// Per-token byte tables, indexed by token id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ByteLut {
+    /// Bytes of the piece's text without its leading `▁` (1 for byte pieces, 0 for control pieces).
+    pub base_bytes: Vec<u16>,
+    /// The piece begins with `▁`: one space byte, charged unless the previous token is a boundary.
+    pub has_leading_space: Vec<bool>,
+    /// Control, unknown and unused pieces (BOS among them): text starts afresh after them.
+    pub is_boundary: Vec<bool>,
+}
+
+impl ByteLut {
+    /// Tables for the built-in byte tokenizer: ids 0–3 are pad/bos/eos/unk, id b + 4 is byte b.
+    pub fn byte260() -> ByteLut {
+        let mut lut = ByteLut::empty(260);
+        for id in 4..260 {
+            lut.base_bytes[id] = 1;
+            lut.is_boundary[id] = false;
+        }
+        lut
+    }
+
+    /// Tables from a SentencePiece `.model` file. Refuses a model without a standalone `▁` piece:
+    /// there every word boundary falls back to three byte tokens, each charged a byte (§2.5.2).
+    pub fn from_model_file(path: &Path) -> Result<ByteLut> {
+        let model = ModelProto::read(path)?;
+        ByteLut::from_model(&model).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_model(model: &ModelProto) -> Result<ByteLut> {
+        let mut lut = ByteLut::empty(model.pieces.len());
+        let mut standalone_space = false;
+        for (id, piece) in model.pieces.iter().enumerate() {
+            let kind = piece.piece_type().with_context(|| format!("piece {id}"))?;
+            match kind {
+                PieceType::Control | PieceType::Unknown | PieceType::Unused => continue,
+                PieceType::Byte => {
+                    lut.is_boundary[id] = false;
+                    lut.base_bytes[id] = 1;
+                }
+                PieceType::Normal | PieceType::UserDefined => {
+                    lut.is_boundary[id] = false;
+                    let text = piece.text();
+                    let rest = match text.strip_prefix(SPACE_MARKER) {
+                        Some(rest) => {
+                            lut.has_leading_space[id] = true;
+                            standalone_space |= rest.is_empty();
+                            rest
+                        }
+                        None => text,
+                    };
+                    lut.base_bytes[id] = u16::try_from(rest.len())
+                        .with_context(|| format!("piece {id} is {} bytes long", rest.len()))?;
+                }
+            }
+        }
+        if !standalone_space {
+            bail!("the model has no standalone `▁` piece, so every word boundary would be charged 3 bytes (REFERENCE.md §2.5 pitfall 2)");
+        }
+        Ok(lut)
+    }
+
+    /// Tables for the tokenizer of a tokenize output directory (`tokenizer.json`, `tokenizer.model`).
+    pub fn from_tokenize_output(dir: &Path) -> Result<ByteLut> {
+        let info = TokenizerInfo::read(dir)?;
+        let lut = match info.kind {
+            TokenizerKind::Byte260 => ByteLut::byte260(),
+            TokenizerKind::Sentencepiece => {
+                ByteLut::from_model_file(&dir.join(TOKENIZER_MODEL_FILE))?
+            }
+        };
+        if lut.vocab_size() != info.vocab_size as usize {
+            bail!(
+                "{}: tokenizer.json says vocab {} but the tokenizer has {}",
+                dir.display(),
+                info.vocab_size,
+                lut.vocab_size()
+            );
+        }
+        Ok(lut)
+    }
+
+    fn empty(size: usize) -> ByteLut {
+        ByteLut {
+            base_bytes: vec![0; size],
+            has_leading_space: vec![false; size],
+            is_boundary: vec![true; size],
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.base_bytes.len()
+    }
+
+    /// Widens the tables to `size` entries (upstream `max(sp.vocab_size, V)`, for a model whose
+    /// embedding is larger than the tokenizer); extra ids are 0-byte boundaries.
+    pub fn padded_to(mut self, size: usize) -> ByteLut {
+        if size > self.vocab_size() {
+            self.base_bytes.resize(size, 0);
+            self.has_leading_space.resize(size, false);
+            self.is_boundary.resize(size, true);
+        }
+        self
+    }
+
+    /// Bytes charged when `target` is predicted after `prev` (§2.2). Panics on ids outside the
+    /// tables: callers check token ids against the vocab when data is loaded.
+    #[inline]
+    pub fn bytes(&self, prev: u16, target: u16) -> u32 {
+        let y = target as usize;
+        let space = self.has_leading_space[y] && !self.is_boundary[prev as usize];
+        self.base_bytes[y] as u32 + space as u32
+    }
+
+    /// Bytes charged for predicting every token of `tokens` after the first from its predecessor:
+    /// for a document `[BOS] + pieces`, the document's bytes.
+    pub fn sequence_bytes(&self, tokens: &[u16]) -> u64 {
+        tokens
+            .windows(2)
+            .map(|w| self.bytes(w[0], w[1]) as u64)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sp_model::SentencePiece;
+    use std::path::PathBuf;
+
+    fn sp1024_path() -> PathBuf {
+        // ../shared beside the workspace root, which is two levels above this crate.
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/tokenizers/fineweb_1024_bpe.model")
+    }
+
+    fn sp1024() -> (ModelProto, ByteLut) {
+        let model = ModelProto::read(&sp1024_path()).unwrap();
+        let lut = ByteLut::from_model(&model).unwrap();
+        (model, lut)
+    }
+
+    fn id(model: &ModelProto, piece: &str) -> u16 {
+        model
+            .pieces
+            .iter()
+            .position(|p| p.text() == piece)
+            .unwrap_or_else(|| panic!("no piece {piece:?}")) as u16
+    }
+
+    #[test]
+    fn sp1024_tables_follow_the_piece_types() {
+        let (model, lut) = sp1024();
+        assert_eq!(lut.vocab_size(), 1024);
+        let space = id(&model, "▁");
+        assert_eq!(space, 939, "REFERENCE.md §1.3: the standalone ▁ is id 939");
+        assert_eq!(
+            (
+                lut.base_bytes[939],
+                lut.has_leading_space[939],
+                lut.is_boundary[939]
+            ),
+            (0, true, false)
+        );
+        for control in [0, 1, 2, 3] {
+            assert_eq!(
+                (lut.base_bytes[control], lut.is_boundary[control]),
+                (0, true),
+                "id {control}"
+            );
+        }
+        let byte_c3 = id(&model, "<0xC3>");
+        assert_eq!(
+            (
+                lut.base_bytes[byte_c3 as usize],
+                lut.has_leading_space[byte_c3 as usize]
+            ),
+            (1, false)
+        );
+        let the = id(&model, "▁the") as usize;
+        assert_eq!((lut.base_bytes[the], lut.has_leading_space[the]), (3, true));
+    }
+
+    #[test]
+    fn hand_built_sequences_give_the_formula_counts() {
+        let (model, lut) = sp1024();
+        let ids = |pieces: &[&str]| pieces.iter().map(|p| id(&model, p)).collect::<Vec<u16>>();
+        // "the cat": the leading-space piece after a normal piece costs its space byte.
+        assert_eq!(lut.sequence_bytes(&ids(&["<s>", "t", "he", "▁c", "at"])), 7);
+        // After BOS (a boundary) the leading space is not charged: "cat".
+        assert_eq!(lut.sequence_bytes(&ids(&["<s>", "▁c", "at"])), 3);
+        // After <unk> (also a boundary) neither.
+        assert_eq!(lut.bytes(id(&model, "<unk>"), id(&model, "▁c")), 1);
+        // The bare ▁ is one space byte, or none right after a boundary.
+        assert_eq!(lut.sequence_bytes(&ids(&["<s>", "a", "▁", "a"])), 3);
+        assert_eq!(lut.sequence_bytes(&ids(&["<s>", "▁", "a"])), 1);
+        // Byte pieces are a byte each ("é" = C3 A9); predicting the next BOS costs nothing.
+        assert_eq!(
+            lut.sequence_bytes(&ids(&["<s>", "<0xC3>", "<0xA9>", "<s>"])),
+            2
+        );
+    }
+
+    #[test]
+    fn byte260_charges_one_byte_per_byte_token() {
+        let lut = ByteLut::byte260();
+        assert_eq!(lut.vocab_size(), 260);
+        let tokens: Vec<u16> = std::iter::once(1)
+            .chain("a b".bytes().map(|b| b as u16 + 4))
+            .chain([1])
+            .collect();
+        assert_eq!(lut.sequence_bytes(&tokens), 3);
+        assert!(
+            lut.is_boundary[..4].iter().all(|&b| b) && !lut.is_boundary[4..].iter().any(|&b| b)
+        );
+    }
+
+    #[test]
+    fn refuses_a_model_without_a_standalone_space_piece() {
+        let piece = |text: &str, kind: PieceType| SentencePiece {
+            piece: Some(text.into()),
+            score: Some(0.0),
+            r#type: Some(kind as i32),
+        };
+        let model = ModelProto {
+            pieces: vec![
+                piece("<unk>", PieceType::Unknown),
+                piece("▁a", PieceType::Normal),
+                piece("b", PieceType::Normal),
+            ],
+        };
+        let err = format!("{:#}", ByteLut::from_model(&model).unwrap_err());
+        assert!(err.contains("standalone `▁`"), "{err}");
+        let mut with_space = model.clone();
+        with_space.pieces.push(piece("▁", PieceType::Normal));
+        assert_eq!(ByteLut::from_model(&with_space).unwrap().vocab_size(), 4);
+    }
+
+    #[test]
+    fn padding_adds_zero_byte_boundaries() {
+        let lut = ByteLut::byte260().padded_to(512);
+        assert_eq!(lut.vocab_size(), 512);
+        assert_eq!((lut.base_bytes[300], lut.is_boundary[300]), (0, true));
+    }
+
+    #[test]
+    fn reads_the_tables_of_a_tokenize_output() {
+        let dir = tempfile::tempdir().unwrap();
+        TokenizerInfo {
+            kind: TokenizerKind::Sentencepiece,
+            vocab_size: 1024,
+            bos_id: 1,
+        }
+        .write(dir.path())
+        .unwrap();
+        std::fs::copy(sp1024_path(), dir.path().join(TOKENIZER_MODEL_FILE)).unwrap();
+        assert_eq!(
+            ByteLut::from_tokenize_output(dir.path()).unwrap(),
+            sp1024().1
+        );
+        TokenizerInfo {
+            kind: TokenizerKind::Sentencepiece,
+            vocab_size: 8192,
+            bos_id: 1,
+        }
+        .write(dir.path())
+        .unwrap();
+        let err = format!(
+            "{:#}",
+            ByteLut::from_tokenize_output(dir.path()).unwrap_err()
+        );
+        assert!(
+            err.contains("vocab 8192 but the tokenizer has 1024"),
+            "{err}"
+        );
+        TokenizerInfo::byte260().write(dir.path()).unwrap();
+        assert_eq!(
+            ByteLut::from_tokenize_output(dir.path()).unwrap(),
+            ByteLut::byte260()
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_model_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("junk.model");
+        std::fs::write(&path, b"\xff\xff\xff\xff not protobuf").unwrap();
+        let err = format!("{:#}", ByteLut::from_model_file(&path).unwrap_err());
+        assert!(
+            err.contains("junk.model") && err.contains("not a SentencePiece model"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! `tokenizer.json` in a tokenize output: which tokenizer made the shards, so readers can rebuild
+//! the byte lookup tables and check vocab sizes without guessing.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const TOKENIZER_INFO_FILE: &str = "tokenizer.json";
+/// The copy of the SentencePiece model beside the shards (absent for `byte260`).
+pub const TOKENIZER_MODEL_FILE: &str = "tokenizer.model";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// A SentencePiece `.model`, copied as `tokenizer.model`.
+    Sentencepiece,
+    /// The built-in byte tokenizer: pad 0, bos 1, eos 2, unk 3, byte b ↦ b + 4.
+    Byte260,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerInfo {
+    pub kind: TokenizerKind,
+    pub vocab_size: u32,
+    pub bos_id: u32,
+}
+
+impl TokenizerInfo {
+    pub fn byte260() -> TokenizerInfo {
+        TokenizerInfo {
+            kind: TokenizerKind::Byte260,
+            vocab_size: 260,
+            bos_id: 1,
+        }
+    }
+
+    /// Reads `dir/tokenizer.json`.
+    pub fn read(dir: &Path) -> Result<TokenizerInfo> {
+        let path = dir.join(TOKENIZER_INFO_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let info: TokenizerInfo = serde_json::from_str(&text)
+            .with_context(|| format!("{}: invalid tokenizer info", path.display()))?;
+        if info.bos_id >= info.vocab_size {
+            bail!(
+                "{}: bos_id {} is outside the vocab of {}",
+                path.display(),
+                info.bos_id,
+                info.vocab_size
+            );
+        }
+        Ok(info)
+    }
+
+    /// Writes `dir/tokenizer.json`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(TOKENIZER_INFO_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("{}: cannot write", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_names_the_kind_in_lowercase() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = TokenizerInfo {
+            kind: TokenizerKind::Sentencepiece,
+            vocab_size: 1024,
+            bos_id: 1,
+        };
+        info.write(dir.path()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(TOKENIZER_INFO_FILE)).unwrap();
+        assert!(text.contains("\"sentencepiece\""), "{text}");
+        assert_eq!(TokenizerInfo::read(dir.path()).unwrap(), info);
+    }
+
+    #[test]
+    fn rejects_unknown_kind_and_bad_bos() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKENIZER_INFO_FILE);
+        std::fs::write(&path, r#"{"kind":"wordpiece","vocab_size":10,"bos_id":1}"#).unwrap();
+        let err = format!("{:#}", TokenizerInfo::read(dir.path()).unwrap_err());
+        assert!(
+            err.contains("tokenizer.json") && err.contains("wordpiece"),
+            "{err}"
+        );
+        std::fs::write(&path, r#"{"kind":"byte260","vocab_size":260,"bos_id":260}"#).unwrap();
+        let err = format!("{:#}", TokenizerInfo::read(dir.path()).unwrap_err());
+        assert!(err.contains("bos_id 260"), "{err}");
+    }
+}
