@@ -1,12 +1,203 @@
-//! The quantize-pack stage (not implemented yet): accepts the stage contract, then fails.
+//! The quantize-pack stage: final weights (+ Hessians for GPTQ rules) → the scored artifact.
+//!
+//! 1. read the weights and the model config (and the Hessians, when a rule needs them);
+//! 2. quantize every tensor by its rule (docs/ARTIFACT.md "Schemes");
+//! 3. pack and compress the container, write `artifact.pgq`, read it back and check it decodes to
+//!    exactly what was packed;
+//! 4. count code bytes from the embedded source tar, and check model + code bytes against the cap;
+//! 5. write the per-tensor table `tensors.parquet` and `code_files.json`.
 
-use anyhow::bail;
-use serde::{Deserialize, Serialize};
+mod code_bytes;
+mod params;
+mod table;
 
-#[derive(Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct Params {}
+use anyhow::{bail, Context, Result};
+use params::Params;
+use pgolf_model::device_from_str;
+use pgolf_quant::plan::Decision;
+use pgolf_quant::{
+    encode_artifact, quantize_all, read_safetensors, read_safetensors_map, Artifact, Compression,
+    Encoding, Method, QuantInputs, Routing, Scale, StoredTensor, TensorReport, Weight,
+};
+use pgolf_store::{progress, Stage};
+use rayon::prelude::*;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::fs;
+use std::time::Instant;
+
+const ARTIFACT_FILE: &str = "artifact.pgq";
+const CODE_FILES: &str = "code_files.json";
+
+/// The stage's source identity, extended by the hash of the embedded code tar: the sources it
+/// counts (model, eval, ...) are not all dependencies of this crate, yet change its output.
+const IDENTITY: &str = concat!(
+    env!("PGOLF_STAGE_IDENTITY"),
+    ".",
+    env!("PGOLF_CODE_TAR_HASH")
+);
 
 fn main() {
-    pgolf_store::run_stage::<Params, _>("quantize-pack", env!("PGOLF_STAGE_IDENTITY"), |_stage| bail!("not implemented yet"));
+    pgolf_store::run_stage::<Params, _>("quantize-pack", IDENTITY, run);
+}
+
+fn run(stage: &mut Stage<Params>) -> Result<()> {
+    let routing = stage.params.routing();
+    routing.validate()?;
+    let compression = stage.params.compression();
+    compression.validate()?;
+    let device = device_from_str(&stage.device)?;
+    stage.set_device_description(format!("{device:?}"));
+
+    // 1. Inputs.
+    let (weights, config) = read_weights(stage)?;
+    let hessians = read_hessians(stage, &routing, &weights)?;
+
+    // 2. Quantize.
+    let clock = Instant::now();
+    let bar = progress::bar(weights.len() as u64, "quantize");
+    let inputs = QuantInputs {
+        routing: &routing,
+        gptq: &stage.params.gptq,
+        hessians: &hessians,
+        device,
+    };
+    let quantized = quantize_all(&weights, &inputs, &|_| bar.inc(1))?;
+    bar.finish_and_clear();
+    stage.headline("quantize_seconds", clock.elapsed().as_secs_f64());
+    let (stored, reports): (Vec<StoredTensor>, Vec<TensorReport>) = quantized.into_iter().unzip();
+
+    // 3. Pack, write, read back. Each tensor's own compressed size (a report figure; the cap is
+    // checked on the file) is measured beside the artifact's compression.
+    let clock = Instant::now();
+    let (artifact, alone) = rayon::join(
+        || encode_artifact(&config, &stored, &compression),
+        || compressed_alone(&stored, &compression),
+    );
+    let artifact_path = stage.out_path(ARTIFACT_FILE);
+    fs::write(&artifact_path, artifact?)
+        .with_context(|| format!("{}: cannot write", artifact_path.display()))?;
+    stage.headline("pack_seconds", clock.elapsed().as_secs_f64());
+    let back = Artifact::read(&artifact_path)?;
+    if back.tensors != stored || back.config != config {
+        bail!(
+            "{}: does not decode to what was packed",
+            artifact_path.display()
+        );
+    }
+
+    // 4. Sizes and the cap.
+    let model_bytes = fs::metadata(&artifact_path)?.len();
+    let code = code_bytes::measure()?;
+    fs::write(
+        stage.out_path(CODE_FILES),
+        serde_json::to_vec_pretty(&code.files)?,
+    )?;
+    let artifact_bytes = model_bytes + code.compressed_bytes;
+    let cap = stage.params.cap_bytes;
+    stage.headline("artifact_bytes", artifact_bytes);
+    stage.headline("model_bytes", model_bytes);
+    stage.headline("code_bytes", code.compressed_bytes);
+    stage.headline("code_tar_bytes", code.tar_bytes);
+    stage.headline("cap_bytes", cap);
+    stage.headline("within_cap", artifact_bytes <= cap);
+    stage.headline(
+        "compressor",
+        format!("{:?}-{}", compression.codec, compression.level()).to_lowercase(),
+    );
+
+    // 5. The per-tensor table and its summary.
+    let rows: Vec<table::Row> = reports
+        .iter()
+        .zip(alone?)
+        .map(|(report, compressed_bytes)| table::Row {
+            report,
+            compressed_bytes,
+        })
+        .collect();
+    table::write(&stage.out_path(table::TABLE_FILE), &rows)?;
+    stage.headline("tensors", stored.len());
+    stage.headline("quantized_mse", quantized_mse(&reports));
+    stage.headline("mean_rel_output_err", mean_rel_output_err(&reports));
+
+    if artifact_bytes > cap && !stage.params.non_record {
+        bail!(
+            "{}: artifact_bytes {artifact_bytes} (model {model_bytes} + code {}) exceeds the cap {cap} by {} (set non_record: true for a non-record run)",
+            artifact_path.display(),
+            code.compressed_bytes,
+            artifact_bytes - cap
+        );
+    }
+    Ok(())
+}
+
+/// `model.safetensors` and `config.json` of the `weights` input (the config goes into the
+/// artifact verbatim, so evaluation rebuilds the model from the artifact alone).
+fn read_weights(stage: &Stage<Params>) -> Result<(Vec<Weight>, Value)> {
+    let dir = stage.input_dir("weights")?;
+    let weights = read_safetensors(&dir.join("model.safetensors"))?;
+    let path = dir.join("config.json");
+    let text = fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let config =
+        serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    Ok((weights, config))
+}
+
+/// The `hessians` input's tensors; an error if a `gptq` rule covers a weight and none was given.
+fn read_hessians(
+    stage: &Stage<Params>,
+    routing: &Routing,
+    weights: &[Weight],
+) -> Result<HashMap<String, Weight>> {
+    if stage.optional_input("hessians").is_some() {
+        return read_safetensors_map(&stage.input_dir("hessians")?.join("hessians.safetensors"));
+    }
+    let gptq = |w: &&Weight| matches!(routing.decide(&w.name, w.numel(), w.dtype), Decision::Quantize(r) if r.method == Method::Gptq);
+    if let Some(w) = weights.iter().find(gptq) {
+        bail!("a gptq rule covers {} but no Hessians were given: pass --in hessians=<gptq-calibrate output>", w.name);
+    }
+    Ok(HashMap::new())
+}
+
+/// Each tensor's stored bytes compressed alone with the artifact's compressor.
+fn compressed_alone(stored: &[StoredTensor], compression: &Compression) -> Result<Vec<u64>> {
+    stored
+        .par_iter()
+        .map(|t| Ok(compression.compress(&tensor_bytes(t))?.len() as u64))
+        .collect()
+}
+
+/// A tensor's stored bytes: integers then scales, or raw values.
+fn tensor_bytes(t: &StoredTensor) -> Vec<u8> {
+    match &t.encoding {
+        Encoding::Raw { bytes, .. } => bytes.clone(),
+        Encoding::Rows { q, scales, .. } => q
+            .iter()
+            .map(|v| *v as u8)
+            .chain(scales.iter().flat_map(|s| s.to_le_bytes()))
+            .collect(),
+        Encoding::Tensor { q, scale, .. } => {
+            let s = match scale {
+                Scale::F32(v) => v.to_le_bytes().to_vec(),
+                Scale::F16(v) => v.to_le_bytes().to_vec(),
+            };
+            q.iter().map(|v| *v as u8).chain(s).collect()
+        }
+    }
+}
+
+/// Weight MSE over the quantized tensors, weighted by their sizes.
+fn quantized_mse(reports: &[TensorReport]) -> f64 {
+    let quantized = reports.iter().filter(|r| r.bits.is_some());
+    let (sum, n) = quantized.fold((0.0, 0usize), |(s, n), r| {
+        let numel: usize = r.shape.iter().product();
+        (s + r.mse * numel as f64, n + numel)
+    });
+    sum / n.max(1) as f64
+}
+
+/// The mean relative output error over the matrices that have a Hessian (`None` without any).
+fn mean_rel_output_err(reports: &[TensorReport]) -> Option<f64> {
+    let errs: Vec<f64> = reports.iter().filter_map(|r| r.rel_output_err).collect();
+    (!errs.is_empty()).then(|| errs.iter().sum::<f64>() / errs.len() as f64)
 }

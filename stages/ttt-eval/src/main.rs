@@ -1,12 +1,103 @@
-//! The ttt-eval stage (not implemented yet): accepts the stage contract, then fails.
+//! The ttt-eval stage: scores the val split with the network decoded from the artifact (the round
+//! trip, never the pre-quantization weights) in one of four modes — flat, sliding, score-first
+//! full-parameter TTT, per-document LoRA TTT — and reports exact bits per byte with its guards.
+//!
+//! Inputs: `artifact` (quantize-pack), `data` (tokenize). Outputs: `results.parquet` (per document:
+//! targets, NLL, bytes), `chunks.parquet` (ttt mode), `summary.json`; headline as docs/STAGES.md.
 
-use anyhow::bail;
-use serde::{Deserialize, Serialize};
+mod evaluate;
+mod params;
 
-#[derive(Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-struct Params {}
+use anyhow::{bail, Result};
+use pgolf_eval::report::{
+    summarize, write_chunk_results, write_doc_results, write_summary, CHUNKS_FILE, RESULTS_FILE,
+    SUMMARY_FILE,
+};
+use pgolf_eval::torch::load_artifact;
+use pgolf_eval::ValSet;
+use pgolf_model::{device_from_str, save_tensors, CONFIG_FILE};
+use pgolf_store::progress::bar;
+use pgolf_store::Stage;
+use serde_json::{json, Map, Value};
+use std::time::Instant;
+
+use crate::evaluate::{evaluate, window_count};
+use crate::params::Params;
 
 fn main() {
-    pgolf_store::run_stage::<Params, _>("ttt-eval", env!("PGOLF_STAGE_IDENTITY"), |_stage| bail!("not implemented yet"));
+    pgolf_store::run_stage::<Params, _>("ttt-eval", env!("PGOLF_STAGE_IDENTITY"), run);
+}
+
+fn run(stage: &mut Stage<Params>) -> Result<()> {
+    let p = stage.params.clone();
+    p.validate()?;
+    let device = device_from_str(&stage.device)?;
+    tch::manual_seed(p.seed);
+
+    // 1. The val stream, its documents and byte tables, cross-checked.
+    let val = ValSet::load(stage.input_dir("data")?)?;
+    // 2. The model exactly as the artifact decodes.
+    let (net, cfg) = load_artifact(stage.input_dir("artifact")?, device, p.compute)?;
+    if val.lut.vocab_size() > cfg.vocab_size {
+        bail!(
+            "the tokenizer's vocab {} exceeds the model's {}",
+            val.lut.vocab_size(),
+            cfg.vocab_size
+        );
+    }
+    stage.set_device_description(format!(
+        "{} ({:?} compute)",
+        stage.device,
+        net.gpt.compute_kind()
+    ));
+    if p.export_decoded {
+        save_tensors(
+            net.gpt.named_parameters(),
+            &stage.out_path("decoded.safetensors"),
+        )?;
+        cfg.write(&stage.out_path(CONFIG_FILE))?;
+    }
+    let seq_len = if p.seq_len == 0 {
+        cfg.seq_len
+    } else {
+        p.seq_len
+    };
+
+    // 3. Score every target once, in the chosen mode.
+    let progress = bar(window_count(&p, &val, seq_len)? as u64, p.mode.name());
+    let clock = Instant::now();
+    let outcome = evaluate(&p, &val, net, seq_len, |k| progress.inc(k as u64))?;
+    let seconds = clock.elapsed().as_secs_f64();
+    progress.finish_and_clear();
+
+    // 4. Judge (coverage already checked by the ledger; entropy fails, bytes flag) and write.
+    let summary = summarize(
+        &val,
+        &outcome.report,
+        p.mode.name(),
+        outcome.denominator,
+        &outcome.norm,
+        outcome.updates,
+        seconds,
+    )?;
+    write_doc_results(&stage.out_path(RESULTS_FILE), &val, &outcome.report)?;
+    if !outcome.chunks.is_empty() {
+        write_chunk_results(&stage.out_path(CHUNKS_FILE), &outcome.chunks)?;
+    }
+    let mut extra = Map::new();
+    extra.insert("seq_len".into(), json!(seq_len));
+    if matches!(p.mode, params::Mode::Sliding | params::Mode::Ttt) {
+        extra.insert("stride".into(), json!(p.stride));
+    }
+    if let Some(n) = outcome.updates {
+        extra.insert("adaptive_updates".into(), json!(n));
+    }
+    let summary = summary.to_json(extra)?;
+    write_summary(&stage.out_path(SUMMARY_FILE), &summary)?;
+    for (k, v) in summary {
+        if !matches!(v, Value::Object(_)) {
+            stage.headline(&k, v);
+        }
+    }
+    Ok(())
 }

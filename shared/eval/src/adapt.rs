@@ -1,0 +1,185 @@
+//! Score-first adaptive evaluation (C3): test-time training and caches learn only from tokens whose
+//! scores are already in the ledger.
+//!
+//! The drivers below are the only code that interleaves scoring and updating. Each step is
+//! "score the chunk → record it in the ledger → obtain the chunk's [`ScoredSpan`] from the ledger
+//! → update". The update methods accept nothing but a `ScoredSpan`, and the ledger grants one only
+//! for recorded targets, so an update-then-score order does not type-check or fails at once.
+
+use anyhow::{bail, Result};
+use serde::Serialize;
+
+use crate::bpb::BpbSums;
+use crate::guards::Normalization;
+use crate::ledger::{Ledger, ScoredSpan};
+use crate::pass::{check_answer, request, run_windows, PassOptions, ProbePlan};
+use crate::schedule::{doc_chunks, Window};
+use crate::scorer::{Request, Scorer};
+
+/// Position of a chunk in the pass (for schedules such as the cosine learning rate of §5.3).
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkStep {
+    pub chunk: usize,
+    pub chunks: usize,
+}
+
+/// State that adapts to the stream chunk by chunk (full-parameter TTT, caches).
+pub trait StreamAdapt: Scorer {
+    fn update(&mut self, span: ScoredSpan<'_>, step: ChunkStep) -> Result<()>;
+}
+
+/// State that adapts per document, one independent slot per document of a batch (LoRA TTT).
+pub trait DocAdapt: Scorer {
+    /// Starts a batch of `docs` documents with fresh adapters.
+    fn reset(&mut self, docs: usize) -> Result<()>;
+    /// One update; `spans[slot]` is the just-scored chunk of that slot's document, or `None` when
+    /// the document has nothing left to score (its adapter is not trained).
+    fn update(&mut self, spans: &[Option<ScoredSpan<'_>>]) -> Result<()>;
+}
+
+/// One row of the per-chunk results.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChunkRow {
+    pub chunk: usize,
+    pub first_target: usize,
+    pub sums: BpbSums,
+    pub updated: bool,
+}
+
+/// §5.3: the stream is cut into chunks of `chunk_tokens` targets; each window belongs to the chunk
+/// holding its first scored target. For each chunk: score its windows, then (except after the last)
+/// update on the chunk's targets.
+pub fn score_first_chunks<M: StreamAdapt + ?Sized>(
+    ledger: &mut Ledger,
+    windows: &[Window],
+    chunk_tokens: usize,
+    model: &mut M,
+    opts: &PassOptions,
+    norm: &mut Normalization,
+    mut progress: impl FnMut(usize),
+) -> Result<Vec<ChunkRow>> {
+    if chunk_tokens == 0 {
+        bail!("chunk size must be positive");
+    }
+    let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
+        return Ok(vec![]);
+    };
+    let (lo, hi) = (first.scored().start, last.scored().end);
+    let chunks = (hi - lo).div_ceil(chunk_tokens);
+    let tokens = &ledger.val().tokens;
+    let plan = ProbePlan::new(windows.len(), opts.probes);
+    let mut rows = Vec::with_capacity(chunks);
+    let mut next = 0;
+    for c in 0..chunks {
+        let range = lo + c * chunk_tokens..(lo + (c + 1) * chunk_tokens).min(hi);
+        let end = next + windows[next..].partition_point(|w| w.scored().start < range.end);
+        let before = *ledger.total();
+        run_windows(
+            tokens,
+            &windows[next..end],
+            model,
+            opts,
+            &plan,
+            next,
+            norm,
+            |w, _, s, _| ledger.record(w.scored().start, &s.nll),
+        )?;
+        progress(end - next);
+        next = end;
+        let mut sums = *ledger.total();
+        sums.nll -= before.nll;
+        sums.targets -= before.targets;
+        sums.lut_bytes -= before.lut_bytes;
+        let updated = c + 1 < chunks;
+        if updated {
+            let span = ledger.span(range.clone())?;
+            model.update(span, ChunkStep { chunk: c, chunks })?;
+        }
+        rows.push(ChunkRow {
+            chunk: c,
+            first_target: range.start,
+            sums,
+            updated,
+        });
+    }
+    Ok(rows)
+}
+
+/// Per-document score-first adaptation (§5.2): documents (index into `ValSet::docs`, restricted to
+/// `docs`) are grouped by chunk count into batches of `batch_docs`; in each batch chunk `c` of every
+/// document is scored, then each document with a later chunk trains its own adapter on chunk `c`.
+/// Context never crosses a document boundary.
+#[allow(clippy::too_many_arguments)]
+pub fn score_first_docs<M: DocAdapt + ?Sized>(
+    ledger: &mut Ledger,
+    docs: &[usize],
+    chunk: usize,
+    context: usize,
+    batch_docs: usize,
+    model: &mut M,
+    opts: &PassOptions,
+    norm: &mut Normalization,
+    mut progress: impl FnMut(usize),
+) -> Result<()> {
+    let val = ledger.val();
+    let mut plans: Vec<Vec<Window>> = Vec::with_capacity(docs.len());
+    for &d in docs {
+        let doc = &val.docs[d];
+        plans.push(doc_chunks(doc.bos, doc.end, chunk, context)?);
+    }
+    // Similar lengths together, so a batch wastes few steps on finished documents.
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    order.sort_by_key(|&i| plans[i].len());
+    let vocab = model.vocab_size();
+    let plan = ProbePlan::new(plans.iter().map(Vec::len).sum(), opts.probes);
+    let mut counter = 0;
+    for batch in order.chunks(batch_docs.max(1)) {
+        model.reset(batch.len())?;
+        let steps = batch.iter().map(|&i| plans[i].len()).max().unwrap_or(0);
+        for c in 0..steps {
+            let live: Vec<(usize, Window)> = batch
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, &i)| plans[i].get(c).map(|w| (slot, *w)))
+                .collect();
+            let requests: Vec<Request> = live
+                .iter()
+                .enumerate()
+                .map(|(k, (slot, w))| {
+                    request(
+                        &val.tokens,
+                        w,
+                        plan.probe(counter + k, w.scored().len()),
+                        *slot,
+                    )
+                })
+                .collect();
+            counter += live.len();
+            let answers = model.score(&requests, opts.entropy)?;
+            if answers.len() != live.len() {
+                bail!(
+                    "the scorer answered {} of {} windows",
+                    answers.len(),
+                    live.len()
+                );
+            }
+            for (((_, w), req), scores) in live.iter().zip(&requests).zip(&answers) {
+                check_answer(w, req, scores, vocab, opts.entropy, norm)?;
+                ledger.record(w.scored().start, &scores.nll)?;
+            }
+            progress(live.len());
+            let mut spans: Vec<Option<ScoredSpan>> = vec![None; batch.len()];
+            let mut any = false;
+            for (slot, w) in &live {
+                if c + 1 < plans[batch[*slot]].len() {
+                    spans[*slot] = Some(ledger.span(w.scored())?);
+                    any = true;
+                }
+            }
+            if any {
+                model.update(&spans)?;
+            }
+        }
+    }
+    Ok(())
+}

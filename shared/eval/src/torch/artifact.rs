@@ -1,0 +1,47 @@
+//! The network as evaluation must see it: decoded from the artifact that quantize-pack wrote (the
+//! round trip), never the pre-quantization weights.
+
+use anyhow::{anyhow, Context, Result};
+use pgolf_model::ModelConfig;
+use pgolf_quant::Artifact;
+use std::path::Path;
+use tch::{Device, Kind};
+
+use super::net::Net;
+
+/// The artifact file inside a quantize-pack output.
+pub const ARTIFACT_FILE: &str = "artifact.pgq";
+
+/// How the forward pass computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compute {
+    /// bf16 matmuls on CUDA (as upstream's autocast), f32 on the CPU.
+    Auto,
+    F32,
+    Bf16,
+}
+
+/// Reads `dir/artifact.pgq`, decodes every tensor and builds the model its config describes.
+pub fn load_artifact(dir: &Path, device: Device, compute: Compute) -> Result<(Net, ModelConfig)> {
+    let path = dir.join(ARTIFACT_FILE);
+    let artifact = Artifact::read(&path)?;
+    let cfg: ModelConfig = serde_json::from_str(&artifact.config_json()).map_err(|e| {
+        anyhow!(
+            "{}: invalid model config inside the artifact: {e}",
+            path.display()
+        )
+    })?;
+    cfg.validate()
+        .with_context(|| format!("{}", path.display()))?;
+    let named = artifact
+        .to_tch(device)
+        .with_context(|| format!("{}: cannot decode", path.display()))?;
+    let mut net = Net::from_tensors(&cfg, &named, device, &path.display().to_string())?;
+    let kind = match (compute, device) {
+        (Compute::F32, _) | (Compute::Auto, Device::Cpu) => Kind::Float,
+        (Compute::Bf16, _) | (Compute::Auto, _) => Kind::BFloat16,
+    };
+    net.gpt.set_compute_kind(kind);
+    Ok((net, cfg))
+}

@@ -1,0 +1,16 @@
+//! The network side of evaluation on libtorch: the GPT as a scorer ([`net::Net`]), legal
+//! score-first full-parameter TTT ([`full_ttt::FullTtt`]) and per-document LoRA TTT
+//! ([`lora::LoraTtt`]).
+
+pub mod artifact;
+pub mod full_ttt;
+pub mod lora;
+pub mod net;
+
+#[cfg(test)]
+mod tests;
+
+pub use artifact::{load_artifact, Compute, ARTIFACT_FILE};
+pub use full_ttt::{FullTtt, FullTttConfig};
+pub use lora::{LoraConfig, LoraTtt};
+pub use net::Net;

@@ -1,0 +1,48 @@
+//! Writes our model's logits and per-token NLL for the first sequences of a token shard, for the
+//! cross-check against the Python reference (bench/check_model_vs_reference.py):
+//!
+//!     logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fused]
+//!
+//! Runs on the CPU in f32, with the fused block formulation unless `literal` is given.
+
+use anyhow::{bail, Context, Result};
+use pgolf_data::Shard;
+use pgolf_model::{build, load_safetensors, save_tensors, ModelConfig};
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if !(6..=7).contains(&args.len()) {
+        bail!("usage: logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fused]");
+    }
+    let cfg = ModelConfig::read(Path::new(&args[1]))?;
+    let (mut vs, mut gpt) = build(&cfg, Device::Cpu)?;
+    gpt.set_fused(args.get(6).map(String::as_str) != Some("literal"));
+    load_safetensors(&mut vs, Path::new(&args[2]))?;
+    let shard = Shard::open(Path::new(&args[3]))?;
+    let n: usize = args[4].parse().context("N_SEQS")?;
+    let t = cfg.seq_len;
+    if shard.len() < n * t + 1 {
+        bail!("{}: {} tokens, need {}", args[3], shard.len(), n * t + 1);
+    }
+    let ids: Vec<i64> = shard.tokens()[..n * t + 1]
+        .iter()
+        .map(|&v| v as i64)
+        .collect();
+    let all = Tensor::from_slice(&ids);
+    let x = all.narrow(0, 0, (n * t) as i64).view([n as i64, t as i64]);
+    let y = all.narrow(0, 1, (n * t) as i64).view([n as i64, t as i64]);
+    let (logits, nll) = tch::no_grad(|| (gpt.logits(&x), gpt.token_nll(&x, &y)));
+    let loss = nll.mean(Kind::Float);
+    save_tensors(
+        &[
+            ("logits".into(), logits),
+            ("nll".into(), nll),
+            ("loss".into(), loss),
+            ("x".into(), x),
+            ("y".into(), y),
+        ],
+        Path::new(&args[5]),
+    )
+}

@@ -1,0 +1,699 @@
+//! The baseline GPT (REFERENCE.md §3.2–3.5): tied embedding, weightless RMSNorm, GQA attention
+//! with q/k RMSNorm, half-split RoPE and a per-head q gain, relu² MLP, `resid_mix` with the
+//! embedding x0, U-Net skips, zero-initialised output projections and a soft-capped fp32 head.
+//!
+//! Weights are kept in fp32 (the embedding may be bf16, as upstream) and cast to the compute
+//! dtype at each matmul, as upstream's `CastedLinear` under bf16 autocast: f32 on the CPU (exact
+//! comparisons with the reference), bf16 on CUDA. The logits are always fp32.
+
+use anyhow::{Context, Result};
+use std::cell::RefCell;
+use tch::{nn, Kind, Tensor};
+
+use crate::config::{Activation, ModelConfig};
+use crate::hooks::{Hooks, Site};
+use crate::rope::Rope;
+
+mod fused;
+
+/// One transformer block's parameters (names under `blocks.{i}.`).
+pub(crate) struct Block {
+    pub(crate) c_q: Tensor,
+    pub(crate) c_k: Tensor,
+    pub(crate) c_v: Tensor,
+    pub(crate) attn_proj: Tensor,
+    pub(crate) q_gain: Tensor,
+    pub(crate) fc: Tensor,
+    pub(crate) mlp_proj: Tensor,
+    pub(crate) attn_scale: Tensor,
+    pub(crate) mlp_scale: Tensor,
+    pub(crate) resid_mix: Tensor,
+}
+
+pub struct Gpt {
+    cfg: ModelConfig,
+    tok_emb: Tensor,
+    lm_head: Option<Tensor>,
+    skip_weights: Tensor,
+    pub(crate) blocks: Vec<Block>,
+    /// Every parameter in upstream `state_dict` order (which Muon's rank assignment follows).
+    params: Vec<(String, Tensor)>,
+    pub(crate) compute: Kind,
+    rope: RefCell<Rope>,
+    /// Use the fused formulation of each block (`fused.rs`); same function, fewer memory passes.
+    fused: bool,
+}
+
+/// Which optimizer group a parameter belongs to (REFERENCE.md §3.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParamRole {
+    /// `tok_emb.weight`: Adam at the (tied) embedding LR.
+    Embedding,
+    /// `lm_head.weight` (untied only): Adam at the head LR.
+    Head,
+    /// 2-D block matrices: Muon.
+    Matrix,
+    /// Gains, scales, mixes and skip weights: Adam at the scalar LR.
+    Control,
+}
+
+/// Upstream's control-tensor name patterns: kept fp32 and given to Adam even when 2-D.
+pub const CONTROL_PATTERNS: [&str; 9] = [
+    "attn_scale",
+    "attn_scales",
+    "mlp_scale",
+    "mlp_scales",
+    "resid_mix",
+    "resid_mixes",
+    "q_gain",
+    "skip_weight",
+    "skip_weights",
+];
+
+/// The optimizer group of a parameter, from its name and rank, as upstream splits them.
+pub fn param_role(name: &str, ndim: usize) -> ParamRole {
+    if name == "tok_emb.weight" {
+        ParamRole::Embedding
+    } else if name == "lm_head.weight" {
+        ParamRole::Head
+    } else if ndim == 2 && !CONTROL_PATTERNS.iter().any(|p| name.contains(p)) {
+        ParamRole::Matrix
+    } else {
+        ParamRole::Control
+    }
+}
+
+pub(crate) fn rms(x: &Tensor) -> Tensor {
+    // eps None = the op's default (f32 machine epsilon, also for bf16 inputs), as upstream.
+    x.rms_norm([*x.size().last().unwrap()], None::<Tensor>, None)
+}
+
+impl Gpt {
+    /// Builds the model's variables under `path` (normally a VarStore's root) with upstream's
+    /// initialisation (REFERENCE.md §3.4), drawing from the global torch RNG (`tch::manual_seed`).
+    /// Variable names are the upstream `state_dict` names.
+    pub fn new(path: &nn::Path, cfg: &ModelConfig) -> Result<Gpt> {
+        cfg.validate()?;
+        let d = cfg.model_dim as i64;
+        let kv = cfg.kv_dim() as i64;
+        let hidden = cfg.mlp_hidden() as i64;
+        let mut params = Vec::new();
+        let mut add = |name: String, t: Tensor| {
+            params.push((name, t.shallow_clone()));
+            t
+        };
+        let emb_std = if cfg.tie_embeddings {
+            cfg.tied_embed_init_std
+        } else {
+            1.0
+        };
+        let tok_emb = add(
+            "tok_emb.weight".into(),
+            (path / "tok_emb").randn("weight", &[cfg.vocab_size as i64, d], 0.0, emb_std),
+        );
+        let skip_weights = add(
+            "skip_weights".into(),
+            path.ones("skip_weights", &[cfg.num_skip_weights() as i64, d]),
+        );
+        // PyTorch's default Linear init: U(±1/√fan_in).
+        let linear = |p: nn::Path, out: i64, inp: i64| {
+            let bound = 1.0 / (inp as f64).sqrt();
+            p.uniform("weight", &[out, inp], -bound, bound)
+        };
+        let mut blocks = Vec::with_capacity(cfg.num_layers);
+        for i in 0..cfg.num_layers {
+            let b = path / "blocks" / i;
+            let attn = &b / "attn";
+            let mlp = &b / "mlp";
+            let pre = format!("blocks.{i}");
+            let c_q = add(
+                format!("{pre}.attn.c_q.weight"),
+                linear(&attn / "c_q", d, d),
+            );
+            let c_k = add(
+                format!("{pre}.attn.c_k.weight"),
+                linear(&attn / "c_k", kv, d),
+            );
+            let c_v = add(
+                format!("{pre}.attn.c_v.weight"),
+                linear(&attn / "c_v", kv, d),
+            );
+            let attn_proj = add(
+                format!("{pre}.attn.proj.weight"),
+                (&attn / "proj").zeros("weight", &[d, d]),
+            );
+            let q_gain = add(
+                format!("{pre}.attn.q_gain"),
+                attn.var(
+                    "q_gain",
+                    &[cfg.num_heads as i64],
+                    nn::Init::Const(cfg.qk_gain_init),
+                ),
+            );
+            let fc = add(
+                format!("{pre}.mlp.fc.weight"),
+                linear(&mlp / "fc", hidden, d),
+            );
+            let mlp_proj = add(
+                format!("{pre}.mlp.proj.weight"),
+                (&mlp / "proj").zeros("weight", &[d, hidden]),
+            );
+            let attn_scale = add(format!("{pre}.attn_scale"), b.ones("attn_scale", &[d]));
+            let mlp_scale = add(format!("{pre}.mlp_scale"), b.ones("mlp_scale", &[d]));
+            let mix = Tensor::stack(
+                &[
+                    Tensor::ones([d], (Kind::Float, path.device())),
+                    Tensor::zeros([d], (Kind::Float, path.device())),
+                ],
+                0,
+            );
+            let resid_mix = add(format!("{pre}.resid_mix"), b.var_copy("resid_mix", &mix));
+            blocks.push(Block {
+                c_q,
+                c_k,
+                c_v,
+                attn_proj,
+                q_gain,
+                fc,
+                mlp_proj,
+                attn_scale,
+                mlp_scale,
+                resid_mix,
+            });
+        }
+        let lm_head = (!cfg.tie_embeddings).then(|| {
+            add(
+                "lm_head.weight".into(),
+                (path / "lm_head").zeros("weight", &[cfg.vocab_size as i64, d]),
+            )
+        });
+        let rope = Rope::new(cfg.head_dim(), cfg.rope_base);
+        Ok(Gpt {
+            cfg: cfg.clone(),
+            tok_emb,
+            lm_head,
+            skip_weights,
+            blocks,
+            params,
+            compute: Kind::Float,
+            rope: RefCell::new(rope),
+            fused: true,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// Every parameter with its upstream name, in upstream `state_dict` order.
+    pub fn named_parameters(&self) -> &[(String, Tensor)] {
+        &self.params
+    }
+
+    /// The dtype activations and matmuls run in: `Kind::Float` (default) or `Kind::BFloat16`.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute
+    }
+
+    pub fn set_compute_kind(&mut self, kind: Kind) {
+        self.compute = kind;
+    }
+
+    /// Chooses the block formulation: `true` (default) the fused one of `fused.rs`, `false` the
+    /// literal transcription of REFERENCE.md §3.2 in this file. Both compute the same function.
+    pub fn set_fused(&mut self, fused: bool) {
+        self.fused = fused;
+    }
+
+    pub fn is_fused(&self) -> bool {
+        self.fused
+    }
+
+    /// Stores the embedding in `kind` (upstream keeps it bf16 for training; its Adam state
+    /// follows). The variable keeps its identity, so a VarStore holding it sees the change.
+    pub fn set_embedding_kind(&mut self, kind: Kind) {
+        let converted = self.tok_emb.detach().to_kind(kind);
+        tch::no_grad(|| self.tok_emb.set_data(&converted));
+    }
+
+    /// Soft-capped logits `[B, T, V]` in f32 for token ids `x: [B, T]` (i64).
+    pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
+        let ck = self.compute;
+        let (_, t) = x.size2().expect("forward expects token ids [B, T]");
+        let (cos, sin) = self.rope.borrow_mut().tables(t, ck, x.device());
+        if self.fused {
+            return self.forward_fused(x, &cos, &sin, hooks);
+        }
+        let mut h = rms(&Tensor::embedding(&self.tok_emb, x, -1, false, false).to_kind(ck));
+        let x0 = h.shallow_clone();
+        let enc = self.cfg.num_encoder_layers();
+        let mut skips = Vec::with_capacity(enc);
+        for i in 0..enc {
+            h = self.block(i, &h, &x0, &cos, &sin, hooks);
+            skips.push(h.shallow_clone());
+        }
+        for j in 0..self.cfg.num_decoder_layers() {
+            if let Some(skip) = skips.pop() {
+                h = &h + self.skip_weights.get(j as i64).to_kind(ck) * skip; // not `+=` (in place)
+            }
+            h = self.block(enc + j, &h, &x0, &cos, &sin, hooks);
+        }
+        let h = rms(&h);
+        let (head_name, head) = match &self.lm_head {
+            Some(w) => ("lm_head.weight", w),
+            None => ("tok_emb.weight", &self.tok_emb),
+        };
+        hooks.tap(|| head_name.to_string(), &h);
+        let mut logits = h
+            .linear(&head.to_kind(ck), None::<Tensor>)
+            .to_kind(Kind::Float);
+        if let Some(delta) = hooks.delta(Site::Head, self.cfg.num_layers, &h) {
+            logits = &logits + delta.to_kind(Kind::Float); // not `+=` (in place)
+        }
+        let cap = self.cfg.logit_softcap;
+        (logits / cap).tanh() * cap
+    }
+
+    /// Soft-capped logits without hooks.
+    pub fn logits(&self, x: &Tensor) -> Tensor {
+        self.forward(x, &mut Hooks::default())
+    }
+
+    /// Mean cross-entropy over all positions (what training minimises), f32 scalar.
+    pub fn loss(&self, x: &Tensor, y: &Tensor) -> Tensor {
+        let v = self.cfg.vocab_size as i64;
+        self.logits(x).view([-1, v]).cross_entropy_loss(
+            &y.view([-1]),
+            None::<Tensor>,
+            tch::Reduction::Mean,
+            -100,
+            0.0,
+        )
+    }
+
+    /// Per-token NLL `[B, T]` (f32, natural log) of targets `y` given inputs `x`.
+    pub fn token_nll(&self, x: &Tensor, y: &Tensor) -> Tensor {
+        self.token_nll_with(x, y, &mut Hooks::default())
+    }
+
+    /// Per-token NLL with hooks (e.g. a LoRA adapter during test-time training).
+    pub fn token_nll_with(&self, x: &Tensor, y: &Tensor, hooks: &mut Hooks) -> Tensor {
+        let v = self.cfg.vocab_size as i64;
+        let logits = self.forward(x, hooks);
+        logits
+            .view([-1, v])
+            .cross_entropy_loss(
+                &y.view([-1]),
+                None::<Tensor>,
+                tch::Reduction::None,
+                -100,
+                0.0,
+            )
+            .view_as(y)
+    }
+
+    fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        x0: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Tensor {
+        let ck = self.compute;
+        let blk = &self.blocks[i];
+        let mix = blk.resid_mix.to_kind(ck);
+        let x = mix.get(0) * x + mix.get(1) * x0;
+        let attn = self.attention(i, &rms(&x), cos, sin, hooks);
+        let x = x + blk.attn_scale.to_kind(ck) * attn;
+        let mlp = self.mlp(i, &rms(&x), hooks);
+        x + blk.mlp_scale.to_kind(ck) * mlp
+    }
+
+    /// `relu(x)²` or `leaky_relu(x, slope)²`.
+    pub(crate) fn activation(&self, pre: &Tensor) -> Tensor {
+        match self.cfg.activation {
+            Activation::Relu2 => pre.relu().square(),
+            Activation::LeakyRelu2(slope) => pre.where_self(&pre.gt(0.0), &(pre * slope)).square(),
+        }
+    }
+
+    /// A projection `u Wᵀ` in the compute dtype plus the adapter's delta, if any.
+    pub(crate) fn project(
+        &self,
+        u: &Tensor,
+        w: &Tensor,
+        site: Site,
+        layer: usize,
+        hooks: &Hooks,
+    ) -> Tensor {
+        let out = u.linear(&w.to_kind(self.compute), None::<Tensor>);
+        match hooks.delta(site, layer, u) {
+            Some(delta) => out + delta.to_kind(self.compute),
+            None => out,
+        }
+    }
+
+    fn attention(
+        &self,
+        i: usize,
+        u: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Tensor {
+        let blk = &self.blocks[i];
+        let (b, t, d) = u.size3().expect("attention input [B, T, d]");
+        let (h, hkv, hd) = (
+            self.cfg.num_heads as i64,
+            self.cfg.num_kv_heads as i64,
+            self.cfg.head_dim() as i64,
+        );
+        for name in ["c_q", "c_k", "c_v"] {
+            hooks.tap(|| format!("blocks.{i}.attn.{name}.weight"), u);
+        }
+        let q = self
+            .project(u, &blk.c_q, Site::Q, i, hooks)
+            .view([b, t, h, hd])
+            .transpose(1, 2);
+        let k = self
+            .project(u, &blk.c_k, Site::K, i, hooks)
+            .view([b, t, hkv, hd])
+            .transpose(1, 2);
+        let v = self
+            .project(u, &blk.c_v, Site::V, i, hooks)
+            .view([b, t, hkv, hd])
+            .transpose(1, 2);
+        let q =
+            Rope::apply(&rms(&q), cos, sin) * blk.q_gain.to_kind(self.compute).view([1, h, 1, 1]);
+        let k = Rope::apply(&rms(&k), cos, sin);
+        let y = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            hkv != h,
+        );
+        let y = y.transpose(1, 2).contiguous().view([b, t, d]);
+        hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
+        self.project(&y, &blk.attn_proj, Site::O, i, hooks)
+    }
+
+    fn mlp(&self, i: usize, u: &Tensor, hooks: &mut Hooks) -> Tensor {
+        let blk = &self.blocks[i];
+        hooks.tap(|| format!("blocks.{i}.mlp.fc.weight"), u);
+        let act = self.activation(&self.project(u, &blk.fc, Site::MlpIn, i, hooks));
+        hooks.tap(|| format!("blocks.{i}.mlp.proj.weight"), &act);
+        self.project(&act, &blk.mlp_proj, Site::MlpOut, i, hooks)
+    }
+}
+
+/// Builds a model in a fresh VarStore: initialised on the CPU (so a seed gives the same initial
+/// weights whatever the device), then moved to `device`.
+pub fn build(cfg: &ModelConfig, device: tch::Device) -> Result<(nn::VarStore, Gpt)> {
+    let mut vs = nn::VarStore::new(tch::Device::Cpu);
+    let gpt = Gpt::new(&vs.root(), cfg).context("building the GPT")?;
+    if device != tch::Device::Cpu {
+        vs.set_device(device);
+    }
+    Ok((vs, gpt))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::Adapter;
+    use std::collections::BTreeMap;
+    use tch::Device;
+
+    fn tiny() -> ModelConfig {
+        ModelConfig {
+            vocab_size: 64,
+            num_layers: 3,
+            model_dim: 32,
+            num_heads: 4,
+            num_kv_heads: 2,
+            seq_len: 16,
+            ..Default::default()
+        }
+    }
+
+    /// Perturbs every weight so zero-initialised projections take part.
+    fn perturbed(cfg: &ModelConfig) -> (nn::VarStore, Gpt) {
+        tch::manual_seed(3);
+        let (vs, gpt) = build(cfg, Device::Cpu).unwrap();
+        tch::no_grad(|| {
+            for (_, t) in gpt.named_parameters() {
+                let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.05));
+            }
+        });
+        (vs, gpt)
+    }
+
+    #[test]
+    fn the_built_baseline_has_17_059_912_parameters_with_upstream_names() {
+        let (vs, gpt) = build(&ModelConfig::default(), Device::Cpu).unwrap();
+        let total: i64 = gpt
+            .named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        assert_eq!(total, 17_059_912);
+        assert_eq!(vs.variables().len(), gpt.named_parameters().len());
+        let shapes: BTreeMap<String, Vec<i64>> = gpt
+            .named_parameters()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.size()))
+            .collect();
+        assert_eq!(shapes["tok_emb.weight"], [1024, 512]);
+        assert_eq!(shapes["skip_weights"], [4, 512]);
+        assert_eq!(shapes["blocks.8.attn.c_k.weight"], [256, 512]);
+        assert_eq!(shapes["blocks.0.attn.q_gain"], [8]);
+        assert_eq!(shapes["blocks.3.resid_mix"], [2, 512]);
+        assert_eq!(shapes["blocks.3.mlp.proj.weight"], [512, 1024]);
+        assert!(vs.variables().contains_key("blocks.8.mlp.fc.weight"));
+        // Upstream's init: zero output projections, unit scales, q gain 1.5, resid_mix (1, 0).
+        let get = |n: &str| {
+            gpt.named_parameters()
+                .iter()
+                .find(|(m, _)| m == n)
+                .unwrap()
+                .1
+                .shallow_clone()
+        };
+        assert_eq!(
+            get("blocks.2.attn.proj.weight")
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        assert_eq!(
+            get("blocks.2.attn.q_gain")
+                .mean(Kind::Float)
+                .double_value(&[]),
+            1.5
+        );
+        assert_eq!(
+            get("blocks.2.resid_mix")
+                .sum_dim_intlist(1, false, Kind::Float)
+                .double_value(&[0]),
+            512.0
+        );
+        let std = get("tok_emb.weight").std(true).double_value(&[]);
+        assert!((std - 0.005).abs() < 2e-4, "embedding std {std}");
+        let bound = get("blocks.0.attn.c_q.weight")
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(
+            bound <= 1.0 / 512f64.sqrt() && bound > 0.04,
+            "c_q bound {bound}"
+        );
+        assert_eq!(param_role("blocks.0.attn.c_q.weight", 2), ParamRole::Matrix);
+        assert_eq!(param_role("blocks.0.resid_mix", 2), ParamRole::Control);
+        assert_eq!(param_role("skip_weights", 2), ParamRole::Control);
+        assert_eq!(param_role("tok_emb.weight", 2), ParamRole::Embedding);
+    }
+
+    #[test]
+    fn logits_are_soft_capped_and_nll_agrees_with_the_loss() {
+        let cfg = ModelConfig {
+            logit_softcap: 2.0,
+            ..tiny()
+        };
+        let (_vs, gpt) = perturbed(&cfg);
+        let x = Tensor::randint(64, [3, 16], (Kind::Int64, Device::Cpu));
+        let y = Tensor::randint(64, [3, 16], (Kind::Int64, Device::Cpu));
+        let logits = gpt.logits(&x);
+        assert_eq!(
+            (logits.size(), logits.kind()),
+            (vec![3, 16, 64], Kind::Float)
+        );
+        assert!(logits.abs().max().double_value(&[]) <= 2.0);
+        let nll = gpt.token_nll(&x, &y);
+        assert_eq!(nll.size(), vec![3, 16]);
+        let diff = (nll.mean(Kind::Float) - gpt.loss(&x, &y))
+            .abs()
+            .double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
+    }
+
+    /// Causality: changing a later token leaves earlier logits unchanged.
+    #[test]
+    fn attention_is_causal() {
+        let (_vs, gpt) = perturbed(&tiny());
+        let x = Tensor::randint(64, [1, 16], (Kind::Int64, Device::Cpu));
+        let x2 = x.copy();
+        let _ = x2.get(0).get(10).fill_((x.int64_value(&[0, 10]) + 1) % 64);
+        let (a, b) = (gpt.logits(&x), gpt.logits(&x2));
+        assert!(a.narrow(1, 0, 10).equal(&b.narrow(1, 0, 10)));
+        assert!(!a.narrow(1, 10, 6).equal(&b.narrow(1, 10, 6)));
+    }
+
+    #[test]
+    fn taps_see_every_linear_input() {
+        let (_vs, gpt) = perturbed(&tiny());
+        let x = Tensor::randint(64, [2, 8], (Kind::Int64, Device::Cpu));
+        let mut seen: Vec<(String, Vec<i64>)> = vec![];
+        let mut tap = |name: &str, input: &Tensor| seen.push((name.to_string(), input.size()));
+        let with = gpt.forward(&x, &mut Hooks::with_taps(&mut tap));
+        assert!(
+            with.equal(&gpt.logits(&x)),
+            "taps must not change the output"
+        );
+        assert_eq!(seen.len(), 3 * 6 + 1);
+        assert_eq!(
+            seen[0],
+            ("blocks.0.attn.c_q.weight".to_string(), vec![16, 32])
+        );
+        assert_eq!(seen[2].0, "blocks.0.attn.c_v.weight");
+        assert_eq!(
+            seen[3],
+            ("blocks.0.attn.proj.weight".to_string(), vec![16, 32])
+        );
+        assert_eq!(
+            seen[5],
+            ("blocks.0.mlp.proj.weight".to_string(), vec![16, 64])
+        );
+        assert_eq!(seen[18], ("tok_emb.weight".to_string(), vec![16, 32]));
+    }
+
+    struct HeadBias;
+    impl Adapter for HeadBias {
+        fn delta(&self, site: Site, layer: usize, input: &Tensor) -> Option<Tensor> {
+            assert!(site != Site::Head || layer == 3);
+            (site == Site::Head).then(|| {
+                let (b, t, _) = input.size3().unwrap();
+                let d = Tensor::zeros([b, t, 64], (Kind::Float, Device::Cpu));
+                let _ = d.narrow(2, 5, 1).fill_(1000.0);
+                d
+            })
+        }
+    }
+
+    #[test]
+    fn an_adapter_delta_reaches_the_logits_before_the_cap() {
+        let (_vs, gpt) = perturbed(&tiny());
+        let x = Tensor::randint(64, [1, 4], (Kind::Int64, Device::Cpu));
+        let logits = gpt.forward(&x, &mut Hooks::with_adapter(&HeadBias));
+        // +1000 before the cap saturates id 5 at the cap (30); the others are unchanged.
+        assert!((logits.double_value(&[0, 0, 5]) - 30.0).abs() < 1e-4);
+        assert!(logits
+            .narrow(2, 0, 5)
+            .equal(&gpt.logits(&x).narrow(2, 0, 5)));
+    }
+
+    struct QvShift {
+        kv: i64,
+    }
+    impl Adapter for QvShift {
+        fn delta(&self, site: Site, layer: usize, input: &Tensor) -> Option<Tensor> {
+            let width = match site {
+                Site::Q => 32,
+                Site::V | Site::K => self.kv,
+                Site::O | Site::MlpOut => 32,
+                _ => return None,
+            };
+            let (b, t, _) = input.size3().unwrap();
+            Some(Tensor::full(
+                [b, t, width],
+                0.01 * (layer as f64 + 1.0),
+                (Kind::Float, Device::Cpu),
+            ))
+        }
+    }
+
+    /// The fused formulation computes the same function and gradients as the literal one (f32),
+    /// with and without adapters, for GQA and plain multi-head attention.
+    #[test]
+    fn fused_and_literal_blocks_agree() {
+        for cfg in [
+            tiny(),
+            ModelConfig {
+                num_kv_heads: 4,
+                tie_embeddings: false,
+                activation: crate::Activation::LeakyRelu2(0.5),
+                ..tiny()
+            },
+        ] {
+            let (_vs, mut gpt) = perturbed(&cfg);
+            let x = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
+            let y = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
+            let mut outputs = vec![];
+            for fused in [false, true] {
+                gpt.set_fused(fused);
+                for (_, p) in gpt.named_parameters() {
+                    p.shallow_clone().zero_grad();
+                }
+                gpt.loss(&x, &y).backward();
+                let grads: Vec<Tensor> = gpt
+                    .named_parameters()
+                    .iter()
+                    .map(|(_, p)| p.grad().copy())
+                    .collect();
+                let adapted = tch::no_grad(|| {
+                    gpt.forward(
+                        &x,
+                        &mut Hooks::with_adapter(&QvShift {
+                            kv: cfg.kv_dim() as i64,
+                        }),
+                    )
+                });
+                outputs.push((tch::no_grad(|| gpt.logits(&x)), grads, adapted));
+            }
+            let (plain, fused) = (&outputs[0], &outputs[1]);
+            let max = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+            assert!(
+                max(&plain.0, &fused.0) < 1e-5,
+                "logits differ by {}",
+                max(&plain.0, &fused.0)
+            );
+            assert!(
+                max(&plain.2, &fused.2) < 1e-5,
+                "adapted logits differ by {}",
+                max(&plain.2, &fused.2)
+            );
+            assert!(
+                max(&plain.2, &plain.0) > 1e-3,
+                "the adapter must change the logits"
+            );
+            for ((name, _), (g1, g2)) in gpt
+                .named_parameters()
+                .iter()
+                .zip(plain.1.iter().zip(&fused.1))
+            {
+                let scale = g1.abs().max().double_value(&[]).max(1e-8);
+                assert!(
+                    max(g1, g2) / scale < 1e-4,
+                    "{name}: gradients differ by {} (scale {scale})",
+                    max(g1, g2)
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The baseline GPT on libtorch (REFERENCE.md §3.2–3.5), shared by train, calibration and
+//! evaluation stages.
+//!
+//! # API (a contract other stages code against)
+//!
+//! - [`ModelConfig`] (serde, `config.json` beside weights; `Default` = the baseline, 17,059,912
+//!   parameters by [`ModelConfig::num_params`]). Shape knobs: `vocab_size`, `num_layers`,
+//!   `model_dim`, `num_heads`, `num_kv_heads`, `mlp_mult`, `seq_len`, `rope_base`, `logit_softcap`,
+//!   `qk_gain_init`, `tie_embeddings`, `tied_embed_init_std`, `activation` (`"relu2"` or
+//!   `{"leaky_relu2": slope}`).
+//! - [`Gpt::new`]`(path: &nn::Path, cfg) -> Result<Gpt>`: variables named as upstream's
+//!   `state_dict` (`tok_emb.weight`, `skip_weights`, `blocks.{i}.attn.c_q.weight`, `c_k`, `c_v`,
+//!   `proj`, `blocks.{i}.attn.q_gain`, `blocks.{i}.mlp.fc.weight`, `blocks.{i}.mlp.proj.weight`,
+//!   `blocks.{i}.attn_scale`, `mlp_scale`, `resid_mix`; `lm_head.weight` when untied), upstream
+//!   shapes. [`build`] makes a VarStore and a model in one go.
+//! - [`Gpt::forward`]`(x: [B,T] i64, &mut Hooks) -> [B,T,V] f32` soft-capped logits;
+//!   [`Gpt::loss`] (mean CE, training), [`Gpt::token_nll`] (`[B,T]` f32, nats),
+//!   [`Gpt::token_nll_with`] (with hooks).
+//! - [`Hooks`]: `taps: Option<&mut dyn FnMut(&str /*weight name*/, &Tensor /*[N, in]*/)>`, called
+//!   for every linear (c_q/c_k/c_v: one call per name with the same input) and the head
+//!   (`tok_emb.weight` with the final-norm output); `adapter: Option<&dyn Adapter>` whose
+//!   [`Adapter::delta`]`(site: Site, layer, input [B,T,in]) -> Option<Tensor>` is added to that
+//!   projection's output ([`Site`]: Q, K, V, O, MlpIn, MlpOut, Head — Head before the soft-cap).
+//! - Precision: [`Gpt::set_compute_kind`] (`Float` default; `BFloat16` on CUDA as upstream's
+//!   autocast), [`Gpt::set_embedding_kind`] (upstream trains `tok_emb` in bf16).
+//! - Formulation: [`Gpt::set_fused`] (default `true`: `gpt/fused.rs`, fewer memory passes;
+//!   `false`: the literal transcription in `gpt.rs`). Same function (tested to rounding, and both
+//!   against the Python reference: bench/train.md); taps and adapters behave the same.
+//! - [`load_safetensors`]`(&mut VarStore, path)` strict (missing/unexpected/shape → error naming
+//!   file and tensor), [`save_safetensors`]`(&VarStore, path)`; [`read_tensors`],
+//!   [`save_tensors`], [`load_into`] for tensors outside a VarStore (EMA shadows).
+//! - [`device_from_str`]`("cpu"|"cuda"|"cuda:N") -> Result<Device>`.
+//! - [`cuda`]: what libtorch has and tch lacks, through the C++ shims in `csrc/`: peak allocator
+//!   memory, `empty_cache`, and [`cuda::CudaGraph`] (capture / replay).
+//! - [`param_role`]: the optimizer group of a parameter name (Muon matrices, Adam controls, ...).
+
+pub mod checkpoint;
+pub mod config;
+pub mod cuda;
+pub mod device;
+pub mod gpt;
+pub mod hooks;
+mod rope;
+
+pub use checkpoint::{load_into, load_safetensors, read_tensors, save_safetensors, save_tensors};
+pub use config::{Activation, ModelConfig, CONFIG_FILE};
+pub use device::device_from_str;
+pub use gpt::{build, param_role, Gpt, ParamRole, CONTROL_PATTERNS};
+pub use hooks::{Adapter, Hooks, Site};
+pub use tch;

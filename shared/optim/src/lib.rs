@@ -1,0 +1,22 @@
+//! Optimizers and schedules of the baseline (REFERENCE.md §3.6–3.8, §5.6).
+//!
+//! - [`Muon`] for 2-D block matrices (Nesterov, NS5 in bf16, `√max(1, rows/cols)`, batched by
+//!   shape, rank-sharded with an all-reduce of the updates), [`newton_schulz5`].
+//! - [`Adam`] with named groups ([`AdamGroup`]: tied embedding, scalars/controls, untied head).
+//! - [`schedule`]: the warm-down LR multiplier (iterations or wall clock) and the momentum ramp.
+//! - [`Ema`]: the weight average, with its update count.
+//! - [`clip_grad_norm`]; [`Collective`] (rank, world size, all-reduce) with [`Single`].
+
+pub mod adam;
+pub mod clip;
+pub mod collective;
+pub mod ema;
+pub mod muon;
+pub mod schedule;
+
+pub use adam::{Adam, AdamGroup};
+pub use clip::clip_grad_norm;
+pub use collective::{Collective, Single};
+pub use ema::Ema;
+pub use muon::{newton_schulz5, newton_schulz5_in, Muon, NS5_COEFFS};
+pub use schedule::{muon_momentum, Warmdown};

@@ -1,0 +1,184 @@
+//! The artifact file (docs/ARTIFACT.md): a fixed 56-byte frame, then the compressed body.
+//!
+//! ```text
+//! 0   4  magic "PGQA"
+//! 4   1  frame version (1)
+//! 5   1  compressor: 0 none, 1 zstd, 2 brotli
+//! 6   1  byte-shuffle stride (1 = none)
+//! 7   1  reserved, 0
+//! 8   8  body length, u64 LE (uncompressed, unshuffled)
+//! 16  8  stream length, u64 LE (the bytes after the frame)
+//! 24 32  BLAKE3 of the body
+//! 56  …  compressed stream
+//! ```
+//!
+//! Reading checks each field, so a truncated, padded or corrupted file is refused with the reason.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::path::Path;
+use tch::{Device, Tensor};
+
+use crate::compress::{decompress, Codec, Compression};
+use crate::container::{decode_body, encode_body};
+use crate::dtype::DType;
+use crate::encoded::StoredTensor;
+
+pub const MAGIC: &[u8; 4] = b"PGQA";
+pub const FRAME_VERSION: u8 = 1;
+pub const FRAME_BYTES: usize = 56;
+/// Refuse to inflate a body beyond this (a corrupted length field must not exhaust memory).
+const MAX_BODY: u64 = 4 << 30;
+
+/// A decoded artifact: the model config and the stored tensors.
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub config: Value,
+    pub tensors: Vec<StoredTensor>,
+    pub codec: Codec,
+    pub shuffle: u8,
+    /// Length of the file it was read from (or encoded to).
+    pub file_bytes: u64,
+}
+
+/// A tensor as the model gets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodedTensor {
+    pub name: String,
+    pub shape: Vec<usize>,
+    /// The model's dtype; `data` holds values exactly representable in it.
+    pub dtype: DType,
+    pub data: Vec<f32>,
+}
+
+/// Encodes an artifact into file bytes.
+pub fn encode_artifact(
+    config: &Value,
+    tensors: &[StoredTensor],
+    compression: &Compression,
+) -> Result<Vec<u8>> {
+    let body = encode_body(config, tensors)?;
+    let stream = compression.compress(&body)?;
+    let mut out = Vec::with_capacity(FRAME_BYTES + stream.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[
+        FRAME_VERSION,
+        compression.codec.id(),
+        compression.stride(),
+        0,
+    ]);
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(stream.len() as u64).to_le_bytes());
+    out.extend_from_slice(blake3::hash(&body).as_bytes());
+    out.extend_from_slice(&stream);
+    Ok(out)
+}
+
+impl Artifact {
+    /// Reads and fully checks an artifact file; errors name the file.
+    pub fn read(path: &Path) -> Result<Artifact> {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        Artifact::from_bytes(&bytes).with_context(|| format!("{}", path.display()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Artifact> {
+        if bytes.len() < FRAME_BYTES {
+            bail!(
+                "truncated: {} bytes, shorter than the {FRAME_BYTES}-byte frame",
+                bytes.len()
+            );
+        }
+        if &bytes[..4] != MAGIC {
+            bail!(
+                "not a pgolf artifact (magic {:?}, expected \"PGQA\")",
+                String::from_utf8_lossy(&bytes[..4])
+            );
+        }
+        if bytes[4] != FRAME_VERSION {
+            bail!(
+                "frame version {} is not supported (expected {FRAME_VERSION})",
+                bytes[4]
+            );
+        }
+        let codec = Codec::from_id(bytes[5])?;
+        let shuffle = bytes[6];
+        if shuffle == 0 || bytes[7] != 0 {
+            bail!(
+                "corrupted frame (shuffle stride {shuffle}, reserved byte {})",
+                bytes[7]
+            );
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+        let (body_len, stream_len) = (u64_at(8), u64_at(16));
+        let have = (bytes.len() - FRAME_BYTES) as u64;
+        if stream_len > have {
+            bail!("truncated: the frame announces {stream_len} compressed bytes, the file holds {have}");
+        }
+        if stream_len < have {
+            bail!(
+                "corrupted: {} bytes follow the {stream_len}-byte compressed stream",
+                have - stream_len
+            );
+        }
+        if body_len > MAX_BODY {
+            bail!("corrupted frame: body length {body_len}");
+        }
+        let body = decompress(codec, shuffle, &bytes[FRAME_BYTES..], body_len as usize)?;
+        if blake3::hash(&body).as_bytes() != &bytes[24..56] {
+            bail!("corrupted: the body's BLAKE3 hash does not match the frame");
+        }
+        let (config, tensors) = decode_body(&body)?;
+        Ok(Artifact {
+            config,
+            tensors,
+            codec,
+            shuffle,
+            file_bytes: bytes.len() as u64,
+        })
+    }
+
+    /// The model config, as JSON text.
+    pub fn config_json(&self) -> String {
+        self.config.to_string()
+    }
+
+    /// Every tensor, dequantized, in the artifact's order.
+    pub fn decode_all(&self) -> Result<Vec<DecodedTensor>> {
+        self.tensors.iter().map(decode_tensor).collect()
+    }
+
+    /// One tensor by name, dequantized.
+    pub fn decode(&self, name: &str) -> Result<DecodedTensor> {
+        let t = self
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| anyhow!("artifact has no tensor {name}"))?;
+        decode_tensor(t)
+    }
+
+    /// Name → tensor on `device`, each in its original dtype (ready for `VarStore` loading).
+    pub fn to_tch(&self, device: Device) -> Result<Vec<(String, Tensor)>> {
+        self.decode_all()?
+            .into_iter()
+            .map(|d| {
+                let shape: Vec<i64> = d.shape.iter().map(|s| *s as i64).collect();
+                let t = Tensor::f_from_slice(&d.data)?
+                    .f_view(shape.as_slice())?
+                    .f_to_kind(d.dtype.to_kind())?
+                    .f_to_device(device)?;
+                Ok((d.name, t))
+            })
+            .collect()
+    }
+}
+
+fn decode_tensor(t: &StoredTensor) -> Result<DecodedTensor> {
+    Ok(DecodedTensor {
+        name: t.name.clone(),
+        shape: t.shape.clone(),
+        dtype: t.dtype,
+        data: t.dequantize()?,
+    })
+}

@@ -1,0 +1,45 @@
+//! Quantization and the artifact: what quantize-pack writes and what evaluation reads.
+//!
+//! Decoding an artifact (the API evaluation uses):
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let art = pgolf_quant::Artifact::read(std::path::Path::new("artifact.pgq"))?;
+//! let config_json: String = art.config_json();              // the model config, as written by train
+//! for t in art.decode_all()? { /* t.name, t.shape, t.dtype, t.data: dequantized f32 */ }
+//! let named = art.to_tch(tch::Device::Cpu)?;                 // name → Tensor in original dtypes
+//! # Ok(()) }
+//! ```
+//!
+//! Modules, one concern each:
+//! - [`numeric`]: torch's quantile, rounding and fp16 arithmetic, reproduced exactly.
+//! - [`int8`]: the baseline's int8 per-row/per-tensor quantizer (REFERENCE.md §4.2).
+//! - [`rows`]: per-row scales (percentile clip, SDClip), round-to-nearest, GPTQ-lite search.
+//! - [`gptq`]: full-Hessian GPTQ with act-order and lazy block updates.
+//! - [`plan`]: which scheme each tensor gets (by size, name category and patterns).
+//! - [`quantize`]: applies a plan to a model's weights, with a per-tensor report.
+//! - [`encoded`]: a tensor as stored, and its exact dequantization.
+//! - [`container`], [`artifact`], [`compress`]: the file format (docs/ARTIFACT.md).
+//! - [`weights`], [`dtype`]: safetensors IO and float dtypes.
+
+pub mod artifact;
+pub mod compress;
+pub mod container;
+pub mod dtype;
+pub mod encoded;
+pub mod gptq;
+pub mod int8;
+pub mod numeric;
+pub mod plan;
+pub mod quantize;
+pub mod rows;
+pub mod weights;
+
+pub use artifact::{encode_artifact, Artifact, DecodedTensor};
+pub use compress::{Codec, Compression};
+pub use dtype::DType;
+pub use encoded::{Encoding, Scale, StoredTensor};
+pub use gptq::GptqSettings;
+pub use plan::{Method, Override, Routing, Rule, SmallFloat};
+pub use quantize::{quantize_all, QuantInputs, TensorReport};
+pub use weights::{read_safetensors, read_safetensors_map, write_safetensors, Weight};

@@ -1,0 +1,321 @@
+//! decode(encode(W)) gives exactly the quantizer's `q·s` (cast to the model dtype) for every scheme,
+//! through both compressors; damaged files are refused with the reason.
+
+use std::collections::HashMap;
+
+use half::f16;
+use pgolf_quant::container::{decode_body, encode_body};
+use pgolf_quant::{
+    encode_artifact, quantize_all, Artifact, Codec, Compression, DType, Encoding, GptqSettings,
+    Method, Override, QuantInputs, Routing, Rule, Scale, StoredTensor, Weight,
+};
+use serde_json::json;
+
+fn lcg(seed: &mut u64) -> f32 {
+    *seed = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+}
+
+fn weight(name: &str, shape: &[usize], dtype: DType, seed: &mut u64) -> Weight {
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|_| pgolf_quant::dtype::round_through(dtype, lcg(seed) * 0.2))
+        .collect();
+    Weight {
+        name: name.into(),
+        shape: shape.to_vec(),
+        dtype,
+        data,
+    }
+}
+
+/// A small model whose tensors, between them, take every scheme.
+fn model() -> (Vec<Weight>, HashMap<String, Weight>, Routing) {
+    let mut seed = 11u64;
+    let weights = vec![
+        weight("tok_emb.weight", &[32, 16], DType::Bf16, &mut seed),
+        weight("blocks.0.attn.c_q.weight", &[16, 16], DType::F32, &mut seed),
+        weight("blocks.0.attn.c_k.weight", &[8, 16], DType::F32, &mut seed),
+        weight(
+            "blocks.0.attn.proj.weight",
+            &[16, 16],
+            DType::F32,
+            &mut seed,
+        ),
+        weight("blocks.0.mlp.fc.weight", &[32, 16], DType::F32, &mut seed),
+        weight("blocks.0.mlp.proj.weight", &[16, 32], DType::F32, &mut seed),
+        weight("blocks.0.conv.weight", &[4, 4, 4], DType::F32, &mut seed),
+        weight("blocks.0.extra.weight", &[4, 8], DType::F32, &mut seed),
+        weight("blocks.0.gate.weight", &[2, 40], DType::F32, &mut seed),
+        weight("blocks.0.attn_scale", &[16], DType::F32, &mut seed),
+        weight("blocks.0.norm.weight", &[16], DType::Bf16, &mut seed),
+        weight("blocks.0.keep.weight", &[40], DType::Bf16, &mut seed),
+    ];
+    let mut hessians = HashMap::new();
+    for w in &weights {
+        let cols = *w.shape.last().unwrap();
+        let mut h = vec![0f32; cols * cols];
+        for i in 0..cols {
+            for j in 0..cols {
+                h[i * cols + j] = if i == j {
+                    1.0 + i as f32 * 0.1
+                } else {
+                    0.3 / (1.0 + (i as f32 - j as f32).abs())
+                };
+            }
+        }
+        hessians.insert(
+            w.name.clone(),
+            Weight {
+                name: w.name.clone(),
+                shape: vec![cols, cols],
+                dtype: DType::F32,
+                data: h,
+            },
+        );
+    }
+    let rule = |method, bits, clip_sigmas| Rule {
+        method,
+        bits,
+        clip_sigmas,
+        ..Rule::default()
+    };
+    let routing = Routing {
+        small_numel: 20,
+        embed: rule(Method::Int8Upstream, 8, None),
+        attn: rule(Method::Gptq, 6, Some(12.85)),
+        mlp: rule(Method::Lite, 5, None),
+        other: rule(Method::Lite, 7, Some(3.0)),
+        overrides: vec![
+            Override {
+                pattern: "blocks.*.attn.proj.weight".into(),
+                rule: rule(Method::Gptq, 6, None),
+            },
+            Override {
+                pattern: "blocks.*.mlp.proj.weight".into(),
+                rule: rule(Method::Int8Upstream, 8, None),
+            },
+            Override {
+                pattern: "blocks.*.gate.weight".into(),
+                rule: rule(Method::Fp16, 8, None),
+            },
+            Override {
+                pattern: "*.keep.weight".into(),
+                rule: rule(Method::Keep, 8, None),
+            },
+        ],
+        ..Routing::default()
+    };
+    (weights, hessians, routing)
+}
+
+fn quantized() -> (Vec<Weight>, Vec<StoredTensor>, Vec<String>) {
+    let (weights, hessians, routing) = model();
+    let ctx = QuantInputs {
+        routing: &routing,
+        gptq: &GptqSettings::default(),
+        hessians: &hessians,
+        device: tch::Device::Cpu,
+    };
+    let out = quantize_all(&weights, &ctx, &|_| {}).unwrap();
+    let schemes = out.iter().map(|(_, r)| r.scheme.clone()).collect();
+    (weights, out.into_iter().map(|(t, _)| t).collect(), schemes)
+}
+
+#[test]
+fn every_scheme_is_covered() {
+    let (_, _, schemes) = quantized();
+    for s in [
+        "int8_upstream",
+        "gptq",
+        "lite",
+        "rtn",
+        "raw_f16",
+        "raw_f32",
+        "raw_bf16",
+    ] {
+        assert!(
+            schemes.iter().any(|x| x == s),
+            "no tensor took {s}: {schemes:?}"
+        );
+    }
+}
+
+#[test]
+fn decode_of_encode_reproduces_every_scheme_exactly() {
+    let (weights, stored, _) = quantized();
+    let config = json!({"num_layers": 1, "model_dim": 16});
+    for compression in [
+        Compression::default(),
+        Compression::brotli(),
+        Compression {
+            codec: Codec::None,
+            ..Compression::default()
+        },
+    ] {
+        let bytes = encode_artifact(&config, &stored, &compression).unwrap();
+        let art = Artifact::from_bytes(&bytes).unwrap();
+        assert_eq!(art.config, config);
+        assert_eq!(art.tensors, stored, "{compression:?}");
+        assert_eq!(art.file_bytes, bytes.len() as u64);
+        for (w, d) in weights.iter().zip(art.decode_all().unwrap()) {
+            assert_eq!(
+                (d.name.as_str(), &d.shape, d.dtype),
+                (w.name.as_str(), &w.shape, w.dtype)
+            );
+            let t = stored.iter().find(|t| t.name == w.name).unwrap();
+            // The decoded values are q·s from the stored integers and scales, cast to the dtype.
+            let expect: Vec<f32> = match &t.encoding {
+                Encoding::Rows { q, scales, .. } => {
+                    let cols = w.numel() / scales.len();
+                    q.iter()
+                        .enumerate()
+                        .map(|(i, v)| *v as f32 * scales[i / cols].to_f32())
+                        .collect()
+                }
+                Encoding::Tensor { q, scale, .. } => {
+                    q.iter().map(|v| *v as f32 * scale.value()).collect()
+                }
+                Encoding::Raw { stored, bytes } => {
+                    pgolf_quant::dtype::floats_from_bytes(*stored, bytes).unwrap()
+                }
+            };
+            let expect: Vec<f32> = expect
+                .into_iter()
+                .map(|v| pgolf_quant::dtype::round_through(w.dtype, v))
+                .collect();
+            assert_eq!(d.data, expect, "{}", w.name);
+        }
+    }
+}
+
+#[test]
+fn hand_checked_int8_rows_with_the_floor_decode_exactly() {
+    // Row 0: max |w| 0.5 < 1 → step is the 1/127 floor, stored as fp16(1/127) = 0.00787353515625.
+    // Row 1: top two |w| equal 127 → clip 127, step exactly 1, ties to even (2.5 → 2, −3.5 → −4).
+    let w = Weight {
+        name: "m".into(),
+        shape: vec![2, 4],
+        dtype: DType::F32,
+        data: vec![0.5, -0.25, 0.0, 0.1, 127.0, -127.0, 2.5, -3.5],
+    };
+    let routing = Routing {
+        small_numel: 4,
+        ..Routing::default()
+    };
+    let ctx = QuantInputs {
+        routing: &routing,
+        gptq: &GptqSettings::default(),
+        hessians: &HashMap::new(),
+        device: tch::Device::Cpu,
+    };
+    let (t, report) = quantize_all(std::slice::from_ref(&w), &ctx, &|_| {})
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        t.encoding,
+        Encoding::Rows {
+            bits: 8,
+            q: vec![63, -32, 0, 13, 127, -127, 2, -4],
+            scales: vec![f16::from_f32(0.007_873_535), f16::ONE]
+        }
+    );
+    let art =
+        Artifact::from_bytes(&encode_artifact(&json!({}), &[t], &Compression::brotli()).unwrap())
+            .unwrap();
+    let s = 0.007_873_535_f32; // = 0.00787353515625 = 129·2^-14, exactly
+    assert_eq!(
+        art.decode("m").unwrap().data,
+        vec![63.0 * s, -32.0 * s, 0.0, 13.0 * s, 127.0, -127.0, 2.0, -4.0]
+    );
+    assert_eq!(report.scheme, "int8_upstream");
+    assert!(report.mse > 0.0);
+}
+
+#[test]
+fn bf16_tensors_come_back_as_bf16_in_torch() {
+    let (_, stored, _) = quantized();
+    let art = Artifact::from_bytes(
+        &encode_artifact(&json!({}), &stored, &Compression::default()).unwrap(),
+    )
+    .unwrap();
+    let named = art.to_tch(tch::Device::Cpu).unwrap();
+    let (_, emb) = named.iter().find(|(n, _)| n == "tok_emb.weight").unwrap();
+    assert_eq!(emb.kind(), tch::Kind::BFloat16);
+    assert_eq!(emb.size(), [32, 16]);
+    let back = Vec::<f32>::try_from(emb.to_kind(tch::Kind::Float).view([-1])).unwrap();
+    assert_eq!(back, art.decode("tok_emb.weight").unwrap().data);
+}
+
+fn err_of(bytes: &[u8]) -> String {
+    format!("{:#}", Artifact::from_bytes(bytes).unwrap_err())
+}
+
+#[test]
+fn truncated_and_corrupted_artifacts_are_refused_with_the_reason() {
+    let (_, stored, _) = quantized();
+    for compression in [Compression::default(), Compression::brotli()] {
+        let good = encode_artifact(&json!({"a": 1}), &stored, &compression).unwrap();
+        assert!(
+            err_of(&good[..30]).contains("truncated"),
+            "{}",
+            err_of(&good[..30])
+        );
+        assert!(err_of(&good[..good.len() - 1]).contains("truncated"));
+        assert!(err_of(&good[..good.len() / 2]).contains("truncated"));
+        let mut longer = good.clone();
+        longer.push(0);
+        assert!(err_of(&longer).contains("follow"));
+        let mut magic = good.clone();
+        magic[0] = b'X';
+        assert!(err_of(&magic).contains("not a pgolf artifact"));
+        // Damage inside the compressed stream: the codec or the body hash must notice.
+        for at in [60, good.len() / 2, good.len() - 3] {
+            let mut bad = good.clone();
+            bad[at] ^= 0x5a;
+            let e = err_of(&bad);
+            assert!(
+                e.contains("corrupt") || e.contains("decompressed to"),
+                "byte {at}: {e}"
+            );
+        }
+        let mut hash = good.clone();
+        hash[30] ^= 1;
+        assert!(err_of(&hash).contains("BLAKE3"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("artifact.pgq");
+    std::fs::write(&path, b"PGQA\x01").unwrap();
+    let e = format!("{:#}", Artifact::read(&path).unwrap_err());
+    assert!(e.contains("artifact.pgq") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn a_directory_that_disagrees_with_the_payload_is_refused() {
+    let t = StoredTensor {
+        name: "x".into(),
+        shape: vec![3],
+        dtype: DType::F32,
+        encoding: Encoding::Tensor {
+            bits: 6,
+            q: vec![1, -31, 0],
+            scale: Scale::F16(f16::ONE),
+        },
+    };
+    let body = encode_body(&json!({}), &[t]).unwrap();
+    assert!(decode_body(&body).is_ok());
+    // One payload byte too many, one too few.
+    let mut longer = body.clone();
+    longer.push(0);
+    assert!(format!("{:#}", decode_body(&longer).unwrap_err()).contains("accounts for"));
+    assert!(
+        format!("{:#}", decode_body(&body[..body.len() - 1]).unwrap_err()).contains("runs past")
+    );
+    // An integer outside the 6-bit range.
+    let mut wide = body.clone();
+    let n = wide.len();
+    wide[n - 2 - 2] = 40u8; // q[1], before the 2-byte scale
+    assert!(format!("{:#}", decode_body(&wide).unwrap_err()).contains("outside the 6-bit range"));
+}

@@ -1,0 +1,103 @@
+//! The ngram-eval params (`--params FILE.json`; unknown fields are an error).
+
+use anyhow::{bail, Result};
+use pgolf_eval::ngram::MixWeight;
+use pgolf_eval::torch::Compute;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The network mixed with an interpolated Kneser–Ney model of the already-scored val tokens.
+    Mix,
+    /// Score with the network; on the side, measure what the hashed two-table cache of the
+    /// ruled-invalid PRs would claim and how far its implied distribution is from summing to 1.
+    Diagnose,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Windows {
+    Flat,
+    Sliding,
+}
+
+/// The hashed cache being diagnosed (REFERENCE.md §5.5).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Hashed {
+    pub max_order: usize,
+    pub bucket_bits: u32,
+    pub min_count: u32,
+    /// Fixed mixing weight α of the scripts.
+    pub alpha: f64,
+}
+
+impl Default for Hashed {
+    fn default() -> Self {
+        Hashed {
+            max_order: 7,
+            bucket_bits: 22,
+            min_count: 2,
+            alpha: 0.4,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub mode: Mode,
+    /// How the network scores: `sliding` (stride below) or `flat` windows.
+    pub windows: Windows,
+    /// Window length; 0 = the model config's `seq_len`.
+    pub seq_len: usize,
+    pub stride: usize,
+    pub batch_windows: usize,
+    pub probes: usize,
+    pub compute: Compute,
+    /// Kneser–Ney order (1..=8).
+    pub order: usize,
+    /// The n-gram weight λ: fixed, or from the network's predictive entropy.
+    pub weight: MixWeight,
+    /// Train tokens to count into the n-gram model before val (off by default: their bits would
+    /// have to be paid for inside the artifact, so a run using them is not a valid 16 MB score).
+    pub train_tokens: u64,
+    pub hashed: Hashed,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            mode: Mode::Mix,
+            windows: Windows::Sliding,
+            seq_len: 0,
+            stride: 64,
+            batch_windows: 32,
+            probes: 64,
+            compute: Compute::Auto,
+            order: 4,
+            weight: MixWeight::Entropy {
+                min: 0.02,
+                max: 0.3,
+                center: 4.0,
+                slope: 1.0,
+            },
+            train_tokens: 0,
+            hashed: Hashed::default(),
+        }
+    }
+}
+
+impl Params {
+    pub fn validate(&self) -> Result<()> {
+        self.weight.validate()?;
+        if self.batch_windows == 0 {
+            bail!("params: batch_windows must be positive");
+        }
+        if self.mode == Mode::Diagnose && self.train_tokens > 0 {
+            bail!("params: train_tokens applies to mix mode only");
+        }
+        Ok(())
+    }
+}

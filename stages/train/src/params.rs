@@ -1,0 +1,233 @@
+//! The train stage's params: the model's shape and upstream's training hyperparameters
+//! (REFERENCE.md §3.1), with the same defaults. Unknown fields are an error.
+
+use anyhow::{bail, Result};
+use pgolf_model::ModelConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub model: ModelConfig,
+    pub seed: u64,
+
+    // Length and batch.
+    pub iterations: u64,
+    /// Linear LR warm-down to 0 over the last this-many steps (or their time, under the cap).
+    pub warmdown_iters: u64,
+    /// Training-time cap (validation excluded); 0 = none.
+    pub max_wallclock_seconds: f64,
+    /// Global tokens per optimizer step, over all ranks and micro-batches.
+    pub train_batch_tokens: u64,
+    /// Micro-batches per step per rank; default `8 / world_size` as upstream.
+    pub grad_accum_steps: Option<u64>,
+    /// Full training steps run first and then undone (weights, optimizer state and data order are
+    /// restored), so one-time CUDA set-up stays out of the timed run, like upstream's compile
+    /// warm-up. No effect on the result.
+    pub warmup_steps: u64,
+
+    // Validation.
+    /// Validate every this-many steps (and at step 0 and at the end); 0 = only at the end.
+    pub val_loss_every: u64,
+    /// Val tokens per forward batch, over all ranks and micro-batches (as upstream).
+    pub val_batch_tokens: u64,
+    /// Score only the first this-many val tokens (0 = the whole val split, as upstream). For quick
+    /// runs; the headline then says how many were scored.
+    pub val_max_tokens: u64,
+    pub train_log_every: u64,
+
+    // Optimizers.
+    pub tied_embed_lr: f64,
+    pub embed_lr: f64,
+    pub head_lr: f64,
+    pub matrix_lr: f64,
+    pub scalar_lr: f64,
+    pub muon_momentum: f64,
+    pub muon_backend_steps: usize,
+    pub muon_momentum_warmup_start: f64,
+    pub muon_momentum_warmup_steps: u64,
+    pub muon_weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    pub adam_weight_decay: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub grad_clip_norm: f64,
+    /// EMA decay of the weight average saved beside the raw weights; 0 = no EMA.
+    pub ema_decay: f64,
+
+    // Execution.
+    /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
+    pub precision: String,
+    /// CPU threads for libtorch; 0 = its default.
+    pub threads: usize,
+    /// The fused formulation of the blocks (same function, fewer memory passes; pgolf-model).
+    pub fused_ops: bool,
+    /// On CUDA, replay each micro-batch's forward and backward as a captured CUDA graph.
+    pub cuda_graphs: bool,
+    /// Diagnostics: synchronize after each phase of a step and log data / micro-batches /
+    /// optimizer times (costs a little speed).
+    pub phase_timing: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            model: ModelConfig::default(),
+            seed: 1337,
+            iterations: 20_000,
+            warmdown_iters: 1_200,
+            max_wallclock_seconds: 600.0,
+            train_batch_tokens: 524_288,
+            grad_accum_steps: None,
+            warmup_steps: 0,
+            val_loss_every: 1_000,
+            val_batch_tokens: 524_288,
+            val_max_tokens: 0,
+            train_log_every: 200,
+            tied_embed_lr: 0.05,
+            embed_lr: 0.6,
+            head_lr: 0.008,
+            matrix_lr: 0.04,
+            scalar_lr: 0.04,
+            muon_momentum: 0.95,
+            muon_backend_steps: 5,
+            muon_momentum_warmup_start: 0.85,
+            muon_momentum_warmup_steps: 500,
+            muon_weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.95,
+            adam_eps: 1e-8,
+            adam_weight_decay: 0.0,
+            grad_clip_norm: 0.0,
+            ema_decay: 0.997,
+            precision: "auto".into(),
+            threads: 0,
+            fused_ops: true,
+            cuda_graphs: true,
+            phase_timing: false,
+        }
+    }
+}
+
+/// How one rank cuts the global batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchPlan {
+    pub world_size: usize,
+    pub grad_accum: usize,
+    /// Tokens per micro-batch on one rank (a multiple of the sequence length).
+    pub local_tokens: usize,
+    pub seq_len: usize,
+}
+
+impl Params {
+    pub fn check(&self) -> Result<()> {
+        self.model.validate()?;
+        if self.iterations == 0 {
+            bail!("params: iterations must be positive");
+        }
+        if self.max_wallclock_seconds.is_nan() || self.max_wallclock_seconds < 0.0 {
+            bail!("params: max_wallclock_seconds must be ≥ 0");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            bail!(
+                "params: ema_decay must be in [0, 1), got {}",
+                self.ema_decay
+            );
+        }
+        if !["auto", "f32", "bf16"].contains(&self.precision.as_str()) {
+            bail!(
+                "params: precision must be auto, f32 or bf16, got {:?}",
+                self.precision
+            );
+        }
+        Ok(())
+    }
+
+    /// Upstream's split: `grad_accum = 8 / W` unless given, `local = G / (W · A)` tokens.
+    pub fn batch_plan(&self, world_size: usize) -> Result<BatchPlan> {
+        let grad_accum = match self.grad_accum_steps {
+            Some(a) if a > 0 => a as usize,
+            Some(_) => bail!("params: grad_accum_steps must be positive"),
+            None if 8 % world_size == 0 => 8 / world_size,
+            None => {
+                bail!("params: world size {world_size} does not divide 8; set grad_accum_steps")
+            }
+        };
+        let seq_len = self.model.seq_len;
+        let per_micro = world_size * grad_accum * seq_len;
+        if !(self.train_batch_tokens as usize).is_multiple_of(per_micro)
+            || self.train_batch_tokens == 0
+        {
+            bail!(
+                "params: train_batch_tokens {} is not a positive multiple of world {world_size} × grad_accum {grad_accum} × seq_len {seq_len}",
+                self.train_batch_tokens
+            );
+        }
+        let local_tokens = self.train_batch_tokens as usize / (world_size * grad_accum);
+        Ok(BatchPlan {
+            world_size,
+            grad_accum,
+            local_tokens,
+            seq_len,
+        })
+    }
+
+    /// Sequences per validation forward on one rank (at least one, as upstream requires).
+    pub fn val_batch_seqs(&self, plan: &BatchPlan) -> Result<usize> {
+        let local = self.val_batch_tokens as usize / (plan.world_size * plan.grad_accum);
+        if local < plan.seq_len {
+            bail!(
+                "params: val_batch_tokens {} gives less than one sequence per rank and micro-batch",
+                self.val_batch_tokens
+            );
+        }
+        Ok(local / plan.seq_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_split_on_one_and_eight_ranks() {
+        let p = Params::default();
+        assert_eq!(
+            p.batch_plan(1).unwrap(),
+            BatchPlan {
+                world_size: 1,
+                grad_accum: 8,
+                local_tokens: 65_536,
+                seq_len: 1024
+            }
+        );
+        assert_eq!(
+            p.batch_plan(8).unwrap(),
+            BatchPlan {
+                world_size: 8,
+                grad_accum: 1,
+                local_tokens: 65_536,
+                seq_len: 1024
+            }
+        );
+        assert_eq!(p.val_batch_seqs(&p.batch_plan(1).unwrap()).unwrap(), 64);
+        assert!(p.batch_plan(3).is_err());
+        let odd = Params {
+            train_batch_tokens: 1000,
+            ..Params::default()
+        };
+        assert!(format!("{:#}", odd.batch_plan(1).unwrap_err()).contains("not a positive multiple"));
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        assert!(serde_json::from_str::<Params>(r#"{"iterations": 5, "lr": 1}"#).is_err());
+        let p: Params =
+            serde_json::from_str(r#"{"iterations": 5, "model": {"num_layers": 2}}"#).unwrap();
+        assert_eq!(
+            (p.iterations, p.model.num_layers, p.model.model_dim),
+            (5, 2, 512)
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! One optimizer step (REFERENCE.md §3.9): zero grads, `A` micro-batches of forward and
+//! `(loss / A).backward()` — eagerly, or as replays of a captured CUDA graph — then every
+//! optimizer. The logged loss is the micro-batch mean.
+
+use anyhow::Result;
+use pgolf_model::Gpt;
+use pgolf_optim::Collective;
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+use crate::data::BatchLoader;
+use crate::graphed::GraphedMicroStep;
+use crate::optimizers::Optimizers;
+
+pub struct StepOutcome {
+    /// Mean train loss of the step's micro-batches (read back from the device: a sync point).
+    pub loss: f64,
+    /// Host time spent issuing the step's work before waiting for it; close to the step time
+    /// with eager micro-batches means the host (kernel launches), not the GPU, is the bottleneck.
+    pub host_ms: f64,
+    /// With phase timing: ms of (data to the device, forward + backward of all micro-batches,
+    /// optimizers), each measured to a device sync.
+    pub phases_ms: Option<[f64; 3]>,
+}
+
+/// Waits for the device and returns the ms since `since`, when phase timing is on.
+fn phase(on: bool, device: tch::Device, since: &mut Instant) -> f64 {
+    if !on {
+        return 0.0;
+    }
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+    let ms = since.elapsed().as_secs_f64() * 1e3;
+    *since = Instant::now();
+    ms
+}
+
+/// What changes from step to step: the schedules' values, and whether to time the phases.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSettings {
+    pub lr_mul: f64,
+    pub muon_momentum: f64,
+    pub phase_timing: bool,
+}
+
+pub fn train_step(
+    gpt: &Gpt,
+    loader: &mut BatchLoader,
+    opt: &mut Optimizers,
+    graphed: Option<&mut GraphedMicroStep>,
+    settings: StepSettings,
+    comm: &dyn Collective,
+) -> Result<StepOutcome> {
+    let StepSettings {
+        lr_mul,
+        muon_momentum,
+        phase_timing,
+    } = settings;
+    let start = Instant::now();
+    let mut mark = start;
+    let batches = loader.next_step()?;
+    let device = batches[0].0.device();
+    let data_ms = phase(phase_timing, device, &mut mark);
+    let scale = 1.0 / batches.len() as f64;
+    opt.zero_grad();
+    let loss_sum = match graphed {
+        Some(graph) => graph.run(&batches)?,
+        None => {
+            let mut total: Option<Tensor> = None;
+            for (x, y) in &batches {
+                let loss = gpt.loss(x, y);
+                (&loss * scale).backward();
+                let loss = loss.detach();
+                total = Some(match total {
+                    Some(t) => t + loss,
+                    None => loss,
+                });
+            }
+            total.expect("at least one micro-batch")
+        }
+    };
+    let micro_ms = phase(phase_timing, device, &mut mark);
+    opt.step(lr_mul, muon_momentum, comm)?;
+    let opt_ms = phase(phase_timing, device, &mut mark);
+    let host_ms = start.elapsed().as_secs_f64() * 1e3;
+    let phases_ms = phase_timing.then_some([data_ms, micro_ms, opt_ms]);
+    Ok(StepOutcome {
+        loss: loss_sum.to_kind(Kind::Double).double_value(&[]) * scale,
+        host_ms,
+        phases_ms,
+    })
+}

@@ -1,0 +1,152 @@
+//! The four ways ttt-eval scores the val stream. Each builds a window schedule (proved single-pass
+//! before any model runs), a ledger expecting exactly the targets it must score, and runs the
+//! matching pass; adaptive modes go through the score-first drivers of `pgolf_eval::adapt`.
+
+use anyhow::{bail, Result};
+use pgolf_eval::adapt::{score_first_chunks, score_first_docs, ChunkRow};
+use pgolf_eval::guards::Normalization;
+use pgolf_eval::pass::{score_windows, PassOptions};
+use pgolf_eval::report::Denominator;
+use pgolf_eval::schedule::{check_single_pass, doc_chunks, flat, sliding};
+use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net};
+use pgolf_eval::{Ledger, LedgerReport, ValSet};
+
+use crate::params::{Mode, Params};
+
+pub struct Outcome {
+    pub report: LedgerReport,
+    pub chunks: Vec<ChunkRow>,
+    /// Adaptive updates made (None for the fixed-model modes).
+    pub updates: Option<u64>,
+    pub norm: Normalization,
+    pub denominator: Denominator,
+}
+
+/// Number of windows the mode will score (for the progress bar).
+pub fn window_count(p: &Params, val: &ValSet, seq_len: usize) -> Result<usize> {
+    let n = val.n_targets();
+    Ok(match p.mode {
+        Mode::Flat => n.div_ceil(seq_len),
+        Mode::Sliding | Mode::Ttt => sliding(n, seq_len, p.stride)?.len(),
+        Mode::Lora => val
+            .docs
+            .iter()
+            .map(|d| d.targets().len().div_ceil(p.lora.chunk.max(1)))
+            .sum(),
+    })
+}
+
+pub fn evaluate(
+    p: &Params,
+    val: &ValSet,
+    net: Net,
+    seq_len: usize,
+    mut progress: impl FnMut(usize),
+) -> Result<Outcome> {
+    let n = val.n_targets();
+    let opts = PassOptions {
+        batch_windows: p.batch_windows,
+        probes: p.probes,
+        entropy: false,
+    };
+    let mut norm = Normalization::default();
+    let mut net = net;
+    match p.mode {
+        Mode::Flat | Mode::Sliding => {
+            // Upstream-compatible flat scoring drops the ragged tail (§1.4); ours scores it with a
+            // short last window.
+            let (targets, denominator) = if p.upstream_compatible {
+                ((n / seq_len) * seq_len, Denominator::UpstreamLut)
+            } else {
+                (n, Denominator::Raw)
+            };
+            if targets == 0 {
+                bail!("the val stream ({n} targets) is shorter than one {seq_len}-token window");
+            }
+            let windows = if p.mode == Mode::Flat {
+                flat(targets, seq_len)?
+            } else {
+                sliding(targets, seq_len, p.stride)?
+            };
+            check_single_pass(&windows, 1..targets + 1)?;
+            let mut ledger = Ledger::new(val, 1..targets + 1)?;
+            score_windows(
+                &mut ledger,
+                &windows,
+                &mut net,
+                &opts,
+                &mut norm,
+                &mut progress,
+            )?;
+            Ok(Outcome {
+                report: ledger.finish()?,
+                chunks: vec![],
+                updates: None,
+                norm,
+                denominator,
+            })
+        }
+        Mode::Ttt => {
+            let windows = sliding(n, seq_len, p.stride)?;
+            check_single_pass(&windows, 1..n + 1)?;
+            let cfg = FullTttConfig {
+                seq_len: if p.ttt.seq_len == 0 {
+                    seq_len
+                } else {
+                    p.ttt.seq_len
+                },
+                ..p.ttt.clone()
+            };
+            let chunk_tokens = cfg.chunk_tokens;
+            let mut ttt = FullTtt::new(net, cfg)?;
+            let mut ledger = Ledger::new(val, 1..n + 1)?;
+            let chunks = score_first_chunks(
+                &mut ledger,
+                &windows,
+                chunk_tokens,
+                &mut ttt,
+                &opts,
+                &mut norm,
+                &mut progress,
+            )?;
+            let updates = chunks.iter().filter(|c| c.updated).count() as u64;
+            Ok(Outcome {
+                report: ledger.finish()?,
+                chunks,
+                updates: Some(updates),
+                norm,
+                denominator: Denominator::Raw,
+            })
+        }
+        Mode::Lora => {
+            let cfg = p.lora.clone();
+            for d in &val.docs {
+                check_single_pass(
+                    &doc_chunks(d.bos, d.end, cfg.chunk, cfg.context)?,
+                    d.targets(),
+                )?;
+            }
+            let docs: Vec<usize> = (0..val.docs.len()).collect();
+            let mut lora = LoraTtt::new(net, cfg.clone())?;
+            let mut ledger = Ledger::new(val, 1..n + 1)?;
+            score_first_docs(
+                &mut ledger,
+                &docs,
+                cfg.chunk,
+                cfg.context,
+                cfg.batch_docs,
+                &mut lora,
+                &opts,
+                &mut norm,
+                &mut progress,
+            )?;
+            Ok(Outcome {
+                report: ledger.finish()?,
+                chunks: vec![],
+                updates: Some(lora.steps),
+                norm,
+                denominator: Denominator::Raw,
+            })
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The ttt-eval params (`--params FILE.json`; unknown fields are an error).
+
+use anyhow::{bail, Result};
+use pgolf_eval::torch::{Compute, FullTttConfig, LoraConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Non-overlapping windows of `seq_len` (the baseline's number).
+    Flat,
+    /// Sliding windows, REFERENCE.md §5.1 version B (single pass).
+    Sliding,
+    /// Legal score-first full-parameter TTT over sliding windows (§5.3).
+    Ttt,
+    /// Per-document LoRA TTT on doc-isolated chunks (§5.2).
+    Lora,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Flat => "flat",
+            Mode::Sliding => "sliding",
+            Mode::Ttt => "ttt",
+            Mode::Lora => "lora",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Params {
+    pub mode: Mode,
+    /// Window length; 0 = the model config's `seq_len`.
+    pub seq_len: usize,
+    /// Sliding-window stride (sliding and ttt modes).
+    pub stride: usize,
+    /// Windows per forward pass.
+    pub batch_windows: usize,
+    /// Flat mode only: score like upstream `eval_val` — truncate the stream to a whole number of
+    /// windows and divide by lookup-table bytes — for a like-for-like comparison with the reference.
+    pub upstream_compatible: bool,
+    /// About how many positions get a full-distribution normalization probe.
+    pub probes: usize,
+    pub compute: Compute,
+    /// Seed of the torch RNG (LoRA adapter initialization).
+    pub seed: i64,
+    pub ttt: FullTttConfig,
+    pub lora: LoraConfig,
+    /// Also write the decoded weights (`decoded.safetensors` + `config.json`, upstream names), so
+    /// the Python reference can score the very same weights.
+    pub export_decoded: bool,
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Params {
+            mode: Mode::Flat,
+            seq_len: 0,
+            stride: 64,
+            batch_windows: 32,
+            upstream_compatible: false,
+            probes: 64,
+            compute: Compute::Auto,
+            seed: 0,
+            ttt: FullTttConfig::default(),
+            lora: LoraConfig::default(),
+            export_decoded: false,
+        }
+    }
+}
+
+impl Params {
+    pub fn validate(&self) -> Result<()> {
+        if self.upstream_compatible && self.mode != Mode::Flat {
+            bail!(
+                "params: upstream_compatible applies to flat mode only (mode is {})",
+                self.mode.name()
+            );
+        }
+        if self.batch_windows == 0 {
+            bail!("params: batch_windows must be positive");
+        }
+        Ok(())
+    }
+}
