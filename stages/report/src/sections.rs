@@ -7,6 +7,7 @@ use crate::figures::{artifact_segments, sources_line, GROUPS};
 use crate::findings::Findings;
 use crate::params::Unit;
 use crate::plots::thousands;
+use crate::points::{is_identity_key, value_text};
 use crate::runs::{EvalKind, Role, Run};
 use crate::stats::Sample;
 use crate::tables::tensor_group;
@@ -218,6 +219,31 @@ pub fn statistics(doc: &mut Doc, f: &Findings) {
         rows,
     );
     doc.para("Standard deviations are sample standard deviations (n − 1). Each run's numbers link to their evaluation in Results.");
+    // Runs made by different code are different configurations: say which code each version is.
+    let mut versions: Vec<(usize, String)> = f
+        .groups
+        .iter()
+        .filter_map(|g| {
+            let ids = g
+                .axes
+                .iter()
+                .filter(|(k, _)| is_identity_key(k))
+                .map(|(_, v)| value_text(v))
+                .collect::<Vec<_>>();
+            g.code.map(|n| (n, ids.join(", ")))
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    if !versions.is_empty() {
+        doc.para("The runs were made by different code (stage source identities that differ between configurations):");
+        doc.list(
+            versions
+                .into_iter()
+                .map(|(n, ids)| Line::text(format!("code v{n}: ")).push_code(ids))
+                .collect(),
+        );
+    }
 
     doc.heading(2, "Significance");
     let Some(b) = &f.baseline else {

@@ -416,3 +416,33 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
         "metrics.parquet: no column step",
     );
 }
+
+#[test]
+fn runs_made_by_different_code_are_different_configurations() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::new(tmp.path());
+    let data = tokenize(&mut store, None);
+    let chains: Vec<Chain> = three_seeds()
+        .iter()
+        .map(|s| chain(&mut store, &data, s))
+        .collect();
+    // The third seed's train run came from other train code.
+    let path = chains[2].train.dir.join("manifest.json");
+    let mut m = read_json(&path);
+    m["identity"] = json!(format!("train@{}", "7".repeat(32)));
+    fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+    let mut inputs: Vec<(&str, &Made)> = vec![];
+    chains.iter().for_each(|c| inputs.extend(c.inputs()));
+    let (out, dir) = report(tmp.path(), &inputs, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    assert!(
+        md.contains("| code v1 | 2 |") && md.contains("| code v2 | 1 |"),
+        "{md}"
+    );
+    assert!(md.contains("code v2: `train@77777777`"), "{md}");
+    assert!(
+        md.contains("| code v1, seed 1337 |") && md.contains("| code v2, seed 2024 |"),
+        "{md}"
+    );
+}
