@@ -20,14 +20,24 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# The venv is several GB (torch + CUDA runtime wheels), so it lives once per machine and per
+# requirements.txt, outside the checkout, and every clone links to it (.venv).
 want=$(sha256sum requirements.txt | cut -d' ' -f1)
-if [ "$(cat .venv/.requirements.sha256 2>/dev/null)" != "$want" ]; then
-  echo "setup: creating .venv (torch==2.11.0 and reference packages; a few GB on first run)"
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-  echo "$want" > .venv/.requirements.sha256
+venv=${PGOLF_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/pgolf/venv-${want:0:16}}
+if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating $venv (torch==2.11.0 and reference packages; a few GB on first run)"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  echo "$want" > "$venv/.requirements.sha256"
 fi
+if [ -d .venv ] && [ ! -L .venv ]; then
+  echo "setup: .venv is a folder of an older setup; replacing it with a link to $venv"
+  rm -rf .venv
+fi
+ln -sfn "$venv" .venv
 # A stable name for the torch package folder: .cargo/config.toml points LIBTORCH and the rpath here.
-ln -sfn "$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')" .venv/torch
+ln -sfn "$(.venv/bin/python -c 'import torch, os; print(os.path.realpath(os.path.dirname(torch.__file__)))')" .venv/torch
 
 cargo build --release --workspace --quiet
