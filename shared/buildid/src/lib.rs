@@ -52,22 +52,38 @@ pub fn stage() {
             hasher.update(b"\0");
         }
         println!("cargo:rerun-if-changed={}", dir.join("src").display());
-        println!("cargo:rerun-if-changed={}", dir.join("Cargo.toml").display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            dir.join("Cargo.toml").display()
+        );
     }
     let identity = hasher.finalize().to_hex();
-    println!("cargo:rustc-env=PGOLF_STAGE_IDENTITY={package}@{}", &identity[..32]);
+    println!(
+        "cargo:rustc-env=PGOLF_STAGE_IDENTITY={package}@{}",
+        &identity[..32]
+    );
 }
 
 /// Workspace crates by package name -> directory.
 fn local_packages(workspace: &Path) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     for group in ["stages", "shared"] {
-        let Ok(entries) = fs::read_dir(workspace.join(group)) else { continue };
+        let Ok(entries) = fs::read_dir(workspace.join(group)) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let manifest = entry.path().join("Cargo.toml");
-            let Ok(text) = fs::read_to_string(&manifest) else { continue };
-            let Ok(value) = text.parse::<toml::Table>() else { continue };
-            if let Some(name) = value.get("package").and_then(|p| p.get("name")).and_then(|n| n.as_str()) {
+            let Ok(text) = fs::read_to_string(&manifest) else {
+                continue;
+            };
+            let Ok(value) = text.parse::<toml::Table>() else {
+                continue;
+            };
+            if let Some(name) = value
+                .get("package")
+                .and_then(|p| p.get("name"))
+                .and_then(|n| n.as_str())
+            {
                 out.insert(name.to_string(), entry.path());
             }
         }
@@ -76,11 +92,22 @@ fn local_packages(workspace: &Path) -> BTreeMap<String, PathBuf> {
 }
 
 /// `package` and every workspace package it depends on, following Cargo.lock.
-fn local_closure(lock_text: &str, package: &str, local: &BTreeMap<String, PathBuf>) -> BTreeSet<String> {
+fn local_closure(
+    lock_text: &str,
+    package: &str,
+    local: &BTreeMap<String, PathBuf>,
+) -> BTreeSet<String> {
     let lock: toml::Table = lock_text.parse().expect("parse Cargo.lock");
     let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for pkg in lock.get("package").and_then(|p| p.as_array()).into_iter().flatten() {
-        let Some(name) = pkg.get("name").and_then(|n| n.as_str()) else { continue };
+    for pkg in lock
+        .get("package")
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = pkg.get("name").and_then(|n| n.as_str()) else {
+            continue;
+        };
         if pkg.get("source").is_some() {
             continue; // from a registry: covered by hashing Cargo.lock
         }

@@ -13,11 +13,14 @@ use std::time::UNIX_EPOCH;
 
 /// BLAKE3 of a file's bytes (hex).
 pub fn hash_file(path: &Path) -> Result<String> {
-    let mut file = fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut file =
+        fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).with_context(|| format!("{}: read failed", path.display()))?;
+        let n = file
+            .read(&mut buf)
+            .with_context(|| format!("{}: read failed", path.display()))?;
         if n == 0 {
             break;
         }
@@ -42,14 +45,27 @@ pub struct HashCache {
 
 impl HashCache {
     pub fn open(path: &Path) -> Self {
-        let entries = fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-        HashCache { path: path.to_path_buf(), entries: Mutex::new(entries), dirty: Mutex::new(false) }
+        let entries = fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        HashCache {
+            path: path.to_path_buf(),
+            entries: Mutex::new(entries),
+            dirty: Mutex::new(false),
+        }
     }
 
     pub fn hash(&self, file: &Path) -> Result<String> {
-        let abs = fs::canonicalize(file).with_context(|| format!("{}: not found", file.display()))?;
-        let meta = fs::metadata(&abs).with_context(|| format!("{}: cannot stat", file.display()))?;
-        let mtime_ns = meta.modified()?.duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let abs =
+            fs::canonicalize(file).with_context(|| format!("{}: not found", file.display()))?;
+        let meta =
+            fs::metadata(&abs).with_context(|| format!("{}: cannot stat", file.display()))?;
+        let mtime_ns = meta
+            .modified()?
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
         let name = abs.to_string_lossy().to_string();
         if let Some(e) = self.entries.lock().unwrap().get(&name) {
             if e.size == meta.len() && e.mtime_ns == mtime_ns {
@@ -57,7 +73,14 @@ impl HashCache {
             }
         }
         let blake3 = hash_file(&abs)?;
-        self.entries.lock().unwrap().insert(name, Entry { size: meta.len(), mtime_ns, blake3: blake3.clone() });
+        self.entries.lock().unwrap().insert(
+            name,
+            Entry {
+                size: meta.len(),
+                mtime_ns,
+                blake3: blake3.clone(),
+            },
+        );
         *self.dirty.lock().unwrap() = true;
         Ok(blake3)
     }
@@ -80,7 +103,8 @@ impl HashCache {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     fs::write(&tmp, bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    fs::rename(&tmp, path).with_context(|| format!("{}: cannot rename into place", path.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
 }
 
@@ -97,9 +121,15 @@ mod tests {
         let h1 = cache.hash(&file).unwrap();
         assert_eq!(h1, blake3::hash(b"one").to_hex().to_string());
         fs::write(&file, b"two!").unwrap(); // new size: must not come from the memo
-        assert_eq!(cache.hash(&file).unwrap(), blake3::hash(b"two!").to_hex().to_string());
+        assert_eq!(
+            cache.hash(&file).unwrap(),
+            blake3::hash(b"two!").to_hex().to_string()
+        );
         cache.save().unwrap();
         let reopened = HashCache::open(&dir.path().join("cache.json"));
-        assert_eq!(reopened.hash(&file).unwrap(), blake3::hash(b"two!").to_hex().to_string());
+        assert_eq!(
+            reopened.hash(&file).unwrap(),
+            blake3::hash(b"two!").to_hex().to_string()
+        );
     }
 }

@@ -13,16 +13,28 @@ pub fn canonical_json(value: &Value) -> String {
 
 fn sort(value: &Value) -> Value {
     match value {
-        Value::Object(map) => Value::Object(map.iter().map(|(k, v)| (k.clone(), sort(v))).collect()),
+        Value::Object(map) => {
+            Value::Object(map.iter().map(|(k, v)| (k.clone(), sort(v))).collect())
+        }
         Value::Array(items) => Value::Array(items.iter().map(sort).collect()),
         other => other.clone(),
     }
 }
 
 /// The run key of a stage: 64 hex characters.
-pub fn run_key(stage: &str, identity: &str, params: &Value, inputs: &BTreeMap<String, String>) -> String {
+pub fn run_key(
+    stage: &str,
+    identity: &str,
+    params: &Value,
+    inputs: &BTreeMap<String, String>,
+) -> String {
     let mut h = blake3::Hasher::new();
-    for part in [b"pgolf-run-key-v1".as_slice(), stage.as_bytes(), identity.as_bytes(), canonical_json(params).as_bytes()] {
+    for part in [
+        b"pgolf-run-key-v1".as_slice(),
+        stage.as_bytes(),
+        identity.as_bytes(),
+        canonical_json(params).as_bytes(),
+    ] {
         h.update(&(part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -79,7 +91,10 @@ mod tests {
         assert_eq!(base, run_key("train", "id1", &json!({"lr": 0.04}), &inputs));
         assert_ne!(base, run_key("train", "id2", &json!({"lr": 0.04}), &inputs));
         assert_ne!(base, run_key("train", "id1", &json!({"lr": 0.05}), &inputs));
-        assert_ne!(base, run_key("tokenize", "id1", &json!({"lr": 0.04}), &inputs));
+        assert_ne!(
+            base,
+            run_key("tokenize", "id1", &json!({"lr": 0.04}), &inputs)
+        );
         let other: BTreeMap<String, String> = [("shards".to_string(), "k2".to_string())].into();
         assert_ne!(base, run_key("train", "id1", &json!({"lr": 0.04}), &other));
     }

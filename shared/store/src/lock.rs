@@ -29,7 +29,10 @@ impl KeyLock {
                 return Ok(KeyLock { _file: file });
             }
             if start.elapsed() >= wait {
-                bail!("{}: another pipeline is running this stage key", path.display());
+                bail!(
+                    "{}: another pipeline is running this stage key",
+                    path.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }

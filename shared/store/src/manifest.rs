@@ -65,11 +65,21 @@ impl Manifest {
     /// Reads and parses `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST_FILE);
-        let bytes = fs::read(&path).with_context(|| format!("{}: no manifest (not a finished stage output)", path.display()))?;
-        let manifest: Manifest =
-            serde_json::from_slice(&bytes).with_context(|| format!("{}: not a valid pgolf manifest", path.display()))?;
+        let bytes = fs::read(&path).with_context(|| {
+            format!(
+                "{}: no manifest (not a finished stage output)",
+                path.display()
+            )
+        })?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a valid pgolf manifest", path.display()))?;
         if manifest.schema != MANIFEST_SCHEMA {
-            bail!("{}: manifest schema {} is not the supported {}", path.display(), manifest.schema, MANIFEST_SCHEMA);
+            bail!(
+                "{}: manifest schema {} is not the supported {}",
+                path.display(),
+                manifest.schema,
+                MANIFEST_SCHEMA
+            );
         }
         Ok(manifest)
     }
@@ -89,17 +99,30 @@ impl Manifest {
         let listed: Vec<&str> = self.outputs.iter().map(|o| o.path.as_str()).collect();
         for (rel, _) in &present {
             if !listed.contains(&rel.as_str()) {
-                bail!("{}: file {rel} is not listed in its manifest", dir.display());
+                bail!(
+                    "{}: file {rel} is not listed in its manifest",
+                    dir.display()
+                );
             }
         }
         for out in &self.outputs {
             let path = dir.join(&out.path);
-            let meta = fs::metadata(&path).with_context(|| format!("{}: listed in the manifest but missing", path.display()))?;
+            let meta = fs::metadata(&path).with_context(|| {
+                format!("{}: listed in the manifest but missing", path.display())
+            })?;
             if meta.len() != out.bytes {
-                bail!("{}: size {} differs from the manifest's {}", path.display(), meta.len(), out.bytes);
+                bail!(
+                    "{}: size {} differs from the manifest's {}",
+                    path.display(),
+                    meta.len(),
+                    out.bytes
+                );
             }
             if hashes && hash_file(&path)? != out.blake3 {
-                bail!("{}: content hash differs from the manifest (corrupted or tampered)", path.display());
+                bail!(
+                    "{}: content hash differs from the manifest (corrupted or tampered)",
+                    path.display()
+                );
             }
         }
         Ok(())
@@ -120,7 +143,11 @@ pub fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             if kind.is_dir() {
                 walk(root, &path, out)?;
             } else {
-                let rel = path.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                let rel = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 if rel != MANIFEST_FILE {
                     out.push((rel, path));
                 }
@@ -140,7 +167,11 @@ pub fn describe_outputs(dir: &Path) -> Result<Vec<OutputFile>> {
         .into_iter()
         .map(|(rel, path)| {
             let bytes = fs::metadata(&path)?.len();
-            Ok(OutputFile { path: rel, bytes, blake3: hash_file(&path)? })
+            Ok(OutputFile {
+                path: rel,
+                bytes,
+                blake3: hash_file(&path)?,
+            })
         })
         .collect()
 }

@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use crate::hashing::{hash_file, write_atomic, HashCache};
 use crate::key::{canonical_json, raw_input_key, run_key, runs_key};
-use crate::manifest::{describe_outputs, list_files, InputRef, Manifest, MANIFEST_FILE, MANIFEST_SCHEMA};
+use crate::manifest::{
+    describe_outputs, list_files, InputRef, Manifest, MANIFEST_FILE, MANIFEST_SCHEMA,
+};
 
 /// Marks an output directory as being written; a directory holding it may be cleared by a rerun.
 pub const INCOMPLETE_MARKER: &str = ".pgolf-incomplete";
@@ -72,8 +74,16 @@ impl Input {
     pub fn stage_manifest(&self) -> Result<&Manifest> {
         match self.manifests.as_slice() {
             [one] => Ok(one),
-            [] => bail!("--in {}={}: expected a stage output directory with a manifest", self.name, self.path().display()),
-            _ => bail!("--in {}: expected one stage output, got {}", self.name, self.manifests.len()),
+            [] => bail!(
+                "--in {}={}: expected a stage output directory with a manifest",
+                self.name,
+                self.path().display()
+            ),
+            _ => bail!(
+                "--in {}: expected one stage output, got {}",
+                self.name,
+                self.manifests.len()
+            ),
         }
     }
 
@@ -99,7 +109,9 @@ pub struct Stage<P> {
 
 impl<P> Stage<P> {
     pub fn input(&self, name: &str) -> Result<&Input> {
-        self.inputs.get(name).ok_or_else(|| anyhow!("missing input: pass --in {name}=PATH"))
+        self.inputs
+            .get(name)
+            .ok_or_else(|| anyhow!("missing input: pass --in {name}=PATH"))
     }
 
     pub fn optional_input(&self, name: &str) -> Option<&Input> {
@@ -124,7 +136,10 @@ impl<P> Stage<P> {
 
     /// Records a headline figure for the manifest (and the driver's status line).
     pub fn headline(&mut self, name: &str, value: impl Serialize) {
-        self.headline.insert(name.to_string(), serde_json::to_value(value).expect("headline value serialises"));
+        self.headline.insert(
+            name.to_string(),
+            serde_json::to_value(value).expect("headline value serialises"),
+        );
     }
 
     /// A human description of the device actually used (e.g. `cuda:0 NVIDIA H100 80GB HBM3`).
@@ -168,19 +183,35 @@ pub fn one_line(err: &anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
 }
 
-fn run<P, F>(name: &'static str, identity: &'static str, cli: StageCli, body: F, created_out: &mut Option<PathBuf>) -> Result<()>
+fn run<P, F>(
+    name: &'static str,
+    identity: &'static str,
+    cli: StageCli,
+    body: F,
+    created_out: &mut Option<PathBuf>,
+) -> Result<()>
 where
     P: DeserializeOwned + Serialize,
     F: FnOnce(&mut Stage<P>) -> Result<()>,
 {
-    let out = cli.out.clone().ok_or_else(|| anyhow!("--out DIR is required"))?;
+    let out = cli
+        .out
+        .clone()
+        .ok_or_else(|| anyhow!("--out DIR is required"))?;
     let params_json = read_params(cli.params.as_deref())?;
     let params: P = serde_json::from_value(params_json.clone()).map_err(|e| {
-        let source = cli.params.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "params".into());
+        let source = cli
+            .params
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "params".into());
         anyhow!("{source}: {e}")
     })?;
     let inputs = resolve_inputs(&cli.inputs)?;
-    let input_keys: BTreeMap<String, String> = inputs.iter().map(|(n, i)| (n.clone(), i.key.clone())).collect();
+    let input_keys: BTreeMap<String, String> = inputs
+        .iter()
+        .map(|(n, i)| (n.clone(), i.key.clone()))
+        .collect();
     let key = run_key(name, identity, &params_json, &input_keys);
 
     prepare_out(&out)?;
@@ -217,8 +248,16 @@ where
                 let reference = InputRef {
                     key: i.key.clone(),
                     stage: i.manifests.first().map(|m| m.stage.clone()),
-                    runs: if i.manifests.len() > 1 { i.manifests.iter().map(|m| m.key.clone()).collect() } else { vec![] },
-                    paths: if i.is_stage_output() { vec![] } else { i.paths.iter().map(|p| p.display().to_string()).collect() },
+                    runs: if i.manifests.len() > 1 {
+                        i.manifests.iter().map(|m| m.key.clone()).collect()
+                    } else {
+                        vec![]
+                    },
+                    paths: if i.is_stage_output() {
+                        vec![]
+                    } else {
+                        i.paths.iter().map(|p| p.display().to_string()).collect()
+                    },
                 };
                 (i.name.clone(), reference)
             })
@@ -228,17 +267,27 @@ where
         finished: chrono::Local::now().to_rfc3339(),
         wall_seconds: clock.elapsed().as_secs_f64(),
         host: host_description(),
-        device: stage.device_description.clone().unwrap_or_else(|| stage.device.clone()),
+        device: stage
+            .device_description
+            .clone()
+            .unwrap_or_else(|| stage.device.clone()),
         headline: stage.headline.clone(),
     };
-    write_atomic(&out.join(MANIFEST_FILE), &serde_json::to_vec_pretty(&manifest)?)?;
+    write_atomic(
+        &out.join(MANIFEST_FILE),
+        &serde_json::to_vec_pretty(&manifest)?,
+    )?;
     Ok(())
 }
 
 fn read_params(path: Option<&Path>) -> Result<Value> {
-    let Some(path) = path else { return Ok(Value::Object(Default::default())) };
-    let text = fs::read_to_string(path).with_context(|| format!("{}: cannot read params", path.display()))?;
-    let value: Value = serde_json::from_str(&text).map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
+    let Some(path) = path else {
+        return Ok(Value::Object(Default::default()));
+    };
+    let text = fs::read_to_string(path)
+        .with_context(|| format!("{}: cannot read params", path.display()))?;
+    let value: Value = serde_json::from_str(&text)
+        .map_err(|e| anyhow!("{}: invalid JSON: {e}", path.display()))?;
     if !value.is_object() {
         bail!("{}: params must be a JSON object", path.display());
     }
@@ -248,11 +297,16 @@ fn read_params(path: Option<&Path>) -> Result<Value> {
 fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
     let mut grouped: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for spec in specs {
-        let (name, path) = spec.split_once('=').ok_or_else(|| anyhow!("--in {spec}: expected NAME=PATH"))?;
+        let (name, path) = spec
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--in {spec}: expected NAME=PATH"))?;
         if name.is_empty() || path.is_empty() {
             bail!("--in {spec}: expected NAME=PATH");
         }
-        grouped.entry(name.to_string()).or_default().push(PathBuf::from(path));
+        grouped
+            .entry(name.to_string())
+            .or_default()
+            .push(PathBuf::from(path));
     }
     let cache = std::env::var_os(HASH_CACHE_ENV).map(|p| HashCache::open(Path::new(&p)));
     let mut inputs = BTreeMap::new();
@@ -262,27 +316,48 @@ fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
                 bail!("--in {name}={}: not found", p.display());
             }
         }
-        let with_manifest = paths.iter().filter(|p| p.join(MANIFEST_FILE).is_file()).count();
+        let with_manifest = paths
+            .iter()
+            .filter(|p| p.join(MANIFEST_FILE).is_file())
+            .count();
         let input = if with_manifest == paths.len() {
             let mut manifests = Vec::new();
             for p in &paths {
                 let manifest = Manifest::read(p).with_context(|| format!("--in {name}"))?;
-                manifest.verify_sizes(p).with_context(|| format!("--in {name}"))?;
+                manifest
+                    .verify_sizes(p)
+                    .with_context(|| format!("--in {name}"))?;
                 manifests.push(manifest);
             }
             let key = runs_key(&manifests.iter().map(|m| m.key.clone()).collect::<Vec<_>>());
-            Input { name: name.clone(), key, paths, manifests }
+            Input {
+                name: name.clone(),
+                key,
+                paths,
+                manifests,
+            }
         } else if with_manifest > 0 {
             bail!("--in {name}: mixes stage outputs and raw files");
         } else {
-            if paths.iter().any(|p| p.is_dir() && p.join(INCOMPLETE_MARKER).exists()) {
-                bail!("--in {name}: {} is an unfinished stage output (no manifest)", paths[0].display());
+            if paths
+                .iter()
+                .any(|p| p.is_dir() && p.join(INCOMPLETE_MARKER).exists())
+            {
+                bail!(
+                    "--in {name}: {} is an unfinished stage output (no manifest)",
+                    paths[0].display()
+                );
             }
             let mut hashes = Vec::new();
             for p in &paths {
                 hashes.push(content_hash(p, cache.as_ref())?);
             }
-            Input { name: name.clone(), key: raw_input_key(&hashes), paths, manifests: vec![] }
+            Input {
+                name: name.clone(),
+                key: raw_input_key(&hashes),
+                paths,
+                manifests: vec![],
+            }
         };
         inputs.insert(name, input);
     }
@@ -314,14 +389,21 @@ pub fn content_hash(path: &Path, cache: Option<&HashCache>) -> Result<String> {
 
 fn prepare_out(out: &Path) -> Result<()> {
     if out.join(MANIFEST_FILE).exists() {
-        bail!("--out {}: already holds a finished run (remove it or choose another directory)", out.display());
+        bail!(
+            "--out {}: already holds a finished run (remove it or choose another directory)",
+            out.display()
+        );
     }
     if out.exists() {
         let empty = fs::read_dir(out)?.next().is_none();
         if out.join(INCOMPLETE_MARKER).exists() {
-            fs::remove_dir_all(out).with_context(|| format!("{}: cannot clear an unfinished run", out.display()))?;
+            fs::remove_dir_all(out)
+                .with_context(|| format!("{}: cannot clear an unfinished run", out.display()))?;
         } else if !empty {
-            bail!("--out {}: directory is not empty and holds no pgolf run", out.display());
+            bail!(
+                "--out {}: directory is not empty and holds no pgolf run",
+                out.display()
+            );
         }
     }
     fs::create_dir_all(out).with_context(|| format!("--out {}: cannot create", out.display()))?;
@@ -330,6 +412,12 @@ fn prepare_out(out: &Path) -> Result<()> {
 
 fn host_description() -> String {
     let host = gethostname::gethostname().to_string_lossy().to_string();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    format!("{host} ({cpus} CPUs, {} {})", std::env::consts::OS, std::env::consts::ARCH)
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    format!(
+        "{host} ({cpus} CPUs, {} {})",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
 }
