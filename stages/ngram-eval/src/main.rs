@@ -22,7 +22,7 @@ use pgolf_eval::report::{
     summarize, write_doc_results, write_summary, Denominator, RESULTS_FILE, SUMMARY_FILE,
 };
 use pgolf_eval::schedule::{check_single_pass, flat, sliding};
-use pgolf_eval::torch::load_artifact;
+use pgolf_eval::torch::load_artifact_for_vocab;
 use pgolf_eval::{bpb::bits_per_byte, Ledger, ValSet};
 use pgolf_model::device_from_str;
 use pgolf_store::progress::bar;
@@ -45,14 +45,12 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
 
     // 1. The val stream and the network exactly as the artifact decodes.
     let val = ValSet::load(&data_dir)?;
-    let (mut net, cfg) = load_artifact(stage.input_dir("artifact")?, device, p.compute)?;
-    if val.lut.vocab_size() > cfg.vocab_size {
-        bail!(
-            "the tokenizer's vocab {} exceeds the model's {}",
-            val.lut.vocab_size(),
-            cfg.vocab_size
-        );
-    }
+    let (mut net, cfg) = load_artifact_for_vocab(
+        stage.input_dir("artifact")?,
+        device,
+        p.compute,
+        val.lut.vocab_size(),
+    )?;
     stage.set_device_description(format!(
         "{} ({:?} compute)",
         stage.device,

@@ -8,12 +8,12 @@
 mod evaluate;
 mod params;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use pgolf_eval::report::{
     summarize, write_chunk_results, write_doc_results, write_summary, CHUNKS_FILE, RESULTS_FILE,
     SUMMARY_FILE,
 };
-use pgolf_eval::torch::load_artifact;
+use pgolf_eval::torch::load_artifact_for_vocab;
 use pgolf_eval::ValSet;
 use pgolf_model::{device_from_str, save_tensors, CONFIG_FILE};
 use pgolf_store::progress::bar;
@@ -37,14 +37,12 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     // 1. The val stream, its documents and byte tables, cross-checked.
     let val = ValSet::load(stage.input_dir("data")?)?;
     // 2. The model exactly as the artifact decodes.
-    let (net, cfg) = load_artifact(stage.input_dir("artifact")?, device, p.compute)?;
-    if val.lut.vocab_size() > cfg.vocab_size {
-        bail!(
-            "the tokenizer's vocab {} exceeds the model's {}",
-            val.lut.vocab_size(),
-            cfg.vocab_size
-        );
-    }
+    let (net, cfg) = load_artifact_for_vocab(
+        stage.input_dir("artifact")?,
+        device,
+        p.compute,
+        val.lut.vocab_size(),
+    )?;
     stage.set_device_description(format!(
         "{} ({:?} compute)",
         stage.device,

@@ -1,7 +1,7 @@
 //! The network as evaluation must see it: decoded from the artifact that quantize-pack wrote (the
 //! round trip), never the pre-quantization weights.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use pgolf_model::ModelConfig;
 use pgolf_quant::Artifact;
 use std::path::Path;
@@ -20,6 +20,24 @@ pub enum Compute {
     Auto,
     F32,
     Bf16,
+}
+
+/// [`load_artifact`] for scoring a val set: refuses a model whose vocabulary is smaller than the
+/// val set's tokenizer (its ids could not all be scored).
+pub fn load_artifact_for_vocab(
+    dir: &Path,
+    device: Device,
+    compute: Compute,
+    tokenizer_vocab: usize,
+) -> Result<(Net, ModelConfig)> {
+    let (net, cfg) = load_artifact(dir, device, compute)?;
+    if tokenizer_vocab > cfg.vocab_size {
+        bail!(
+            "the tokenizer's vocab {tokenizer_vocab} exceeds the model's {}",
+            cfg.vocab_size
+        );
+    }
+    Ok((net, cfg))
 }
 
 /// Reads `dir/artifact.pgq`, decodes every tensor and builds the model its config describes.

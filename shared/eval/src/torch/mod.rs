@@ -10,7 +10,7 @@ pub mod net;
 #[cfg(test)]
 mod tests;
 
-pub use artifact::{load_artifact, Compute, ARTIFACT_FILE};
+pub use artifact::{load_artifact, load_artifact_for_vocab, Compute, ARTIFACT_FILE};
 pub use full_ttt::{FullTtt, FullTttConfig};
 pub use lora::{LoraConfig, LoraTtt};
 pub use net::Net;
