@@ -22,7 +22,7 @@ python3 -c 'import torch; print("python torch", torch.__version__)'
 # 1. Data: our tokenize stage over part-07 (val: all its documents) then part-00 (train).
 source bench/device_data.sh
 ls -la "$DATA"
-ldd .device/bin/train | grep -E "not found|torch_cuda" || true
+ldd target/release/train | grep -E "not found|torch_cuda" || true
 
 # 2. Ours: the same hyperparameters (the stage's defaults are upstream's), a few undone warm-up
 #    steps instead of the compile warm-up.
@@ -35,7 +35,7 @@ print(json.dumps(p))
 EOF
 cat "$WORK/train.json"
 rm -rf "$WORK/ours"
-timeout 300 .device/bin/train --out "$WORK/ours" --in data="$DATA" --params "$WORK/train.json" --device cuda | tee "$RESULTS/ours.txt" || echo "our run failed"
+timeout 300 target/release/train --out "$WORK/ours" --in data="$DATA" --params "$WORK/train.json" --device cuda | tee "$RESULTS/ours.txt" || echo "our run failed"
 cp "$WORK/ours/manifest.json" "$RESULTS/ours_manifest.json" || true
 cp "$WORK/ours/metrics.parquet" "$RESULTS/ours_metrics.parquet" || true
 

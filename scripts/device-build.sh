@@ -1,28 +1,69 @@
 #!/usr/bin/env bash
 # Prepares what a GPU machine needs, here, into git-ignored folders that `run` carries:
-#   .device/bin/   the release `train` and `tokenize` stages, stripped. `train` links libtorch
-#                  with CUDA (the venv's PyPI torch 2.11.0+cu130, the version the GPU machines'
-#                  Python has); there it finds libtorch through LD_LIBRARY_PATH (docs/GPU.md).
-#   .device/data/  wiki part-00 (train) and part-07 (val) and the sp1024 model, copied from ../shared.
-#   .ref/          the upstream train_gpt.py, read from the mirror (never committed).
-# Then: run(command="bash bench/train_side_by_side.sh", carry=[".device", ".ref"]).
+#   .device/bins.tgz  the release stage binaries the GPU benches run, stripped, in one gzip'd tar
+#                     (raw they exceed the 64 MiB carry limit). The libtorch stages link libtorch
+#                     with CUDA (the venv's PyPI torch 2.11.0+cu130, the version the GPU machines'
+#                     Python has); there `source bench/device_unpack.sh` unpacks them into
+#                     target/release/ and makes them find that Python's libtorch (docs/GPU.md).
+#   .device/data/     wiki part-00 (train) and part-07 (val) and the sp1024 model, from ../shared.
+#   .ref/             the upstream train_gpt.py, read from the mirror (never committed).
+# Then: run(command="source bench/device_unpack.sh && bash bench/...", carry=[".device", ".ref"]).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=../shared
 MIRROR=${REF_REPO:-/work/.mirror/openai+parameter-golf/repo}
 
-cargo build --release -p train -p tokenize
-mkdir -p .device/bin .device/data .ref
-for bin in train tokenize; do
-  strip -o ".device/bin/$bin" "target/release/$bin"
+# Stage binaries (cargo package = binary name under target/release/).
+STAGES=(train tokenize ema-finalize gptq-calibrate quantize-pack ttt-eval ngram-eval)
+# Extra binaries and examples, each "CARGO BUILD ARGS|PATH UNDER target/release/"; they unpack to
+# the same path there. E.g. "-p pgolf-kernels --example check_kernels|examples/check_kernels".
+EXTRAS=(
+  "-p pgolf-kernels --example check_kernels|examples/check_kernels"
+)
+
+cargo build --release $(printf -- '-p %s ' "${STAGES[@]}")
+paths=("${STAGES[@]}")
+for extra in "${EXTRAS[@]}"; do
+  # shellcheck disable=SC2086  # the build args are words on purpose
+  cargo build --release ${extra%%|*}
+  paths+=("${extra#*|}")
 done
-# Without a NEEDED entry for libtorch_cuda, libtorch would silently report no CUDA device.
-if ! readelf -d .device/bin/train | grep -q 'libtorch_cuda.so'; then
-  echo "device-build: .device/bin/train does not link libtorch_cuda.so" >&2
-  exit 1
-fi
+
+stage_dir=$(mktemp -d)
+trap 'rm -rf "$stage_dir"' EXIT
+for path in "${paths[@]}"; do
+  mkdir -p "$stage_dir/$(dirname "$path")"
+  strip -o "$stage_dir/$path" "target/release/$path"
+done
+
+# Every binary that links libtorch_cuda must also link libtorch_cuda_linalg where this libtorch has
+# it (pgolf_buildid::stage_with_torch): without the first, libtorch silently reports no CUDA
+# device; without the second, CUDA Cholesky (GPTQ) goes through libtorch's lazy loader.
+linalg=0
+[ -f .venv/torch/lib/libtorch_cuda_linalg.so ] && linalg=1
+torch_bins=0
+for path in "${paths[@]}"; do
+  needed=$(readelf -d "$stage_dir/$path" | grep NEEDED || true)
+  grep -q 'libtorch_cpu.so' <<<"$needed" || continue
+  torch_bins=$((torch_bins + 1))
+  if ! grep -q 'libtorch_cuda.so' <<<"$needed"; then
+    echo "device-build: $path links libtorch but not libtorch_cuda.so" >&2
+    exit 1
+  fi
+  # (The stages; an example that does no linear algebra may leave it out.)
+  if [ $linalg = 1 ] && [[ " ${STAGES[*]} " == *" $path "* ]] && ! grep -q 'libtorch_cuda_linalg.so' <<<"$needed"; then
+    echo "device-build: $path links libtorch but not libtorch_cuda_linalg.so (stale build.rs output?)" >&2
+    exit 1
+  fi
+done
+echo "device-build: $torch_bins libtorch binaries link libtorch_cuda$([ $linalg = 1 ] && echo ' and libtorch_cuda_linalg')"
+
+mkdir -p .device/data .ref
+rm -rf .device/bin # the unpacked layout of older builds: it would not fit the carry limit beside the tar
+tar -C "$stage_dir" -czf .device/bins.tgz "${paths[@]}"
 cp "$SHARED/data/enwiki2015/part-00.parquet" "$SHARED/data/enwiki2015/part-07.parquet" "$SHARED/tokenizers/fineweb_1024_bpe.model" .device/data/
 git -C "$MIRROR" show HEAD:train_gpt.py > .ref/train_gpt.py
-du -sh .device/bin/* .device/data .ref
+du -sh .device/bins.tgz .device/data .ref
 total=$(du -sbc .device .ref | tail -1 | cut -f1)
-echo "device-build: $((total / 1048576)) MiB to carry (limit 64 MiB with the working tree)"
+tree=$(git ls-files -z | xargs -0 du -bc 2>/dev/null | tail -1 | cut -f1)
+echo "device-build: $((total / 1048576)) MiB to carry + $((tree / 1048576)) MiB of tracked files (limit 64 MiB in all)"

@@ -5,19 +5,33 @@
 //!
 //! Emits `PGOLF_STAGE_IDENTITY` for `env!`, and `rerun-if-changed` for every hashed path.
 
+mod libtorch_cpp;
+
+pub use libtorch_cpp::{libtorch_cpp_build, libtorch_dir};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
 /// For a stage that uses libtorch: also keep `torch_cuda` linked (the linker would drop it, and CUDA
-/// would silently be unavailable).
+/// would silently be unavailable), and `torch_cuda_linalg` where the libtorch has it. libtorch
+/// loads the latter lazily on the first CUDA Cholesky/LU/solve, and that lazy loader fails with
+/// "lazy wrapper should be called at most once" when two threads reach it together (our GPTQ
+/// factors tensors in parallel); linked, its kernels are registered at process start instead.
 pub fn stage_with_torch() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
-    if let Ok(libtorch) = std::env::var("LIBTORCH") {
+    let libtorch = std::env::var("LIBTORCH").ok();
+    if let Some(libtorch) = &libtorch {
         println!("cargo:rustc-link-search=native={libtorch}/lib");
     }
+    let has_cuda_linalg = libtorch
+        .as_ref()
+        .is_some_and(|dir| Path::new(dir).join("lib/libtorch_cuda_linalg.so").is_file());
     println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
     println!("cargo:rustc-link-arg=-ltorch_cuda");
+    if has_cuda_linalg {
+        println!("cargo:rustc-link-arg=-ltorch_cuda_linalg");
+    }
     println!("cargo:rustc-link-arg=-Wl,--as-needed");
     stage();
 }

@@ -90,14 +90,17 @@ extern "C" {
 }
 
 /// Calls a shim function that reports C++ exceptions through an error buffer.
-fn checked(what: &str, f: impl FnOnce(*mut std::ffi::c_char, usize) -> i32) -> anyhow::Result<()> {
+pub(crate) fn checked(
+    what: &str,
+    f: impl FnOnce(*mut std::ffi::c_char, usize) -> i32,
+) -> anyhow::Result<()> {
     let mut buf = vec![0 as std::ffi::c_char; 1024];
     if f(buf.as_mut_ptr(), buf.len()) == 0 {
         return Ok(());
     }
     // SAFETY: the shim writes a NUL-terminated message into the buffer.
     let msg = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy();
-    anyhow::bail!("CUDA graph {what}: {}", msg.lines().next().unwrap_or(""))
+    anyhow::bail!("{what}: {}", msg.lines().next().unwrap_or(""))
 }
 
 /// A CUDA graph (libtorch's `at::cuda::CUDAGraph`): work issued inside [`CudaGraph::capture`] is
@@ -129,11 +132,11 @@ impl CudaGraph {
     /// Runs `f` eagerly on the graph's side stream (ordered after earlier work, and before later).
     pub fn on_side_stream<T>(&mut self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
         // SAFETY: `ptr` is a live graph; the shim catches C++ exceptions.
-        checked("warm-up", |e, n| unsafe {
+        checked("CUDA graph warm-up", |e, n| unsafe {
             pgolf_graph_enter(self.ptr, e, n)
         })?;
         let out = f();
-        checked("warm-up", |e, n| unsafe {
+        checked("CUDA graph warm-up", |e, n| unsafe {
             pgolf_graph_leave(self.ptr, e, n)
         })?;
         Ok(out)
@@ -142,11 +145,11 @@ impl CudaGraph {
     /// Records the CUDA work `f` issues (nothing runs until [`CudaGraph::replay`]).
     pub fn capture<T>(&mut self, f: impl FnOnce() -> T) -> anyhow::Result<T> {
         // SAFETY: as above.
-        checked("capture", |e, n| unsafe {
+        checked("CUDA graph capture", |e, n| unsafe {
             pgolf_graph_capture_begin(self.ptr, e, n)
         })?;
         let out = f();
-        checked("capture", |e, n| unsafe {
+        checked("CUDA graph capture", |e, n| unsafe {
             pgolf_graph_capture_end(self.ptr, e, n)
         })?;
         Ok(out)
@@ -155,7 +158,7 @@ impl CudaGraph {
     /// Runs the captured work on the current stream.
     pub fn replay(&self) -> anyhow::Result<()> {
         // SAFETY: as above.
-        checked("replay", |e, n| unsafe {
+        checked("CUDA graph replay", |e, n| unsafe {
             pgolf_graph_replay(self.ptr, e, n)
         })
     }

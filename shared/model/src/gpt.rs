@@ -15,6 +15,7 @@ use crate::hooks::{Hooks, Site};
 use crate::rope::Rope;
 
 mod fused;
+mod kernels;
 
 /// One transformer block's parameters (names under `blocks.{i}.`).
 pub(crate) struct Block {
@@ -42,6 +43,38 @@ pub struct Gpt {
     rope: RefCell<Rope>,
     /// Use the fused formulation of each block (`fused.rs`); same function, fewer memory passes.
     fused: bool,
+    /// Run the fused formulation on pgolf-kernels' fused ops (`gpt/kernels.rs`).
+    kernels: bool,
+    numerics: Numerics,
+}
+
+/// How the blocks are written: the same function each time (tested), different memory traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Formulation {
+    /// The literal transcription of REFERENCE.md §3.2 (`gpt.rs`): upstream's ATen ops, one by one.
+    Literal,
+    /// Fewer memory passes with the same ATen ops (`gpt/fused.rs`).
+    Fused,
+    /// The fused formulation on pgolf-kernels' fused ops (`gpt/kernels.rs`).
+    #[default]
+    Kernels,
+}
+
+/// A forward-pass precision policy (evaluation picks one; training keeps [`Numerics::Native`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Numerics {
+    /// Activations in the compute kind, RoPE tables computed in f32 then cast, the logits
+    /// soft-capped in f32; fused or literal blocks as chosen.
+    #[default]
+    Native,
+    /// Upstream `train_gpt.py` as it evaluates (REFERENCE.md §3.5, §4.5: the model built in bf16,
+    /// Linear weights and control params restored to fp32, eager forward under CUDA bf16
+    /// autocast), op for op in the same dtypes: the literal blocks; `tok_emb` stored bf16, so the
+    /// residual stream is bf16; RoPE tables built in bf16 (`.bfloat16()` converts Rotary's
+    /// `inv_freq` buffer, so `arange` and the angles are bf16: positions above 256 round); the
+    /// head GEMM, `/ cap`, `tanh` and `* cap` in bf16, then upcast to f32 for the loss.
+    UpstreamBf16,
 }
 
 /// Which optimizer group a parameter belongs to (REFERENCE.md §3.6).
@@ -198,6 +231,8 @@ impl Gpt {
             compute: Kind::Float,
             rope: RefCell::new(rope),
             fused: true,
+            kernels: false,
+            numerics: Numerics::Native,
         })
     }
 
@@ -229,6 +264,43 @@ impl Gpt {
         self.fused
     }
 
+    /// Runs the fused formulation on the fused ops of `pgolf-kernels` (`gpt/kernels.rs`: one pass
+    /// each way for the norm, RoPE, activation and loss chains; NVRTC-compiled kernels on CUDA,
+    /// their reference formulas on the CPU). Compiles and loads the kernels for `device` now, so a
+    /// missing NVRTC or driver is an error here, not later (and not inside a CUDA graph capture).
+    /// Applies with the fused formulation and native numerics only.
+    pub fn set_kernels(&mut self, on: bool, device: tch::Device) -> Result<()> {
+        if on {
+            pgolf_kernels::ops::preload(device).context("fused kernels")?;
+        }
+        self.kernels = on;
+        Ok(())
+    }
+
+    /// Sets the formulation ([`Gpt::set_fused`] and [`Gpt::set_kernels`] in one).
+    pub fn set_formulation(&mut self, formulation: Formulation, device: tch::Device) -> Result<()> {
+        self.set_fused(formulation != Formulation::Literal);
+        self.set_kernels(formulation == Formulation::Kernels, device)
+    }
+
+    pub fn uses_kernels(&self) -> bool {
+        self.kernels && self.fused && self.numerics == Numerics::Native
+    }
+
+    /// Sets the precision policy. [`Numerics::UpstreamBf16`] also sets the compute kind and the
+    /// embedding to bf16 and forces the literal formulation; `Native` leaves those as they are.
+    pub fn set_numerics(&mut self, numerics: Numerics) {
+        if numerics == Numerics::UpstreamBf16 {
+            self.set_compute_kind(Kind::BFloat16);
+            self.set_embedding_kind(Kind::BFloat16);
+        }
+        self.numerics = numerics;
+    }
+
+    pub fn numerics(&self) -> Numerics {
+        self.numerics
+    }
+
     /// Stores the embedding in `kind` (upstream keeps it bf16 for training; its Adam state
     /// follows). The variable keeps its identity, so a VarStore holding it sees the change.
     pub fn set_embedding_kind(&mut self, kind: Kind) {
@@ -238,40 +310,67 @@ impl Gpt {
 
     /// Soft-capped logits `[B, T, V]` in f32 for token ids `x: [B, T]` (i64).
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
+        if self.uses_kernels() {
+            return self.forward_kernels(x, hooks);
+        }
         let ck = self.compute;
         let (_, t) = x.size2().expect("forward expects token ids [B, T]");
-        let (cos, sin) = self.rope.borrow_mut().tables(t, ck, x.device());
-        if self.fused {
+        let upstream = self.numerics == Numerics::UpstreamBf16;
+        let (cos, sin) = self.rope.borrow_mut().tables(t, ck, x.device(), upstream);
+        if self.fused && !upstream {
             return self.forward_fused(x, &cos, &sin, hooks);
         }
         let mut h = rms(&Tensor::embedding(&self.tok_emb, x, -1, false, false).to_kind(ck));
         let x0 = h.shallow_clone();
-        let enc = self.cfg.num_encoder_layers();
-        let mut skips = Vec::with_capacity(enc);
-        for i in 0..enc {
-            h = self.block(i, &h, &x0, &cos, &sin, hooks);
-            skips.push(h.shallow_clone());
-        }
-        for j in 0..self.cfg.num_decoder_layers() {
-            if let Some(skip) = skips.pop() {
-                h = &h + self.skip_weights.get(j as i64).to_kind(ck) * skip; // not `+=` (in place)
-            }
-            h = self.block(enc + j, &h, &x0, &cos, &sin, hooks);
-        }
+        h = self.unet(
+            h,
+            |i, h| self.block(i, h, &x0, &cos, &sin, hooks),
+            |h, w, skip| &h + w * skip, // not `+=` (in place)
+        );
         let h = rms(&h);
         let (head_name, head) = match &self.lm_head {
             Some(w) => ("lm_head.weight", w),
             None => ("tok_emb.weight", &self.tok_emb),
         };
         hooks.tap(|| head_name.to_string(), &h);
+        // Native: soft-cap in f32. UpstreamBf16: in the GEMM's bf16, upcast after (as upstream).
+        let cap_kind = match self.numerics {
+            Numerics::Native => Kind::Float,
+            Numerics::UpstreamBf16 => ck,
+        };
         let mut logits = h
             .linear(&head.to_kind(ck), None::<Tensor>)
-            .to_kind(Kind::Float);
+            .to_kind(cap_kind);
         if let Some(delta) = hooks.delta(Site::Head, self.cfg.num_layers, &h) {
-            logits = &logits + delta.to_kind(Kind::Float); // not `+=` (in place)
+            logits = &logits + delta.to_kind(cap_kind); // not `+=` (in place)
         }
         let cap = self.cfg.logit_softcap;
-        (logits / cap).tanh() * cap
+        ((logits / cap).tanh() * cap).to_kind(Kind::Float)
+    }
+
+    /// The U-Net trunk (REFERENCE.md §3.2): blocks `0..enc` push their outputs as skips; before
+    /// block `enc + j` the last pushed is popped and `add_skip(h, skip_weights[j], skip)` applied.
+    /// `block(i, h)` runs block `i` of the caller's formulation.
+    pub(crate) fn unet(
+        &self,
+        mut h: Tensor,
+        mut block: impl FnMut(usize, &Tensor) -> Tensor,
+        add_skip: impl Fn(Tensor, &Tensor, &Tensor) -> Tensor,
+    ) -> Tensor {
+        let enc = self.cfg.num_encoder_layers();
+        let mut skips = Vec::with_capacity(enc);
+        for i in 0..enc {
+            h = block(i, &h);
+            skips.push(h.shallow_clone());
+        }
+        for j in 0..self.cfg.num_decoder_layers() {
+            if let Some(skip) = skips.pop() {
+                let w = self.skip_weights.get(j as i64).to_kind(self.compute);
+                h = add_skip(h, &w, &skip);
+            }
+            h = block(enc + j, &h);
+        }
+        h
     }
 
     /// Soft-capped logits without hooks.
@@ -281,6 +380,9 @@ impl Gpt {
 
     /// Mean cross-entropy over all positions (what training minimises), f32 scalar.
     pub fn loss(&self, x: &Tensor, y: &Tensor) -> Tensor {
+        if self.uses_kernels() {
+            return self.loss_kernels(x, y);
+        }
         let v = self.cfg.vocab_size as i64;
         self.logits(x).view([-1, v]).cross_entropy_loss(
             &y.view([-1]),
@@ -583,6 +685,29 @@ mod tests {
         assert_eq!(seen[18], ("tok_emb.weight".to_string(), vec![16, 32]));
     }
 
+    /// `UpstreamBf16`: bf16 embedding and compute, the literal blocks whatever `fused` says, and
+    /// logits soft-capped in bf16 (so every logit is a bf16 value upcast), unlike `Native` bf16.
+    #[test]
+    fn upstream_numerics_follow_upstreams_dtypes() {
+        let (_vs, mut gpt) = perturbed(&tiny());
+        let x = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
+        let is_bf16_valued = |t: &Tensor| t.to_kind(Kind::BFloat16).to_kind(Kind::Float).equal(t);
+        gpt.set_compute_kind(Kind::BFloat16);
+        let native = gpt.logits(&x);
+        assert_eq!(native.kind(), Kind::Float);
+        assert!(!is_bf16_valued(&native));
+        gpt.set_numerics(Numerics::UpstreamBf16);
+        assert_eq!(gpt.compute_kind(), Kind::BFloat16);
+        assert_eq!(gpt.named_parameters()[0].1.kind(), Kind::BFloat16); // tok_emb
+        let upstream = gpt.logits(&x);
+        assert_eq!(upstream.kind(), Kind::Float);
+        assert!(is_bf16_valued(&upstream));
+        gpt.set_fused(false);
+        assert!(gpt.logits(&x).equal(&upstream), "fused must not matter");
+        let diff = (&upstream - &native).abs().max().double_value(&[]);
+        assert!(diff > 0.0 && diff < 0.1, "{diff}");
+    }
+
     struct HeadBias;
     impl Adapter for HeadBias {
         fn delta(&self, site: Site, layer: usize, input: &Tensor) -> Option<Tensor> {
@@ -628,10 +753,11 @@ mod tests {
         }
     }
 
-    /// The fused formulation computes the same function and gradients as the literal one (f32),
+    /// The fused formulation, alone and on the fused ops of pgolf-kernels (their reference
+    /// formulas on the CPU), computes the same function and gradients as the literal one (f32),
     /// with and without adapters, for GQA and plain multi-head attention.
     #[test]
-    fn fused_and_literal_blocks_agree() {
+    fn fused_kernel_and_literal_blocks_agree() {
         for cfg in [
             tiny(),
             ModelConfig {
@@ -645,8 +771,9 @@ mod tests {
             let x = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
             let y = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
             let mut outputs = vec![];
-            for fused in [false, true] {
+            for (fused, kernels) in [(false, false), (true, false), (true, true)] {
                 gpt.set_fused(fused);
+                gpt.set_kernels(kernels, Device::Cpu).unwrap();
                 for (_, p) in gpt.named_parameters() {
                     p.shallow_clone().zero_grad();
                 }
@@ -666,33 +793,35 @@ mod tests {
                 });
                 outputs.push((tch::no_grad(|| gpt.logits(&x)), grads, adapted));
             }
-            let (plain, fused) = (&outputs[0], &outputs[1]);
-            let max = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
-            assert!(
-                max(&plain.0, &fused.0) < 1e-5,
-                "logits differ by {}",
-                max(&plain.0, &fused.0)
-            );
-            assert!(
-                max(&plain.2, &fused.2) < 1e-5,
-                "adapted logits differ by {}",
-                max(&plain.2, &fused.2)
-            );
-            assert!(
-                max(&plain.2, &plain.0) > 1e-3,
-                "the adapter must change the logits"
-            );
-            for ((name, _), (g1, g2)) in gpt
-                .named_parameters()
-                .iter()
-                .zip(plain.1.iter().zip(&fused.1))
-            {
-                let scale = g1.abs().max().double_value(&[]).max(1e-8);
+            let plain = &outputs[0];
+            for fused in &outputs[1..] {
+                let max = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
                 assert!(
-                    max(g1, g2) / scale < 1e-4,
-                    "{name}: gradients differ by {} (scale {scale})",
-                    max(g1, g2)
+                    max(&plain.0, &fused.0) < 1e-5,
+                    "logits differ by {}",
+                    max(&plain.0, &fused.0)
                 );
+                assert!(
+                    max(&plain.2, &fused.2) < 1e-5,
+                    "adapted logits differ by {}",
+                    max(&plain.2, &fused.2)
+                );
+                assert!(
+                    max(&plain.2, &plain.0) > 1e-3,
+                    "the adapter must change the logits"
+                );
+                for ((name, _), (g1, g2)) in gpt
+                    .named_parameters()
+                    .iter()
+                    .zip(plain.1.iter().zip(&fused.1))
+                {
+                    let scale = g1.abs().max().double_value(&[]).max(1e-8);
+                    assert!(
+                        max(g1, g2) / scale < 1e-4,
+                        "{name}: gradients differ by {} (scale {scale})",
+                        max(g1, g2)
+                    );
+                }
             }
         }
     }

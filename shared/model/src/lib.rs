@@ -23,7 +23,9 @@
 //!   projection's output ([`Site`]: Q, K, V, O, MlpIn, MlpOut, Head — Head before the soft-cap).
 //! - Precision: [`Gpt::set_compute_kind`] (`Float` default; `BFloat16` on CUDA as upstream's
 //!   autocast), [`Gpt::set_embedding_kind`] (upstream trains `tok_emb` in bf16).
-//! - Formulation: [`Gpt::set_fused`] (default `true`: `gpt/fused.rs`, fewer memory passes;
+//! - Formulation: [`Gpt::set_formulation`]`(`[`Formulation`]`, device)`: `literal`, `fused` or
+//!   `kernels` (`gpt/kernels.rs`: the fused blocks on pgolf-kernels' fused CUDA ops with their own
+//!   backward; their reference formulas on the CPU). [`Gpt::set_fused`] (default `true`: `gpt/fused.rs`, fewer memory passes;
 //!   `false`: the literal transcription in `gpt.rs`). Same function (tested to rounding, and both
 //!   against the Python reference: bench/train.md); taps and adapters behave the same.
 //! - [`load_safetensors`]`(&mut VarStore, path)` strict (missing/unexpected/shape → error naming
@@ -31,7 +33,8 @@
 //!   [`save_tensors`], [`load_into`] for tensors outside a VarStore (EMA shadows).
 //! - [`device_from_str`]`("cpu"|"cuda"|"cuda:N") -> Result<Device>`.
 //! - [`cuda`]: what libtorch has and tch lacks, through the C++ shims in `csrc/`: peak allocator
-//!   memory, `empty_cache`, and [`cuda::CudaGraph`] (capture / replay).
+//!   memory, `empty_cache`, and [`cuda::CudaGraph`] (capture / replay); [`profiler`]: Kineto
+//!   traces (`profiler::start()?.save(path)`).
 //! - [`param_role`]: the optimizer group of a parameter name (Muon matrices, Adam controls, ...).
 
 pub mod checkpoint;
@@ -40,11 +43,12 @@ pub mod cuda;
 pub mod device;
 pub mod gpt;
 pub mod hooks;
+pub mod profiler;
 mod rope;
 
 pub use checkpoint::{load_into, load_safetensors, read_tensors, save_safetensors, save_tensors};
 pub use config::{Activation, ModelConfig, CONFIG_FILE};
 pub use device::device_from_str;
-pub use gpt::{build, param_role, Gpt, ParamRole, CONTROL_PATTERNS};
+pub use gpt::{build, param_role, Formulation, Gpt, Numerics, ParamRole, CONTROL_PATTERNS};
 pub use hooks::{Adapter, Hooks, Site};
 pub use tch;

@@ -2,7 +2,8 @@
 //! sequential loader, validated with exact byte accounting, on the CPU or a CUDA GPU.
 //!
 //! Inputs: `data` (a tokenize output). Outputs: `model.safetensors` (raw weights),
-//! `ema.safetensors` (when the EMA was updated), `config.json`, `metrics.parquet`, `train.log`.
+//! `ema.safetensors` (when the EMA was updated), `swa.safetensors` (when SWA took a snapshot),
+//! `config.json`, `metrics.parquet`, `train.log`.
 
 mod data;
 mod graphed;
@@ -11,6 +12,7 @@ mod metrics;
 mod optimizers;
 mod params;
 mod step;
+mod swa;
 mod validate;
 
 use anyhow::{bail, Result};
@@ -27,6 +29,7 @@ use metrics::{Metrics, Row, METRICS_FILE};
 use optimizers::Optimizers;
 use params::Params;
 use step::{train_step, StepSettings};
+use swa::Swa;
 use validate::validate;
 
 fn main() {
@@ -69,17 +72,17 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         gpt.set_compute_kind(Kind::BFloat16);
         gpt.set_embedding_kind(Kind::BFloat16);
     }
-    gpt.set_fused(p.fused_ops);
+    gpt.set_formulation(p.formulation, device)?;
     log.line(&format!(
         "model_params:{} config:{}",
         p.model.num_params(),
         serde_json::to_string(&p.model)?
     ))?;
     log.line(&format!(
-        "device:{} precision:{} fused_ops:{} cuda_graphs:{} world_size:{} grad_accum_steps:{} local_tokens:{} val_tokens:{} val_bytes:{}",
+        "device:{} precision:{} formulation:{:?} cuda_graphs:{} world_size:{} grad_accum_steps:{} local_tokens:{} val_tokens:{} val_bytes:{}",
         describe(device),
         if bf16 { "bf16" } else { "f32" },
-        p.fused_ops,
+        p.formulation,
         p.cuda_graphs && device.is_cuda(),
         plan.world_size,
         plan.grad_accum,
@@ -120,6 +123,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         ))?;
     }
     let mut ema = (p.ema_decay > 0.0).then(|| Ema::new(gpt.named_parameters(), p.ema_decay));
+    let mut swa = Swa::new(p.swa_every, p.swa_lr_threshold);
     cuda::reset_peak_memory(device);
 
     // 4. The loop: validate at step 0, every `val_loss_every` and at the end; stop at
@@ -135,6 +139,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     let mut step: u64 = 0;
     let mut stop_after: Option<u64> = None;
     let mut last_val = None;
+    let mut profile = ProfileWindow::from_env()?;
     loop {
         let last = step == p.iterations || stop_after.is_some_and(|s| step >= s);
         if last || (p.val_loss_every > 0 && step.is_multiple_of(p.val_loss_every)) {
@@ -166,6 +171,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
             p.muon_momentum,
             p.muon_momentum_warmup_steps,
         );
+        profile.at_step(step)?;
         let started = Instant::now();
         let settings = StepSettings {
             lr_mul,
@@ -189,6 +195,11 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         }
         if let Some(ema) = ema.as_mut() {
             ema.update(gpt.named_parameters());
+        }
+        if let Some(swa) = swa.as_mut() {
+            if swa.after_step(step + 1, lr_mul, gpt.named_parameters()) && swa.count() == 1 {
+                log.line(&format!("swa:start step:{}", step + 1))?;
+            }
         }
         let step_ms = started.elapsed().as_secs_f64() * 1e3;
         train_ms += step_ms;
@@ -235,6 +246,14 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     if let Some(ema) = ema.as_ref().filter(|e| e.updates() > 0) {
         save_tensors(ema.shadow(), &stage.out_path("ema.safetensors"))?;
     }
+    let swa_snapshots = swa.as_ref().map_or(0, |s| s.count());
+    if let Some(average) = swa.as_ref().map(Swa::average).transpose()?.flatten() {
+        save_tensors(&average, &stage.out_path("swa.safetensors"))?;
+        log.line(&format!(
+            "swa: averaged {swa_snapshots} snapshots from step {}",
+            swa.as_ref().and_then(Swa::first_step).unwrap_or(0)
+        ))?;
+    }
     p.model.write(&stage.out_path(CONFIG_FILE))?;
     metrics.write(&stage.out_path(METRICS_FILE))?;
     let peak = cuda::peak_memory(device);
@@ -261,6 +280,8 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     stage.headline("val_bpb", val.bpb);
     stage.headline("val_targets", val_set.targets);
     stage.headline("ema_updates", ema_updates);
+    stage.headline("ema_decay", p.ema_decay);
+    stage.headline("swa_snapshots", swa_snapshots);
     // With CUDA graphs the graph's activations live in its private pool: they count as reserved,
     // not allocated, so both figures are reported.
     stage.headline("peak_gpu_mib", peak.map(|(allocated, _)| allocated >> 20));
@@ -318,5 +339,51 @@ fn describe(device: Device) -> String {
             None => format!("cuda:{i}"),
         },
         _ => format!("cpu ({} threads)", tch::get_num_threads()),
+    }
+}
+
+/// A diagnostic, off unless `PGOLF_PROFILE_TRACE` names a file: records steps
+/// `[PGOLF_PROFILE_FROM, PGOLF_PROFILE_FROM + PGOLF_PROFILE_STEPS)` (default 3 and 2) with
+/// libtorch's profiler and writes their Chrome trace there (`bench/trace_summary.py` reads it).
+/// Results are unchanged, timings of the recorded steps are not (so it is no param).
+struct ProfileWindow {
+    path: Option<std::path::PathBuf>,
+    from: u64,
+    to: u64,
+    recording: Option<pgolf_model::profiler::Recording>,
+}
+
+impl ProfileWindow {
+    fn from_env() -> Result<ProfileWindow> {
+        let number = |name: &str, default: u64| -> Result<u64> {
+            match std::env::var(name) {
+                Ok(v) => v
+                    .parse()
+                    .map_err(|_| anyhow::anyhow!("{name}={v}: not a step count")),
+                Err(_) => Ok(default),
+            }
+        };
+        let from = number("PGOLF_PROFILE_FROM", 3)?;
+        Ok(ProfileWindow {
+            path: std::env::var_os("PGOLF_PROFILE_TRACE").map(Into::into),
+            from,
+            to: from + number("PGOLF_PROFILE_STEPS", 2)?,
+            recording: None,
+        })
+    }
+
+    /// Called before each step: starts recording at `from`, saves at `to`.
+    fn at_step(&mut self, step: u64) -> Result<()> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if step == self.from {
+            self.recording = Some(pgolf_model::profiler::start()?);
+        } else if step == self.to {
+            if let Some(recording) = self.recording.take() {
+                recording.save(path)?;
+            }
+        }
+        Ok(())
     }
 }

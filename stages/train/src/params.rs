@@ -2,7 +2,7 @@
 //! (REFERENCE.md §3.1), with the same defaults. Unknown fields are an error.
 
 use anyhow::{bail, Result};
-use pgolf_model::ModelConfig;
+use pgolf_model::{Formulation, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -55,14 +55,19 @@ pub struct Params {
     pub grad_clip_norm: f64,
     /// EMA decay of the weight average saved beside the raw weights; 0 = no EMA.
     pub ema_decay: f64,
+    /// SWA (REFERENCE.md §5.6): average the weights after every this-many steps while the step's
+    /// lr_mul is below `swa_lr_threshold`, saved as `swa.safetensors`; 0 = off.
+    pub swa_every: u64,
+    pub swa_lr_threshold: f64,
 
     // Execution.
     /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
     pub precision: String,
     /// CPU threads for libtorch; 0 = its default.
     pub threads: usize,
-    /// The fused formulation of the blocks (same function, fewer memory passes; pgolf-model).
-    pub fused_ops: bool,
+    /// How the blocks are written (pgolf-model `Formulation`): `literal`, `fused` (fewer memory
+    /// passes) or `kernels` (the fused blocks on pgolf-kernels' fused CUDA ops); same function.
+    pub formulation: Formulation,
     /// On CUDA, replay each micro-batch's forward and backward as a captured CUDA graph.
     pub cuda_graphs: bool,
     /// Diagnostics: synchronize after each phase of a step and log data / micro-batches /
@@ -101,9 +106,11 @@ impl Default for Params {
             adam_weight_decay: 0.0,
             grad_clip_norm: 0.0,
             ema_decay: 0.997,
+            swa_every: 0,
+            swa_lr_threshold: 0.4,
             precision: "auto".into(),
             threads: 0,
-            fused_ops: true,
+            formulation: Formulation::Kernels,
             cuda_graphs: true,
             phase_timing: false,
         }
@@ -133,6 +140,12 @@ impl Params {
             bail!(
                 "params: ema_decay must be in [0, 1), got {}",
                 self.ema_decay
+            );
+        }
+        if !(self.swa_lr_threshold > 0.0 && self.swa_lr_threshold <= 1.0) {
+            bail!(
+                "params: swa_lr_threshold must be in (0, 1], got {}",
+                self.swa_lr_threshold
             );
         }
         if !["auto", "f32", "bf16"].contains(&self.precision.as_str()) {

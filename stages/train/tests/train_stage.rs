@@ -188,6 +188,7 @@ fn loss_falls_on_the_synthetic_corpus_and_runs_are_bit_identical() {
         assert!(x == y, "{file} differs between two runs with the same seed");
     }
     assert_eq!(a.headline("ema_updates"), 40.0);
+    assert_eq!(a.headline("ema_decay"), 0.997);
     assert_eq!(a.headline("steps"), 40.0);
 }
 
@@ -318,5 +319,81 @@ fn bad_inputs_fail_with_one_clear_line() {
         !run.ok && run.stderr.contains("unknown field"),
         "{}",
         run.stderr
+    );
+}
+
+/// SWA: the saved average is the mean of the weights after the due steps. Each single-snapshot run
+/// (`swa_every` = 8, 10 or 12 of 12 steps) saves the weights after that one step, so the average
+/// of a run taking all three is checked against them.
+#[test]
+fn swa_averages_the_weights_after_every_due_step() {
+    let root = tempfile::tempdir().unwrap();
+    let data = data_dir(root.path(), &markov_tokens(200, 1), &markov_tokens(20, 2));
+    // 12 steps, warm-down over the last 6: steps 8..=12 run at lr_mul 5/6..1/6 < 0.9.
+    let swa_run = |name: &str, every: u64| {
+        let mut p = tiny_params(12);
+        p["warmdown_iters"] = json!(6);
+        p["swa_every"] = json!(every);
+        p["swa_lr_threshold"] = json!(0.9);
+        let run = run_train(root.path(), name, &data, &p);
+        assert!(run.ok, "{}", run.stderr);
+        run
+    };
+    let weights = |run: &Run, file: &str| -> Vec<(String, Vec<f32>)> {
+        let t = Tensor::read_safetensors(run.out.join(file)).unwrap();
+        let mut v: Vec<(String, Vec<f32>)> = t
+            .into_iter()
+            .map(|(n, t)| {
+                let t = t.to_kind(Kind::Float).flatten(0, -1);
+                (n, Vec::<f32>::try_from(&t).unwrap())
+            })
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    };
+    let all = swa_run("swa_all", 2); // steps 8, 10, 12
+    assert_eq!(all.headline("swa_snapshots"), 3.0);
+    let log = std::fs::read_to_string(all.out.join("train.log")).unwrap();
+    assert!(log.contains("swa:start step:8"), "{log}");
+    let w8 = weights(&swa_run("swa_8", 8), "swa.safetensors");
+    let w10 = weights(&swa_run("swa_10", 10), "swa.safetensors");
+    let last = swa_run("swa_12", 12);
+    assert_eq!(last.headline("swa_snapshots"), 1.0);
+    let w12 = weights(&last, "swa.safetensors");
+    // One snapshot after the last step is the final raw weights.
+    assert_eq!(w12, weights(&last, "model.safetensors"));
+    let avg = weights(&all, "swa.safetensors");
+    assert_eq!(avg.len(), w12.len());
+    let mut worst = 0f32;
+    for (i, (name, values)) in avg.iter().enumerate() {
+        assert_eq!(name, &w8[i].0);
+        for (k, v) in values.iter().enumerate() {
+            let want = (w8[i].1[k] + w10[i].1[k] + w12[i].1[k]) / 3.0;
+            worst = worst.max((v - want).abs() / want.abs().max(1e-3));
+        }
+    }
+    assert!(worst < 1e-5, "SWA average off by {worst} (relative)");
+    // The average differs from the final weights (the test would pass vacuously otherwise).
+    assert_ne!(avg, w12);
+
+    // SWA off (the default): no file, a zero count; above the threshold throughout: the same.
+    let off = run_train(root.path(), "swa_off", &data, &tiny_params(4));
+    assert!(off.ok, "{}", off.stderr);
+    assert_eq!(off.headline("swa_snapshots"), 0.0);
+    assert!(!off.out.join("swa.safetensors").exists());
+    let mut never = tiny_params(4);
+    never["swa_every"] = json!(1);
+    never["swa_lr_threshold"] = json!(0.01);
+    let never = run_train(root.path(), "swa_never", &data, &never);
+    assert!(never.ok, "{}", never.stderr);
+    assert_eq!(never.headline("swa_snapshots"), 0.0);
+    assert!(!never.out.join("swa.safetensors").exists());
+    let mut bad = tiny_params(4);
+    bad["swa_lr_threshold"] = json!(0.0);
+    let bad = run_train(root.path(), "swa_bad", &data, &bad);
+    assert!(
+        !bad.ok && bad.stderr.contains("swa_lr_threshold must be in (0, 1]"),
+        "{}",
+        bad.stderr
     );
 }

@@ -30,18 +30,11 @@ impl Gpt {
         let s = Tensor::cat(&[sin, &(-sin)], -1).view([1, t, 1, -1]);
         let mut h = rms(&Tensor::embedding(&self.tok_emb, x, -1, false, false).to_kind(ck));
         let x0 = h.shallow_clone();
-        let enc = self.cfg.num_encoder_layers();
-        let mut skips = Vec::with_capacity(enc);
-        for i in 0..enc {
-            h = self.block_fused(i, &h, &x0, &c, &s, hooks);
-            skips.push(h.shallow_clone());
-        }
-        for j in 0..self.cfg.num_decoder_layers() {
-            if let Some(skip) = skips.pop() {
-                h = h.addcmul(&self.skip_weights.get(j as i64).to_kind(ck), &skip);
-            }
-            h = self.block_fused(enc + j, &h, &x0, &c, &s, hooks);
-        }
+        h = self.unet(
+            h,
+            |i, h| self.block_fused(i, h, &x0, &c, &s, hooks),
+            |h, w, skip| h.addcmul(w, skip),
+        );
         let h = rms(&h);
         let (head_name, head) = match &self.lm_head {
             Some(w) => ("lm_head.weight", w),
@@ -93,7 +86,7 @@ impl Gpt {
     /// `x + scale ⊙ (y Wᵀ + δ)` with the scale folded into W's rows and the residual as the GEMM's
     /// addend.
     #[allow(clippy::too_many_arguments)]
-    fn residual_projection(
+    pub(super) fn residual_projection(
         &self,
         x: &Tensor,
         y: &Tensor,
