@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! 0   4  magic "PGQA"
-//! 4   1  frame version (1)
+//! 4   1  frame version: 2 (written), 1 (still read)
 //! 5   1  compressor: 0 none, 1 zstd, 2 brotli
 //! 6   1  byte-shuffle stride (1 = none)
 //! 7   1  reserved, 0
 //! 8   8  body length, u64 LE (uncompressed, unshuffled)
 //! 16  8  stream length, u64 LE (the bytes after the frame)
 //! 24 32  BLAKE3 of the body
-//! 56  …  compressed stream
+//! 56  …  version 2: chunk table and chunks (crate::chunks); version 1: one compressed stream
 //! ```
 //!
 //! Reading checks each field, so a truncated, padded or corrupted file is refused with the reason.
@@ -19,13 +19,16 @@ use serde_json::Value;
 use std::path::Path;
 use tch::{Device, Tensor};
 
+use crate::chunks::{compress_chunked, decompress_chunked};
 use crate::compress::{decompress, Codec, Compression};
 use crate::container::{decode_body, encode_body};
 use crate::dtype::DType;
 use crate::encoded::StoredTensor;
 
 pub const MAGIC: &[u8; 4] = b"PGQA";
-pub const FRAME_VERSION: u8 = 1;
+/// The version written. Version 1 (one stream, no chunk table) is still read, so artifacts made
+/// before chunking stay usable.
+pub const FRAME_VERSION: u8 = 2;
 pub const FRAME_BYTES: usize = 56;
 /// Refuse to inflate a body beyond this (a corrupted length field must not exhaust memory).
 const MAX_BODY: u64 = 4 << 30;
@@ -37,6 +40,8 @@ pub struct Artifact {
     pub tensors: Vec<StoredTensor>,
     pub codec: Codec,
     pub shuffle: u8,
+    /// The frame version it was read from (1: one stream; 2: chunks).
+    pub frame_version: u8,
     /// Length of the file it was read from (or encoded to).
     pub file_bytes: u64,
 }
@@ -58,7 +63,7 @@ pub fn encode_artifact(
     compression: &Compression,
 ) -> Result<Vec<u8>> {
     let body = encode_body(config, tensors)?;
-    let stream = compression.compress(&body)?;
+    let stream = compress_chunked(compression, &body)?;
     let mut out = Vec::with_capacity(FRAME_BYTES + stream.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[
@@ -95,11 +100,9 @@ impl Artifact {
                 String::from_utf8_lossy(&bytes[..4])
             );
         }
-        if bytes[4] != FRAME_VERSION {
-            bail!(
-                "frame version {} is not supported (expected {FRAME_VERSION})",
-                bytes[4]
-            );
+        let frame_version = bytes[4];
+        if !(1..=FRAME_VERSION).contains(&frame_version) {
+            bail!("frame version {frame_version} is not supported (this reader knows 1 to {FRAME_VERSION})");
         }
         let codec = Codec::from_id(bytes[5])?;
         let shuffle = bytes[6];
@@ -124,7 +127,11 @@ impl Artifact {
         if body_len > MAX_BODY {
             bail!("corrupted frame: body length {body_len}");
         }
-        let body = decompress(codec, shuffle, &bytes[FRAME_BYTES..], body_len as usize)?;
+        let stream = &bytes[FRAME_BYTES..];
+        let body = match frame_version {
+            1 => decompress(codec, shuffle, stream, body_len as usize)?,
+            _ => decompress_chunked(codec, shuffle, stream, body_len as usize)?,
+        };
         if blake3::hash(&body).as_bytes() != &bytes[24..56] {
             bail!("corrupted: the body's BLAKE3 hash does not match the frame");
         }
@@ -134,6 +141,7 @@ impl Artifact {
             tensors,
             codec,
             shuffle,
+            frame_version,
             file_bytes: bytes.len() as u64,
         })
     }

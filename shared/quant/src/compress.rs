@@ -1,10 +1,14 @@
 //! The artifact's compressors (REFERENCE.md §5.8): zstd (level 22 in the records) and byte shuffle
 //! then brotli (quality 11). The byte shuffle writes all bytes at offset ≡ 0 (mod stride), then the
 //! ones ≡ 1, …, so the high and low bytes of fp16 values form separate, more compressible runs.
+//! Each call here makes or reads one standard stream; [`crate::chunks`] cuts an artifact body into
+//! several of them so all cores compress.
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
+use std::io::Write;
+
+use crate::chunks::{DEFAULT_CHUNKS, MAX_CHUNKS};
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -45,6 +49,9 @@ pub struct Compression {
     pub shuffle: Option<u8>,
     /// brotli window bits (Python's `brotli.compress` default is 22).
     pub brotli_lgwin: u32,
+    /// Independently compressed chunks of an artifact body (frame version 2). A fixed number, not
+    /// the machine's thread count, so the file's bytes do not depend on the machine.
+    pub chunks: u32,
 }
 
 impl Default for Compression {
@@ -54,6 +61,7 @@ impl Default for Compression {
             level: None,
             shuffle: None,
             brotli_lgwin: 22,
+            chunks: DEFAULT_CHUNKS,
         }
     }
 }
@@ -94,18 +102,23 @@ impl Compression {
         if self.stride() == 0 {
             bail!("shuffle stride must be at least 1");
         }
+        if !(1..=MAX_CHUNKS).contains(&self.chunks) {
+            bail!("chunks {} outside 1..={MAX_CHUNKS}", self.chunks);
+        }
         Ok(())
     }
 
-    /// Shuffles (if asked) then compresses.
+    /// Shuffles (if asked) then compresses into one stream.
     pub fn compress(&self, data: &[u8]) -> Result<Vec<u8>> {
         self.validate()?;
-        let shuffled = byte_shuffle(data, self.stride());
+        self.compress_stream(&byte_shuffle(data, self.stride()))
+    }
+
+    /// Compresses `data` as it is into one standard stream (a zstd frame or a brotli stream).
+    pub(crate) fn compress_stream(&self, data: &[u8]) -> Result<Vec<u8>> {
         match self.codec {
-            Codec::None => Ok(shuffled),
-            Codec::Zstd => {
-                zstd::bulk::compress(&shuffled, self.level()).context("zstd compression")
-            }
+            Codec::None => Ok(data.to_vec()),
+            Codec::Zstd => zstd::bulk::compress(data, self.level()).context("zstd compression"),
             Codec::Brotli => {
                 let mut out = Vec::new();
                 {
@@ -115,7 +128,7 @@ impl Compression {
                         self.level() as u32,
                         self.brotli_lgwin,
                     );
-                    w.write_all(&shuffled).context("brotli compression")?;
+                    w.write_all(data).context("brotli compression")?;
                 }
                 Ok(out)
             }
@@ -123,26 +136,67 @@ impl Compression {
     }
 }
 
-/// Decompresses `stream` (expected to give exactly `len` bytes) and undoes the shuffle.
+/// Decompresses one `stream` (expected to give exactly `len` bytes) and undoes the shuffle.
 pub fn decompress(codec: Codec, stride: u8, stream: &[u8], len: usize) -> Result<Vec<u8>> {
+    Ok(byte_unshuffle(
+        &decompress_stream(codec, stream, len)?,
+        stride,
+    ))
+}
+
+/// Decompresses one standard stream that must inflate to exactly `len` bytes and end exactly at
+/// the end of `stream`.
+pub(crate) fn decompress_stream(codec: Codec, stream: &[u8], len: usize) -> Result<Vec<u8>> {
     let raw = match codec {
         Codec::None => stream.to_vec(),
+        // zstd refuses bytes after the last frame itself (they do not parse as a frame).
         Codec::Zstd => zstd::bulk::decompress(stream, len)
-            .map_err(|e| anyhow!("zstd stream is corrupt or truncated: {e}"))?,
-        Codec::Brotli => {
-            let mut out = Vec::with_capacity(len);
-            // One byte more than expected is enough to notice a stream that is too long.
-            brotli::Decompressor::new(stream, 1 << 16)
-                .take(len as u64 + 1)
-                .read_to_end(&mut out)
-                .map_err(|e| anyhow!("brotli stream is corrupt or truncated: {e}"))?;
-            out
-        }
+            .map_err(|e| anyhow::anyhow!("zstd stream is corrupt or truncated: {e}"))?,
+        Codec::Brotli => brotli_exact(stream, len)?,
     };
     if raw.len() != len {
         bail!("decompressed to {} bytes, the header says {len}", raw.len());
     }
-    Ok(byte_unshuffle(&raw, stride))
+    Ok(raw)
+}
+
+/// brotli into a buffer of exactly `len` bytes: the stream must end there, with no input left over
+/// (the `Read` adapter would silently ignore trailing bytes).
+fn brotli_exact(stream: &[u8], len: usize) -> Result<Vec<u8>> {
+    use brotli::enc::StandardAlloc;
+    use brotli::{BrotliDecompressStream, BrotliResult, BrotliState};
+    let mut out = vec![0u8; len];
+    let mut state = BrotliState::new(
+        StandardAlloc::default(),
+        StandardAlloc::default(),
+        StandardAlloc::default(),
+    );
+    let (mut avail_in, mut in_at) = (stream.len(), 0);
+    let (mut avail_out, mut out_at, mut total) = (len, 0, 0);
+    let result = BrotliDecompressStream(
+        &mut avail_in,
+        &mut in_at,
+        stream,
+        &mut avail_out,
+        &mut out_at,
+        &mut out,
+        &mut total,
+        &mut state,
+    );
+    match result {
+        BrotliResult::ResultSuccess if avail_in > 0 => {
+            bail!("brotli stream is corrupt: {avail_in} bytes follow its end")
+        }
+        BrotliResult::ResultSuccess => {
+            out.truncate(out_at);
+            Ok(out)
+        }
+        BrotliResult::NeedsMoreOutput => {
+            bail!("brotli stream is corrupt: it inflates past the {len} bytes the header says")
+        }
+        BrotliResult::NeedsMoreInput => bail!("brotli stream is truncated"),
+        BrotliResult::ResultFailure => bail!("brotli stream is corrupt"),
+    }
 }
 
 /// `D[0::k] ‖ D[1::k] ‖ … ‖ D[k−1::k]`.
@@ -259,6 +313,24 @@ mod tests {
             let cut = &packed[..packed.len() / 2];
             assert!(decompress(c.codec, c.stride(), cut, data.len()).is_err());
             assert!(decompress(c.codec, c.stride(), &packed, data.len() + 1).is_err());
+            assert!(decompress(c.codec, c.stride(), &packed, data.len() - 1).is_err());
+        }
+    }
+
+    #[test]
+    fn bytes_after_the_end_of_a_stream_are_errors() {
+        let data = sample();
+        for c in [
+            Compression::brotli(),
+            Compression {
+                level: Some(3),
+                ..Compression::default()
+            },
+        ] {
+            let mut packed = c.compress(&data).unwrap();
+            packed.extend_from_slice(&[0, 1, 2]);
+            let e = decompress(c.codec, c.stride(), &packed, data.len()).unwrap_err();
+            assert!(e.to_string().contains("corrupt"), "{:?}: {e}", c.codec);
         }
     }
 }

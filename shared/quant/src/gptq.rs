@@ -16,10 +16,11 @@
 //! once per weight, and reused for every candidate scale vector; the column sweep runs here in f32
 //! on the transposed weight, so each column is a contiguous slice.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use half::f16;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::sync::Mutex;
 use tch::{Device, Kind, Tensor};
 
 use crate::numeric::{max_level, quantize_value};
@@ -120,19 +121,22 @@ pub fn prepare(
 
 /// U with `UᵀU = H⁻¹` (upper Cholesky factor of the inverse), `None` if H is not positive definite.
 fn inverse_cholesky_upper(h: &[f64], n: usize, device: Device) -> Result<Option<Vec<f32>>> {
+    linalg_ready(device)?;
     let t = Tensor::f_from_slice(h)?
         .f_view([n as i64, n as i64])?
         .f_to_device(device)?;
     let (l, info) = t
         .f_linalg_cholesky_ex(false, false)
-        .context("Cholesky of the Hessian")?;
+        .map_err(|e| linalg_error("Cholesky of the Hessian", device, e))?;
     if info.f_int64_value(&[])? != 0 {
         return Ok(None);
     }
-    let hinv = l.f_cholesky_inverse(false)?;
+    let hinv = l
+        .f_cholesky_inverse(false)
+        .map_err(|e| linalg_error("inverse of the Hessian", device, e))?;
     let (u, info) = hinv
         .f_linalg_cholesky_ex(true, false)
-        .context("Cholesky of the inverse Hessian")?;
+        .map_err(|e| linalg_error("Cholesky of the inverse Hessian", device, e))?;
     if info.f_int64_value(&[])? != 0 {
         return Ok(None);
     }
@@ -146,6 +150,48 @@ fn inverse_cholesky_upper(h: &[f64], n: usize, device: Device) -> Result<Option<
         return Ok(None);
     }
     Ok(Some(values))
+}
+
+/// On CUDA, runs the linear algebra of [`inverse_cholesky_upper`] once on a 1×1 matrix, under a
+/// lock, before any parallel use. libtorch registers its CUDA linear algebra lazily on first use
+/// unless `libtorch_cuda_linalg` is linked (`pgolf_buildid::stage_with_torch`), and that lazy
+/// path fails when several threads take it at once; this keeps a binary built either way safe.
+fn linalg_ready(device: Device) -> Result<()> {
+    static READY: Mutex<bool> = Mutex::new(false);
+    if device == Device::Cpu {
+        return Ok(());
+    }
+    let mut ready = READY
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if !*ready {
+        let one = Tensor::f_ones([1, 1], (Kind::Double, device))?;
+        let (l, _) = one
+            .f_linalg_cholesky_ex(false, false)
+            .map_err(|e| linalg_error("first Cholesky", device, e))?;
+        let _inverse = l
+            .f_cholesky_inverse(false)
+            .map_err(|e| linalg_error("first Cholesky inverse", device, e))?;
+        *ready = true;
+    }
+    Ok(())
+}
+
+/// A libtorch linear-algebra failure as one line: libtorch's message carries a C++ backtrace,
+/// of which only the first line says what happened.
+fn linalg_error(what: &str, device: Device, err: tch::TchError) -> anyhow::Error {
+    let text = err.to_string();
+    let first = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("unknown error");
+    let hint = if device == Device::Cpu {
+        ""
+    } else {
+        " (is libtorch_cuda_linalg.so linked and found? scripts/device-build.sh checks the binaries)"
+    };
+    anyhow!("GPTQ: {what} on {device:?} failed in libtorch: {first}{hint}")
 }
 
 impl Prepared {
@@ -317,5 +363,25 @@ mod tests {
         )
         .unwrap()
         .is_none());
+    }
+
+    #[test]
+    fn a_libtorch_failure_is_reported_on_one_line_without_the_backtrace() {
+        let err = tch::TchError::Torch(
+            "lazy wrapper should be called at most once\nException raised from \
+             loadLazyTorchLinalgLibrary at BatchLinearAlgebra.cpp:1\nframe #0: c10::Error"
+                .into(),
+        );
+        let line = linalg_error("Cholesky of the Hessian", Device::Cuda(0), err).to_string();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("Cholesky of the Hessian on Cuda(0)"),
+            "{line}"
+        );
+        assert!(
+            line.contains("lazy wrapper should be called at most once"),
+            "{line}"
+        );
+        assert!(!line.contains("frame #0"), "{line}");
     }
 }

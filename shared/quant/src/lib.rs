@@ -19,10 +19,11 @@
 //! - [`plan`]: which scheme each tensor gets (by size, name category and patterns).
 //! - [`quantize`]: applies a plan to a model's weights, with a per-tensor report.
 //! - [`encoded`]: a tensor as stored, and its exact dequantization.
-//! - [`container`], [`artifact`], [`compress`]: the file format (docs/ARTIFACT.md).
+//! - [`container`], [`artifact`], [`compress`], [`chunks`]: the file format (docs/ARTIFACT.md).
 //! - [`weights`], [`dtype`]: safetensors IO and float dtypes.
 
 pub mod artifact;
+pub mod chunks;
 pub mod compress;
 pub mod container;
 pub mod dtype;

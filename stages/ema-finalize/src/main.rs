@@ -1,16 +1,21 @@
 //! The ema-finalize stage: picks the weights that will be quantized from a train output — the raw
-//! final weights, the EMA, the SWA average of snapshots, or a blend — and writes them as
+//! final weights, the EMA, the train stage's SWA average, or a blend — and writes them as
 //! `model.safetensors` (each tensor in the model's dtype) with the model's `config.json`.
 //!
-//! Averaged weights are used only if they were actually updated: an EMA is accepted when the train
-//! manifest says `ema_updates > 0` (REFERENCE.md §5.6; DESIGN.md "Correctness guards").
+//! Averaged weights are used only if they were actually formed: an EMA when the train manifest says
+//! `ema_updates > 0`, an SWA average when it says `swa_snapshots > 0` (REFERENCE.md §5.6; DESIGN.md
+//! "Correctness guards"). `auto` takes the EMA only once it has forgotten the initial weights
+//! (sources.rs). The choice, its reason and any warning go to the headline, stderr and
+//! `finalize.log`.
 
 mod sources;
 
 use anyhow::Result;
 use pgolf_quant::{read_safetensors, write_safetensors};
 use pgolf_store::Stage;
-use sources::{Params, Sources};
+use sources::{Params, Sources, TrainFacts};
+
+const LOG_FILE: &str = "finalize.log";
 
 fn main() {
     pgolf_store::run_stage::<Params, _>("ema-finalize", env!("PGOLF_STAGE_IDENTITY"), run);
@@ -19,30 +24,41 @@ fn main() {
 fn run(stage: &mut Stage<Params>) -> Result<()> {
     let input = stage.input("train")?;
     let dir = input.path().to_path_buf();
-    let ema_updates = match input.manifests.as_slice() {
-        [m] => m.headline.get("ema_updates").and_then(|v| v.as_u64()),
+    let facts = TrainFacts::read(match input.manifests.as_slice() {
+        [m] => Some(m),
         _ => None,
-    };
+    });
     let raw = read_safetensors(&dir.join("model.safetensors"))?;
-    let sources = Sources::find(&dir, ema_updates)?;
-    let (label, weights) = sources.finalize(&stage.params, &raw)?;
+    let sources = Sources::new(&dir, facts);
+    let chosen = sources.finalize(&stage.params, &raw)?;
 
-    write_safetensors(&stage.out_path("model.safetensors"), &weights)?;
+    let mut log = vec![format!("source: {} ({})", chosen.label, chosen.reason)];
+    log.extend(chosen.warnings.iter().map(|w| format!("WARNING: {w}")));
+    for line in &log {
+        eprintln!("ema-finalize: {line}");
+    }
+    std::fs::write(stage.out_path(LOG_FILE), log.join("\n") + "\n")?;
+
+    write_safetensors(&stage.out_path("model.safetensors"), &chosen.weights)?;
     let config = dir.join("config.json");
     std::fs::copy(&config, stage.out_path("config.json"))
         .map_err(|e| anyhow::anyhow!("{}: cannot copy ({e})", config.display()))?;
 
     let delta: f64 = raw
         .iter()
-        .zip(&weights)
+        .zip(&chosen.weights)
         .flat_map(|(a, b)| a.data.iter().zip(&b.data))
         .map(|(x, y)| ((x - y) as f64).powi(2))
         .sum();
     let numel: usize = raw.iter().map(|w| w.numel()).sum();
-    stage.headline("source", label);
-    stage.headline("ema_updates", ema_updates);
-    stage.headline("swa_snapshots", sources.snapshots.len());
-    stage.headline("tensors", weights.len());
+    stage.headline("source", &chosen.label);
+    stage.headline("source_reason", &chosen.reason);
+    stage.headline("warnings", &chosen.warnings);
+    stage.headline("ema_updates", facts.ema_updates);
+    stage.headline("ema_decay", facts.ema_decay);
+    stage.headline("ema_initial_share", facts.ema_initial_share());
+    stage.headline("swa_snapshots", facts.swa_snapshots);
+    stage.headline("tensors", chosen.weights.len());
     stage.headline("params", numel);
     stage.headline("rms_change_vs_raw", (delta / numel.max(1) as f64).sqrt());
     Ok(())

@@ -26,6 +26,9 @@ pub struct Params {
     /// Byte-shuffle stride; default 2 for brotli, 1 (none) for zstd.
     pub shuffle: Option<u8>,
     pub brotli_lgwin: u32,
+    /// Independently compressed chunks of the body (docs/ARTIFACT.md, frame version 2): they
+    /// compress in parallel; a fixed count, so the bytes do not depend on the machine. Default 16.
+    pub chunks: u32,
     /// The decimal artifact cap.
     pub cap_bytes: u64,
     /// A non-record run may exceed the cap (recorded, not fatal).
@@ -51,6 +54,7 @@ impl Default for Params {
             level: c.level,
             shuffle: c.shuffle,
             brotli_lgwin: c.brotli_lgwin,
+            chunks: c.chunks,
             cap_bytes: 16_000_000,
             non_record: false,
         }
@@ -78,6 +82,7 @@ impl Params {
             level: self.level,
             shuffle: self.shuffle,
             brotli_lgwin: self.brotli_lgwin,
+            chunks: self.chunks,
         }
     }
 }

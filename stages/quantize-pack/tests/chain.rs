@@ -209,3 +209,94 @@ fn ema_finalize_refuses_an_ema_that_was_never_updated() {
     assert!(err.contains("never updated"), "{err}");
     assert!(p.runs("ema-finalize").is_empty());
 }
+
+#[test]
+fn ema_finalize_takes_raw_for_a_young_ema_and_the_swa_average_on_request() {
+    let p = Project::new();
+    // 3 steps at decay 0.997: the EMA is still 99% the initial weights, so auto takes raw.
+    p.ok(&["run", "ema-finalize"]);
+    let runs = p.runs("ema-finalize");
+    let h = &manifest(&runs[0])["headline"];
+    assert_eq!(h["source"], "raw", "{h}");
+    let reason = h["source_reason"].as_str().unwrap();
+    assert!(reason.contains("99.1% of the initial weights"), "{reason}");
+    assert_eq!(h["ema_updates"], 3);
+    // Asked for explicitly, the EMA is used, with a warning on stderr and in the headline.
+    let out = p.ok(&["run", "ema-finalize", "--set", "ema-finalize.source=ema"]);
+    assert!(out.contains("WARNING: the EMA still holds 99.1%"), "{out}");
+    let ema_run = p
+        .runs("ema-finalize")
+        .into_iter()
+        .find(|r| manifest(r)["headline"]["source"] == "ema")
+        .expect("an ema run");
+    assert_eq!(
+        manifest(&ema_run)["headline"]["warnings"][0]
+            .as_str()
+            .map(|w| w.contains("99.1%")),
+        Some(true)
+    );
+    // SWA from the train stage: warm-down over all 3 steps, lr_mul 1, 2/3, 1/3; below 0.9 after
+    // steps 2 and 3.
+    let swa = [
+        "run",
+        "ema-finalize",
+        "--set",
+        "train.warmdown_iters=3",
+        "--set",
+        "train.swa_every=1",
+        "--set",
+        "train.swa_lr_threshold=0.9",
+        "--set",
+        "ema-finalize.source=swa",
+    ];
+    p.ok(&swa);
+    let swa_run = p
+        .runs("ema-finalize")
+        .into_iter()
+        .find(|r| manifest(r)["headline"]["source"] == "swa")
+        .expect("an swa run");
+    assert_eq!(manifest(&swa_run)["headline"]["swa_snapshots"], 2);
+    // SWA asked of a train run that took no snapshot is refused.
+    let out = p.pipeline(&["run", "ema-finalize", "--set", "ema-finalize.source=swa"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("swa_snapshots = 0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_chunk_count_changes_the_file_not_the_tensors() {
+    let p = Project::new();
+    p.ok(&["run", "quantize-pack"]);
+    p.ok(&["run", "quantize-pack", "--set", "quantize-pack.chunks=1"]);
+    let runs = p.runs("quantize-pack");
+    assert_eq!(runs.len(), 2);
+    let (mut one, mut sixteen) = (None, None);
+    for r in &runs {
+        let file = std::fs::read(r.join("artifact.pgq")).unwrap();
+        let chunks = manifest(r)["headline"]["chunks"].as_u64().unwrap();
+        // The chunk table (docs/ARTIFACT.md) holds the count the headline reports.
+        assert_eq!(&file[4..5], &[2], "frame version 2");
+        assert_eq!(
+            u32::from_le_bytes(file[56..60].try_into().unwrap()) as u64,
+            chunks
+        );
+        let art = Artifact::from_bytes(&file).unwrap();
+        match chunks {
+            1 => one = Some(art),
+            16 => sixteen = Some(art),
+            c => panic!("unexpected chunk count {c}"),
+        }
+    }
+    let (one, sixteen) = (one.unwrap(), sixteen.unwrap());
+    assert_eq!(one.tensors, sixteen.tensors);
+    assert_ne!(one.file_bytes, sixteen.file_bytes);
+
+    let out = p.pipeline(&["run", "quantize-pack", "--set", "quantize-pack.chunks=0"]);
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        !out.status.success() && err.contains("chunks 0 outside 1..=4096"),
+        "{err}"
+    );
+}
