@@ -3,7 +3,7 @@ bench/eval_ref.sh; never committed): root train_gpt.py `eval_val` (flat, the bas
 and the SlidingWindowEval record's `eval_val_sliding` (throughput reference).
 
     eval_upstream.py --data TOKENIZE_DIR --weights decoded.safetensors --config config.json \
-        [--device cpu|cuda] [--seq-len S] [--stride 64] [--sliding]
+        [--device cpu|cuda] [--seq-len S] [--stride 64] [--sliding] [--build train_gpt]
 
 Prints one JSON object: val_loss, val_bpb, scored tokens and seconds per evaluation.
 """
@@ -55,7 +55,19 @@ def read_safetensors(path: Path) -> dict:
     return out
 
 
-def build_model(module, cfg: dict, state: dict, device):
+# How upstream's GPT is given the decoded weights (eval_diag.py compares them all):
+#   train_gpt        as train_gpt.py main() builds it: `.bfloat16()`, CastedLinear back to fp32,
+#                    low-dim/control params restored to fp32; tok_emb and Rotary.inv_freq stay bf16
+#                    (so RoPE positions and angles are bf16). What upstream evaluates; the default.
+#   train_gpt_rope32 the same with Rotary.inv_freq back in fp32 (isolates the bf16-RoPE quirk).
+#   fp32_params      every parameter and buffer fp32 (the residual stream then runs in fp32 under
+#                    autocast: what this script built before; not what upstream evaluates).
+BUILDS = ("train_gpt", "train_gpt_rope32", "fp32_params")
+
+
+def build_model(module, cfg: dict, state: dict, device, build: str = "train_gpt"):
+    if build not in BUILDS:
+        sys.exit(f"error: eval_upstream: unknown build {build!r} (one of {', '.join(BUILDS)})")
     if cfg.get("activation", "relu2") != "relu2":
         sys.exit("error: eval_upstream: the upstream GPT has relu² only; config says " + json.dumps(cfg["activation"]))
     model = module.GPT(
@@ -71,6 +83,18 @@ def build_model(module, cfg: dict, state: dict, device):
         rope_base=cfg["rope_base"],
         qk_gain_init=cfg["qk_gain_init"],
     ).to(device)
+    if build.startswith("train_gpt"):
+        model = model.bfloat16()
+        for m in model.modules():
+            if isinstance(m, module.CastedLinear):
+                m.float()
+        module.restore_low_dim_params_to_fp32(model)
+    if build == "train_gpt_rope32":
+        for m in model.modules():
+            if isinstance(m, module.Rotary):
+                m.inv_freq = m.inv_freq.float()
+                m._cos_cached = m._sin_cached = None
+    # load_state_dict copies into each parameter's own dtype (f32 -> bf16 rounds, as upstream's).
     model.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
     model.eval()
     return model
@@ -99,6 +123,7 @@ def main():
     ap.add_argument("--stride", type=int, default=64)
     ap.add_argument("--val-batch-size", type=int, default=524_288)
     ap.add_argument("--sliding", action="store_true", help="also time the SW record's eval_val_sliding")
+    ap.add_argument("--build", default="train_gpt", choices=BUILDS, help="how upstream's model holds the weights")
     a = ap.parse_args()
 
     device = torch.device(a.device)
@@ -109,9 +134,9 @@ def main():
     sp = spm.SentencePieceProcessor(model_file=str(a.data / "tokenizer.model"))
     luts = root.build_sentencepiece_luts(sp, cfg["vocab_size"], device)
     val_tokens = root.load_validation_tokens(str(a.data / "fineweb_val_*.bin"), seq_len)
-    result = {"device": a.device, "seq_len": seq_len, "torch": torch.__version__}
+    result = {"device": a.device, "seq_len": seq_len, "torch": torch.__version__, "build": a.build}
 
-    model = build_model(root, cfg, state, device)
+    model = build_model(root, cfg, state, device, a.build)
     args = Args(seq_len, max(a.val_batch_size, seq_len))
     sync(device)
     t0 = time.perf_counter()
@@ -121,7 +146,7 @@ def main():
 
     if a.sliding:
         sw = load_ref("upstream_sw_train_gpt", ROOT / ".ref" / "sw_train_gpt.py")
-        sw_model = build_model(sw, cfg, state, device)
+        sw_model = build_model(sw, cfg, state, device, a.build)
         sync(device)
         t0 = time.perf_counter()
         loss, bpb = sw.eval_val_sliding(args, sw_model, 0, 1, device, val_tokens, *luts, stride=a.stride)

@@ -13,9 +13,9 @@ use pgolf_eval::report::{
     summarize, write_chunk_results, write_doc_results, write_summary, CHUNKS_FILE, RESULTS_FILE,
     SUMMARY_FILE,
 };
-use pgolf_eval::torch::load_artifact_for_vocab;
+use pgolf_eval::torch::{dump_activations, load_artifact_for_vocab, ACTIVATIONS_FILE};
 use pgolf_eval::ValSet;
-use pgolf_model::{device_from_str, save_tensors, CONFIG_FILE};
+use pgolf_model::{device_from_str, save_tensors, Numerics, CONFIG_FILE};
 use pgolf_store::progress::bar;
 use pgolf_store::Stage;
 use serde_json::{json, Map, Value};
@@ -43,10 +43,18 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         p.compute,
         val.lut.vocab_size(),
     )?;
+    let mut net = net;
+    net.gpt.set_fused(p.fused);
     stage.set_device_description(format!(
-        "{} ({:?} compute)",
+        "{} ({:?} compute, {:?} numerics{})",
         stage.device,
-        net.gpt.compute_kind()
+        net.gpt.compute_kind(),
+        net.gpt.numerics(),
+        if net.gpt.is_fused() && net.gpt.numerics() == Numerics::Native {
+            ", fused blocks"
+        } else {
+            ", literal blocks"
+        }
     ));
     if p.export_decoded {
         save_tensors(
@@ -60,6 +68,15 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     } else {
         p.seq_len
     };
+    if p.dump_activations > 0 {
+        dump_activations(
+            &net,
+            &val.tokens,
+            p.dump_activations,
+            seq_len,
+            &stage.out_path(ACTIVATIONS_FILE),
+        )?;
+    }
 
     // 3. Score every target once, in the chosen mode.
     let progress = bar(window_count(&p, &val, seq_len)? as u64, p.mode.name());

@@ -51,6 +51,12 @@ pub struct Params {
     /// Also write the decoded weights (`decoded.safetensors` + `config.json`, upstream names), so
     /// the Python reference can score the very same weights.
     pub export_decoded: bool,
+    /// Numerics diagnostic: also write `activations.safetensors` (every linear layer's input,
+    /// logits and NLL) for the first this many flat windows; 0 = off.
+    pub dump_activations: usize,
+    /// The fused block formulation (default) or the literal one (`false`); `compute: upstream`
+    /// always runs the literal one.
+    pub fused: bool,
 }
 
 impl Default for Params {
@@ -67,6 +73,8 @@ impl Default for Params {
             ttt: FullTttConfig::default(),
             lora: LoraConfig::default(),
             export_decoded: false,
+            dump_activations: 0,
+            fused: true,
         }
     }
 }

@@ -169,3 +169,53 @@ fn a_corrupted_artifact_fails_with_one_line_naming_it() {
         "a failed run leaves nothing behind"
     );
 }
+
+/// `compute: upstream` runs upstream's eval numerics (bf16 activations); `dump_activations` writes
+/// every linear layer's input, the logits and the NLL of the first windows; too many windows for
+/// the stream is a one-line error that leaves no output.
+#[test]
+fn upstream_numerics_and_the_activation_dump() {
+    let f = fixture();
+    let out = run(
+        &f,
+        "up",
+        json!({"mode": "flat", "upstream_compatible": true, "compute": "upstream", "dump_activations": 2}),
+    )
+    .unwrap();
+    let m = Manifest::read(&out).unwrap();
+    assert!(m.device.contains("UpstreamBf16"), "{}", m.device);
+    let dumped = pgolf_model::read_tensors(&out.join("activations.safetensors")).unwrap();
+    let get = |name: &str| {
+        dumped
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
+            .1
+            .shallow_clone()
+    };
+    // 2 blocks × 6 linear inputs + the head's, logits, nll.
+    assert_eq!(dumped.len(), 2 * 6 + 1 + 2);
+    let q_in = get("in.blocks.1.attn.c_q.weight");
+    assert_eq!(
+        (q_in.size(), q_in.kind()),
+        (vec![32, 32], tch::Kind::BFloat16)
+    );
+    assert_eq!(get("in.blocks.0.mlp.proj.weight").size(), vec![32, 64]);
+    assert_eq!(get("logits").size(), vec![2, 16, 260]);
+    let nll = get("nll");
+    assert_eq!((nll.size(), nll.kind()), (vec![2, 16], tch::Kind::Float));
+    let (lo, hi) = (nll.min().double_value(&[]), nll.max().double_value(&[]));
+    assert!(lo >= 0.0 && hi.is_finite(), "NLL range {lo}..{hi}");
+
+    let err = run(
+        &f,
+        "too_many",
+        json!({"mode": "flat", "dump_activations": 1_000_000}),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("dump_activations: 1000000 windows of 16 need"),
+        "{err}"
+    );
+    assert!(!f.dir.path().join("too_many").join("manifest.json").exists());
+}

@@ -2,7 +2,7 @@
 //! round trip), never the pre-quantization weights.
 
 use anyhow::{anyhow, bail, Context, Result};
-use pgolf_model::ModelConfig;
+use pgolf_model::{ModelConfig, Numerics};
 use pgolf_quant::Artifact;
 use std::path::Path;
 use tch::{Device, Kind};
@@ -20,6 +20,9 @@ pub enum Compute {
     Auto,
     F32,
     Bf16,
+    /// Upstream `train_gpt.py`'s eval numerics op for op ([`Numerics::UpstreamBf16`]), on any
+    /// device.
+    Upstream,
 }
 
 /// [`load_artifact`] for scoring a val set: refuses a model whose vocabulary is smaller than the
@@ -56,10 +59,10 @@ pub fn load_artifact(dir: &Path, device: Device, compute: Compute) -> Result<(Ne
         .to_tch(device)
         .with_context(|| format!("{}: cannot decode", path.display()))?;
     let mut net = Net::from_tensors(&cfg, &named, device, &path.display().to_string())?;
-    let kind = match (compute, device) {
-        (Compute::F32, _) | (Compute::Auto, Device::Cpu) => Kind::Float,
-        (Compute::Bf16, _) | (Compute::Auto, _) => Kind::BFloat16,
-    };
-    net.gpt.set_compute_kind(kind);
+    match (compute, device) {
+        (Compute::F32, _) | (Compute::Auto, Device::Cpu) => net.gpt.set_compute_kind(Kind::Float),
+        (Compute::Bf16, _) | (Compute::Auto, _) => net.gpt.set_compute_kind(Kind::BFloat16),
+        (Compute::Upstream, _) => net.gpt.set_numerics(Numerics::UpstreamBf16),
+    }
     Ok((net, cfg))
 }

@@ -2,6 +2,7 @@
 //! score-first full-parameter TTT ([`full_ttt::FullTtt`]) and per-document LoRA TTT
 //! ([`lora::LoraTtt`]).
 
+pub mod activations;
 pub mod artifact;
 pub mod full_ttt;
 pub mod lora;
@@ -10,6 +11,7 @@ pub mod net;
 #[cfg(test)]
 mod tests;
 
+pub use activations::{dump_activations, ACTIVATIONS_FILE};
 pub use artifact::{load_artifact, load_artifact_for_vocab, Compute, ARTIFACT_FILE};
 pub use full_ttt::{FullTtt, FullTttConfig};
 pub use lora::{LoraConfig, LoraTtt};
