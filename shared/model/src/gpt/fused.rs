@@ -111,6 +111,30 @@ impl Gpt {
         }
     }
 
+    /// q, k and v of block `i` from one GEMM on the concatenated weights, plus the adapter's
+    /// deltas: `[B, T, d + 2·kv]` (q heads, k heads, v heads). Taps see `u` for each name.
+    pub(super) fn qkv_projection(&self, i: usize, u: &Tensor, hooks: &mut Hooks) -> Tensor {
+        let ck = self.compute;
+        let blk = &self.blocks[i];
+        let (b, t, d) = u.size3().expect("attention input [B, T, d]");
+        let kv = (self.cfg.num_kv_heads * self.cfg.head_dim()) as i64;
+        for name in ["c_q", "c_k", "c_v"] {
+            hooks.tap(|| format!("blocks.{i}.attn.{name}.weight"), u);
+        }
+        let w = Tensor::cat(&[&blk.c_q, &blk.c_k, &blk.c_v], 0).to_kind(ck);
+        let qkv = u.linear(&w, None::<Tensor>);
+        if hooks.adapter.is_none() {
+            return qkv;
+        }
+        let deltas = [(Site::Q, d), (Site::K, kv), (Site::V, kv)].map(|(site, width)| {
+            hooks
+                .delta(site, i, u)
+                .map(|t| t.to_kind(ck))
+                .unwrap_or_else(|| Tensor::zeros([b, t, width], (ck, u.device())))
+        });
+        qkv + Tensor::cat(&deltas, 2) // not `+=` (in place)
+    }
+
     /// Causal GQA attention of block `i` up to (not including) its output projection: `[B, T, d]`.
     fn attention_fused(
         &self,
@@ -129,20 +153,7 @@ impl Gpt {
             self.cfg.head_dim() as i64,
         );
         let kv = hkv * hd;
-        for name in ["c_q", "c_k", "c_v"] {
-            hooks.tap(|| format!("blocks.{i}.attn.{name}.weight"), u);
-        }
-        let w = Tensor::cat(&[&blk.c_q, &blk.c_k, &blk.c_v], 0).to_kind(ck);
-        let mut qkv = u.linear(&w, None::<Tensor>);
-        if hooks.adapter.is_some() {
-            let deltas = [(Site::Q, d), (Site::K, kv), (Site::V, kv)].map(|(site, width)| {
-                hooks
-                    .delta(site, i, u)
-                    .map(|t| t.to_kind(ck))
-                    .unwrap_or_else(|| Tensor::zeros([b, t, width], (ck, u.device())))
-            });
-            qkv = &qkv + Tensor::cat(&deltas, 2); // not `+=` (in place)
-        }
+        let qkv = self.qkv_projection(i, u, hooks);
         let qk = qkv.narrow(2, 0, d + kv).view([b, t, h + hkv, hd]);
         let v = qkv
             .narrow(2, d + kv, kv)

@@ -130,24 +130,9 @@ impl Gpt {
         sin: &Tensor,
         hooks: &mut Hooks,
     ) -> Tensor {
-        let ck = self.compute;
         let blk = &self.blocks[i];
         let (b, t, d) = u.size3().expect("attention input [B, T, d]");
-        let kv = (self.cfg.num_kv_heads * self.cfg.head_dim()) as i64;
-        for name in ["c_q", "c_k", "c_v"] {
-            hooks.tap(|| format!("blocks.{i}.attn.{name}.weight"), u);
-        }
-        let w = Tensor::cat(&[&blk.c_q, &blk.c_k, &blk.c_v], 0).to_kind(ck);
-        let mut qkv = u.linear(&w, None::<Tensor>);
-        if hooks.adapter.is_some() {
-            let deltas = [(Site::Q, d), (Site::K, kv), (Site::V, kv)].map(|(site, width)| {
-                hooks
-                    .delta(site, i, u)
-                    .map(|t| t.to_kind(ck))
-                    .unwrap_or_else(|| Tensor::zeros([b, t, width], (ck, u.device())))
-            });
-            qkv = &qkv + Tensor::cat(&deltas, 2); // not `+=` (in place)
-        }
+        let qkv = self.qkv_projection(i, u, hooks);
         let (q, k, v) = must(qkv_norm_rope(&qkv, cos, sin, &blk.q_gain, DEFAULT_EPS));
         let y = Tensor::scaled_dot_product_attention(
             &q.transpose(1, 2),
