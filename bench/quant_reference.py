@@ -135,7 +135,13 @@ def read_artifact(path):
     assert data[:4] == b"PGQA", "not a pgolf artifact"
     if data[5] != 0 or data[6] != 1:
         sys.exit(f"{path}: cross-check needs an artifact written with compressor none (no shuffle)")
-    body = data[56:]
+    if data[4] == 1:
+        body = data[56:]
+    else:
+        # Frame version 2: a chunk table (u32 count, u32 lengths), then the chunks, which for
+        # compressor none are the body's bytes in order.
+        (count,) = struct.unpack("<I", data[56:60])
+        body = data[60 + 4 * count :]
     (dlen,) = struct.unpack("<I", body[:4])
     directory = json.loads(body[4 : 4 + dlen])
     payload = body[4 + dlen :]
