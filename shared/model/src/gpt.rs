@@ -457,6 +457,13 @@ impl Gpt {
         }
     }
 
+    /// Causal SDPA over `[B, heads, T, hd]` q and `[B, kv heads, T, hd]` k, v (GQA when fewer kv
+    /// heads); libtorch picks the flash/cuDNN kernel on CUDA.
+    pub(crate) fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let gqa = self.cfg.num_kv_heads != self.cfg.num_heads;
+        Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, gqa)
+    }
+
     fn attention(
         &self,
         i: usize,
@@ -490,16 +497,7 @@ impl Gpt {
         let q =
             Rope::apply(&rms(&q), cos, sin) * blk.q_gain.to_kind(self.compute).view([1, h, 1, 1]);
         let k = Rope::apply(&rms(&k), cos, sin);
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            hkv != h,
-        );
+        let y = self.causal_attention(&q, &k, &v);
         let y = y.transpose(1, 2).contiguous().view([b, t, d]);
         hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
         self.project(&y, &blk.attn_proj, Site::O, i, hooks)

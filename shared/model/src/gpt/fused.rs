@@ -175,16 +175,7 @@ impl Gpt {
         let qk = (&qk * (c * &gain)).addcmul(&rotated, &(s * &gain));
         let q = qk.narrow(2, 0, h).transpose(1, 2);
         let k = qk.narrow(2, h, hkv).transpose(1, 2);
-        let y = Tensor::scaled_dot_product_attention(
-            &q,
-            &k,
-            &v,
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            hkv != h,
-        );
+        let y = self.causal_attention(&q, &k, &v);
         y.transpose(1, 2).reshape([b, t, d])
     }
 }

@@ -134,16 +134,7 @@ impl Gpt {
         let (b, t, d) = u.size3().expect("attention input [B, T, d]");
         let qkv = self.qkv_projection(i, u, hooks);
         let (q, k, v) = must(qkv_norm_rope(&qkv, cos, sin, &blk.q_gain, DEFAULT_EPS));
-        let y = Tensor::scaled_dot_product_attention(
-            &q.transpose(1, 2),
-            &k.transpose(1, 2),
-            &v.transpose(1, 2),
-            None::<Tensor>,
-            0.0,
-            true,
-            None,
-            self.cfg.num_kv_heads != self.cfg.num_heads,
-        );
+        let y = self.causal_attention(&q.transpose(1, 2), &k.transpose(1, 2), &v.transpose(1, 2));
         y.transpose(1, 2).reshape([b, t, d])
     }
 }
