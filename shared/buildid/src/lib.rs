@@ -5,8 +5,10 @@
 //!
 //! Emits `PGOLF_STAGE_IDENTITY` for `env!`, and `rerun-if-changed` for every hashed path.
 
+mod code_tar;
 mod libtorch_cpp;
 
+pub use code_tar::code_tar;
 pub use libtorch_cpp::{libtorch_cpp_build, libtorch_dir};
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -46,13 +46,8 @@ impl BpbSums {
     }
 }
 
-/// `nll / (ln 2 · bytes)`; NaN when there are no bytes (nothing to divide by is not a score).
-pub fn bits_per_byte(nll: f64, bytes: u64) -> f64 {
-    if bytes == 0 {
-        return f64::NAN;
-    }
-    nll / (LN_2 * bytes as f64)
-}
+/// The formula is the counted evaluator's.
+pub use pgolf_evaluator::bits_per_byte;
 
 /// Relative disagreement of two byte counts, `|a − b| / b`.
 pub fn relative_difference(a: u64, b: u64) -> f64 {

@@ -8,70 +8,9 @@
 use anyhow::{bail, Result};
 use std::ops::Range;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Window {
-    /// Stream position of the first input token.
-    pub start: usize,
-    /// Input tokens fed (= targets predicted).
-    pub len: usize,
-    /// Offset inside the window of the first scored target; earlier ones are context only.
-    pub score_from: usize,
-}
-
-impl Window {
-    /// The targets this window scores (stream positions).
-    pub fn scored(&self) -> Range<usize> {
-        self.start + 1 + self.score_from..self.start + 1 + self.len
-    }
-
-    /// Input token positions.
-    pub fn inputs(&self) -> Range<usize> {
-        self.start..self.start + self.len
-    }
-}
-
-/// Non-overlapping windows of `seq_len` over targets `1..=n_targets`, the last one short when
-/// `seq_len` does not divide `n_targets` (no target is dropped). Each target's context restarts at
-/// the window start, as in upstream `eval_val`.
-pub fn flat(n_targets: usize, seq_len: usize) -> Result<Vec<Window>> {
-    if seq_len == 0 {
-        bail!("sequence length must be positive");
-    }
-    Ok((0..n_targets)
-        .step_by(seq_len)
-        .map(|start| Window {
-            start,
-            len: seq_len.min(n_targets - start),
-            score_from: 0,
-        })
-        .collect())
-}
-
-/// Sliding windows, version B of REFERENCE.md §5.1 (single pass): windows of `seq_len` start every
-/// `stride` tokens; the first scores all its targets, every later one only its last `stride`, and a
-/// window is kept only while it has something new to score (`start + seq_len − stride < n_targets`),
-/// so the tail is scored once by a short last window instead of being re-scored.
-pub fn sliding(n_targets: usize, seq_len: usize, stride: usize) -> Result<Vec<Window>> {
-    if seq_len == 0 || stride == 0 {
-        bail!("sliding window needs a positive length and stride (got length {seq_len}, stride {stride})");
-    }
-    if stride > seq_len {
-        bail!("stride {stride} exceeds the window length {seq_len}: targets between windows would never be scored");
-    }
-    let context = seq_len - stride;
-    let mut windows = Vec::new();
-    let mut start = 0;
-    while start < n_targets && (start == 0 || start + context < n_targets) {
-        let len = (start + seq_len).min(n_targets) - start;
-        windows.push(Window {
-            start,
-            len,
-            score_from: if start == 0 { 0 } else { context },
-        });
-        start += stride;
-    }
-    Ok(windows)
-}
+/// The window type and the flat and sliding schedules are the counted evaluator's (one definition
+/// for every evaluator); the TTT schedules and the single-pass proof are here.
+pub use pgolf_evaluator::score::{flat, sliding, Window};
 
 /// Doc-isolated chunks for per-document TTT (§5.2): the document's BOS is at `bos`, its targets are
 /// `bos+1 .. end` (the last one the next document's BOS, or the stream's last token). Chunk `c`

@@ -90,18 +90,9 @@ pub enum ParamRole {
     Control,
 }
 
-/// Upstream's control-tensor name patterns: kept fp32 and given to Adam even when 2-D.
-pub const CONTROL_PATTERNS: [&str; 9] = [
-    "attn_scale",
-    "attn_scales",
-    "mlp_scale",
-    "mlp_scales",
-    "resid_mix",
-    "resid_mixes",
-    "q_gain",
-    "skip_weight",
-    "skip_weights",
-];
+/// Upstream's control-tensor name patterns: kept fp32 and given to Adam even when 2-D (one list,
+/// in the evaluator, shared with the quantizer's routing).
+pub use pgolf_evaluator::CONTROL_PATTERNS;
 
 /// The optimizer group of a parameter, from its name and rank, as upstream splits them.
 pub fn param_role(name: &str, ndim: usize) -> ParamRole {

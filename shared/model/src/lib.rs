@@ -38,7 +38,8 @@
 //! - [`param_role`]: the optimizer group of a parameter name (Muon matrices, Adam controls, ...).
 
 pub mod checkpoint;
-pub mod config;
+/// The config lives in the counted evaluator (which rebuilds the model from an artifact alone).
+pub use pgolf_evaluator::config;
 pub mod cuda;
 pub mod device;
 pub mod gpt;

@@ -2,40 +2,15 @@
 //! then brotli (quality 11). The byte shuffle writes all bytes at offset ≡ 0 (mod stride), then the
 //! ones ≡ 1, …, so the high and low bytes of fp16 values form separate, more compressible runs.
 //! Each call here makes or reads one standard stream; [`crate::chunks`] cuts an artifact body into
-//! several of them so all cores compress.
+//! several of them so all cores compress. Reading is pgolf-evaluator's (re-exported here).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 
 use crate::chunks::{DEFAULT_CHUNKS, MAX_CHUNKS};
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    None,
-    Zstd,
-    Brotli,
-}
-
-impl Codec {
-    pub fn id(self) -> u8 {
-        match self {
-            Codec::None => 0,
-            Codec::Zstd => 1,
-            Codec::Brotli => 2,
-        }
-    }
-
-    pub fn from_id(id: u8) -> Result<Codec> {
-        Ok(match id {
-            0 => Codec::None,
-            1 => Codec::Zstd,
-            2 => Codec::Brotli,
-            other => bail!("unknown compressor id {other}"),
-        })
-    }
-}
+/// The reading side (compressor ids, decompression, unshuffle) is the evaluator's.
+pub use pgolf_evaluator::codec::{byte_unshuffle, decompress, decompress_stream, Codec};
 
 /// How the artifact body is compressed.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -136,69 +111,6 @@ impl Compression {
     }
 }
 
-/// Decompresses one `stream` (expected to give exactly `len` bytes) and undoes the shuffle.
-pub fn decompress(codec: Codec, stride: u8, stream: &[u8], len: usize) -> Result<Vec<u8>> {
-    Ok(byte_unshuffle(
-        &decompress_stream(codec, stream, len)?,
-        stride,
-    ))
-}
-
-/// Decompresses one standard stream that must inflate to exactly `len` bytes and end exactly at
-/// the end of `stream`.
-pub(crate) fn decompress_stream(codec: Codec, stream: &[u8], len: usize) -> Result<Vec<u8>> {
-    let raw = match codec {
-        Codec::None => stream.to_vec(),
-        // zstd refuses bytes after the last frame itself (they do not parse as a frame).
-        Codec::Zstd => zstd::bulk::decompress(stream, len)
-            .map_err(|e| anyhow::anyhow!("zstd stream is corrupt or truncated: {e}"))?,
-        Codec::Brotli => brotli_exact(stream, len)?,
-    };
-    if raw.len() != len {
-        bail!("decompressed to {} bytes, the header says {len}", raw.len());
-    }
-    Ok(raw)
-}
-
-/// brotli into a buffer of exactly `len` bytes: the stream must end there, with no input left over
-/// (the `Read` adapter would silently ignore trailing bytes).
-fn brotli_exact(stream: &[u8], len: usize) -> Result<Vec<u8>> {
-    use brotli::enc::StandardAlloc;
-    use brotli::{BrotliDecompressStream, BrotliResult, BrotliState};
-    let mut out = vec![0u8; len];
-    let mut state = BrotliState::new(
-        StandardAlloc::default(),
-        StandardAlloc::default(),
-        StandardAlloc::default(),
-    );
-    let (mut avail_in, mut in_at) = (stream.len(), 0);
-    let (mut avail_out, mut out_at, mut total) = (len, 0, 0);
-    let result = BrotliDecompressStream(
-        &mut avail_in,
-        &mut in_at,
-        stream,
-        &mut avail_out,
-        &mut out_at,
-        &mut out,
-        &mut total,
-        &mut state,
-    );
-    match result {
-        BrotliResult::ResultSuccess if avail_in > 0 => {
-            bail!("brotli stream is corrupt: {avail_in} bytes follow its end")
-        }
-        BrotliResult::ResultSuccess => {
-            out.truncate(out_at);
-            Ok(out)
-        }
-        BrotliResult::NeedsMoreOutput => {
-            bail!("brotli stream is corrupt: it inflates past the {len} bytes the header says")
-        }
-        BrotliResult::NeedsMoreInput => bail!("brotli stream is truncated"),
-        BrotliResult::ResultFailure => bail!("brotli stream is corrupt"),
-    }
-}
-
 /// `D[0::k] ‖ D[1::k] ‖ … ‖ D[k−1::k]`.
 pub fn byte_shuffle(data: &[u8], stride: u8) -> Vec<u8> {
     let k = stride as usize;
@@ -208,25 +120,6 @@ pub fn byte_shuffle(data: &[u8], stride: u8) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
     for lane in 0..k {
         out.extend(data.iter().skip(lane).step_by(k));
-    }
-    out
-}
-
-/// The inverse of [`byte_shuffle`]: lane i holds `n/k + (i < n%k)` bytes.
-pub fn byte_unshuffle(data: &[u8], stride: u8) -> Vec<u8> {
-    let k = stride as usize;
-    let n = data.len();
-    if k <= 1 {
-        return data.to_vec();
-    }
-    let mut out = vec![0u8; n];
-    let mut src = 0;
-    for lane in 0..k {
-        let len = n / k + usize::from(lane < n % k);
-        for (i, b) in data[src..src + len].iter().enumerate() {
-            out[lane + i * k] = *b;
-        }
-        src += len;
     }
     out
 }

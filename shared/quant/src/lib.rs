@@ -1,12 +1,13 @@
 //! Quantization and the artifact: what quantize-pack writes and what evaluation reads.
 //!
-//! Decoding an artifact (the API evaluation uses):
+//! Decoding an artifact (the API evaluation uses; the reader itself is pgolf-evaluator's, re-exported):
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
 //! let art = pgolf_quant::Artifact::read(std::path::Path::new("artifact.pgq"))?;
 //! let config_json: String = art.config_json();              // the model config, as written by train
 //! for t in art.decode_all()? { /* t.name, t.shape, t.dtype, t.data: dequantized f32 */ }
+//! use pgolf_quant::ToTch;
 //! let named = art.to_tch(tch::Device::Cpu)?;                 // name → Tensor in original dtypes
 //! # Ok(()) }
 //! ```
@@ -36,7 +37,7 @@ pub mod quantize;
 pub mod rows;
 pub mod weights;
 
-pub use artifact::{encode_artifact, Artifact, DecodedTensor};
+pub use artifact::{encode_artifact, Artifact, DecodedTensor, ToTch};
 pub use compress::{Codec, Compression};
 pub use dtype::DType;
 pub use encoded::{Encoding, Scale, StoredTensor};

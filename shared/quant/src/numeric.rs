@@ -42,10 +42,7 @@ pub fn round_half_even(x: f32) -> f32 {
     x.round_ties_even()
 }
 
-/// The largest integer level of a signed `bits`-bit code: 127 for int8, 31 for int6, 15 for int5.
-pub fn max_level(bits: u8) -> i32 {
-    (1i32 << (bits - 1)) - 1
-}
+pub use pgolf_evaluator::container::max_level;
 
 /// `clamp(round(x / s), -r, r)`, the quantization step shared by every scheme.
 pub fn quantize_value(x: f32, s: f32, r: i32) -> i8 {

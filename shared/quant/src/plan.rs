@@ -91,19 +91,7 @@ impl Default for Routing {
         Routing {
             small_numel: 65_536,
             small_float: SmallFloat::Upstream,
-            control_patterns: [
-                "attn_scale",
-                "attn_scales",
-                "mlp_scale",
-                "mlp_scales",
-                "resid_mix",
-                "resid_mixes",
-                "q_gain",
-                "skip_weight",
-                "skip_weights",
-            ]
-            .map(String::from)
-            .to_vec(),
+            control_patterns: pgolf_evaluator::CONTROL_PATTERNS.map(String::from).to_vec(),
             embed: Rule::default(),
             attn: Rule::default(),
             mlp: Rule::default(),

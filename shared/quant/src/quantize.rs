@@ -113,7 +113,7 @@ fn quantize_one(w: &Weight, ctx: &QuantInputs) -> Result<(StoredTensor, TensorRe
         clip,
         mse,
         rel_output_err,
-        stored_bytes: stored.stored_bytes(),
+        stored_bytes: crate::encoded::stored_bytes(&stored),
     };
     Ok((stored, report))
 }

@@ -7,7 +7,7 @@ use half::f16;
 use pgolf_quant::container::{decode_body, encode_body};
 use pgolf_quant::{
     encode_artifact, quantize_all, Artifact, Codec, Compression, DType, Encoding, GptqSettings,
-    Method, Override, QuantInputs, Routing, Rule, Scale, StoredTensor, Weight,
+    Method, Override, QuantInputs, Routing, Rule, Scale, StoredTensor, ToTch, Weight,
 };
 use serde_json::json;
 

@@ -3,7 +3,7 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use pgolf_model::{ModelConfig, Numerics};
-use pgolf_quant::Artifact;
+use pgolf_quant::{Artifact, ToTch};
 use std::path::Path;
 use tch::{Device, Kind};
 

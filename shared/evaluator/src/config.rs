@@ -1,4 +1,6 @@
-//! The model's shape (REFERENCE.md §3.1, §5.13), written as `config.json` beside the weights.
+//! The model's shape (REFERENCE.md §3.1, §5.13), written as `config.json` beside the weights and
+//! inside the artifact. It lives in the evaluator because the evaluator must rebuild the model from
+//! the artifact alone; pgolf-model re-exports it.
 //! `Default` is the baseline: 9 layers × 512, 8 heads / 4 KV heads, MLP ×2, vocab 1024, tied
 //! embeddings, 17,059,912 parameters.
 
@@ -8,6 +10,20 @@ use std::path::Path;
 
 /// The file name of the config beside a checkpoint.
 pub const CONFIG_FILE: &str = "config.json";
+
+/// Upstream's control-tensor name patterns: parameters whose name contains one are kept f32 in the
+/// artifact and given to Adam even when 2-D (one list for the model and the quantizer).
+pub const CONTROL_PATTERNS: [&str; 9] = [
+    "attn_scale",
+    "attn_scales",
+    "mlp_scale",
+    "mlp_scales",
+    "resid_mix",
+    "resid_mixes",
+    "q_gain",
+    "skip_weight",
+    "skip_weights",
+];
 
 /// The MLP's nonlinearity before the square.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -175,68 +191,5 @@ impl ModelConfig {
         let text = serde_json::to_string_pretty(self)?;
         std::fs::write(path, text + "\n")
             .with_context(|| format!("{}: cannot write model config", path.display()))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn baseline_has_the_reference_parameter_count() {
-        let cfg = ModelConfig::default();
-        assert_eq!(
-            cfg.block_params(),
-            1_837_064,
-            "REFERENCE.md §3.3: per block"
-        );
-        assert_eq!(cfg.num_params(), 17_059_912, "REFERENCE.md §3.3: total");
-        assert_eq!(
-            (
-                cfg.num_encoder_layers(),
-                cfg.num_decoder_layers(),
-                cfg.num_skip_weights()
-            ),
-            (4, 5, 4)
-        );
-    }
-
-    #[test]
-    fn rejects_impossible_shapes() {
-        let bad = ModelConfig {
-            num_heads: 3,
-            ..Default::default()
-        };
-        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("not divisible by num_heads"));
-        let bad = ModelConfig {
-            num_kv_heads: 3,
-            ..Default::default()
-        };
-        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("num_kv_heads"));
-        let bad = ModelConfig {
-            model_dim: 24,
-            num_heads: 8,
-            num_kv_heads: 4,
-            ..Default::default()
-        };
-        assert!(format!("{:#}", bad.validate().unwrap_err()).contains("even for RoPE"));
-    }
-
-    #[test]
-    fn json_round_trip_and_activation_spelling() {
-        let cfg = ModelConfig {
-            activation: Activation::LeakyRelu2(0.5),
-            ..Default::default()
-        };
-        let text = serde_json::to_string(&cfg).unwrap();
-        assert!(
-            text.contains(r#""activation":{"leaky_relu2":0.5}"#),
-            "{text}"
-        );
-        assert_eq!(serde_json::from_str::<ModelConfig>(&text).unwrap(), cfg);
-        let relu: ModelConfig =
-            serde_json::from_str(r#"{"activation":"relu2","num_layers":2}"#).unwrap();
-        assert_eq!((relu.activation, relu.num_layers), (Activation::Relu2, 2));
-        assert!(serde_json::from_str::<ModelConfig>(r#"{"layers":2}"#).is_err());
     }
 }

@@ -1,0 +1,174 @@
+//! The counted evaluator (pgolf-evaluator: pure Rust, no libtorch) against the libtorch path on
+//! the same quantized artifacts (quantize-pack's quantizer and writer): per-token NLL against
+//! pgolf-model's literal f32 CPU forward within 1e-5, and flat and sliding BPB against this
+//! stage's binary within 1e-6 (relative). The evaluator's byte table is checked against
+//! pgolf-data's on the way.
+
+use pgolf_eval::testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
+use pgolf_eval::torch::{load_artifact, Compute};
+use pgolf_model::{Activation, ModelConfig};
+use pgolf_quant::{
+    encode_artifact, quantize_all, Compression, DType, GptqSettings, Method, QuantInputs, Routing,
+    Rule, Weight,
+};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+use tch::{Device, Kind, Tensor};
+
+/// Quantizes seeded weights of `cfg` as quantize-pack does (matrices per row, small tensors as
+/// `small_float: upstream` routes them) and writes a quantize-pack-like output in `dir`.
+fn write_quantized(dir: &Path, cfg: &ModelConfig, routing: &Routing, compression: &Compression) {
+    std::fs::create_dir_all(dir).unwrap();
+    let weights: Vec<Weight> = tiny_weights(cfg, 5)
+        .unwrap()
+        .into_iter()
+        .map(|(name, t)| Weight {
+            name,
+            shape: t.size().iter().map(|s| *s as usize).collect(),
+            dtype: DType::F32,
+            data: Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(),
+        })
+        .collect();
+    let inputs = QuantInputs {
+        routing,
+        gptq: &GptqSettings::default(),
+        hessians: &Default::default(),
+        device: Device::Cpu,
+    };
+    let stored: Vec<_> = quantize_all(&weights, &inputs, &|_| {})
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let bytes = encode_artifact(&serde_json::to_value(cfg).unwrap(), &stored, compression).unwrap();
+    std::fs::write(dir.join("artifact.pgq"), bytes).unwrap();
+    seal(dir, "quantize-pack").unwrap();
+}
+
+fn ttt_eval(root: &Path, name: &str, params: Value) -> Value {
+    let (out, params_path) = (root.join(name), root.join(format!("{name}.json")));
+    std::fs::write(&params_path, params.to_string()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ttt-eval"))
+        .arg("--out")
+        .arg(&out)
+        .arg("--in")
+        .arg(format!("data={}", root.join("data").display()))
+        .arg("--in")
+        .arg(format!("artifact={}", root.join("artifact").display()))
+        .arg("--params")
+        .arg(&params_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+}
+
+fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
+    let root = tempfile::tempdir().unwrap();
+    let (tokens, docs) = MarkovSource::new().corpus(40, 9);
+    write_data_dir(&root.path().join("data"), &tokens, &docs).unwrap();
+    let art_dir = root.path().join("artifact");
+    write_quantized(&art_dir, &cfg, &routing, &compression);
+
+    let art = pgolf_evaluator::Artifact::read(&art_dir.join("artifact.pgq")).unwrap();
+    assert!(
+        art.tensors.iter().any(|t| matches!(t.encoding, pgolf_evaluator::Encoding::Rows { .. })),
+        "some matrices are quantized"
+    );
+    let ours = pgolf_evaluator::Model::from_artifact(&art).unwrap();
+    let (mut net, _) = load_artifact(&art_dir, Device::Cpu, Compute::F32).unwrap();
+    net.gpt.set_fused(false); // the literal formulation: the oracle
+
+    // Per-token NLL, window by window, against the literal forward.
+    let t = cfg.seq_len;
+    let mut worst = 0f64;
+    for start in (0..tokens.len() - 1 - t).step_by(t) {
+        let (x, y) = (&tokens[start..start + t], &tokens[start + 1..start + t + 1]);
+        let mine = ours.nll(x, y).unwrap();
+        let to = |v: &[u16]| Tensor::from_slice(&v.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
+        let theirs = Vec::<f32>::try_from(
+            tch::no_grad(|| net.gpt.token_nll(&to(x), &to(y))).to_kind(Kind::Float).flatten(0, -1),
+        )
+        .unwrap();
+        for (a, b) in mine.iter().zip(&theirs) {
+            worst = worst.max((*a as f64 - *b as f64).abs());
+        }
+    }
+    assert!(worst < 1e-5, "per-token NLL differs by {worst}");
+    assert!(worst > 0.0 || cfg.num_layers == 0, "a real comparison (different summation orders)");
+
+    // Byte counts: the evaluator's byte260 table gives what pgolf-data's LUT charges.
+    let bytes = pgolf_evaluator::ByteLut::byte260().target_bytes(&tokens).unwrap();
+    let lut = pgolf_data::ByteLut::byte260();
+    assert!((1..tokens.len()).all(|i| bytes[i] == lut.bytes(tokens[i - 1], tokens[i])));
+
+    let n = tokens.len() - 1;
+    for (name, params, windows) in [
+        ("flat", json!({"mode": "flat", "compute": "f32"}), pgolf_evaluator::flat(n, t).unwrap()),
+        (
+            "sliding",
+            json!({"mode": "sliding", "stride": 4, "compute": "f32"}),
+            pgolf_evaluator::sliding(n, t, 4).unwrap(),
+        ),
+    ] {
+        let sums = pgolf_evaluator::score(&ours, &tokens, &bytes, &windows, |_| {}).unwrap();
+        let summary = ttt_eval(root.path(), name, params);
+        let theirs = summary["val_bpb_lut"].as_f64().unwrap();
+        assert_eq!(summary["val_lut_bytes"].as_u64(), Some(sums.bytes), "{name}");
+        assert_eq!(summary["scored_targets"].as_u64(), Some(sums.targets), "{name}");
+        let rel = (sums.bpb() - theirs).abs() / theirs;
+        assert!(rel < 1e-6, "{name}: evaluator {} vs ttt-eval {theirs} (rel {rel:e})", sums.bpb());
+    }
+}
+
+fn tiny() -> ModelConfig {
+    ModelConfig {
+        vocab_size: 260,
+        num_layers: 3,
+        model_dim: 32,
+        num_heads: 4,
+        num_kv_heads: 2,
+        seq_len: 16,
+        ..Default::default()
+    }
+}
+
+/// The baseline's scheme: int8 rows for the matrices, controls f32, other small tensors fp16; zstd.
+#[test]
+fn baseline_int8_zstd_agrees_with_libtorch() {
+    let routing = Routing {
+        small_numel: 256,
+        ..Routing::default()
+    };
+    check(tiny(), routing, Compression { level: Some(3), ..Compression::default() });
+}
+
+/// Untied head, plain multi-head attention, LeakyReLU², int6 GPTQ-lite matrices, brotli in chunks.
+#[test]
+fn variants_int6_brotli_agree_with_libtorch() {
+    let cfg = ModelConfig {
+        num_layers: 4,
+        num_kv_heads: 4,
+        tie_embeddings: false,
+        activation: Activation::LeakyRelu2(0.5),
+        ..tiny()
+    };
+    let lite = Rule {
+        method: Method::Lite,
+        bits: 6,
+        ..Rule::default()
+    };
+    let routing = Routing {
+        small_numel: 256,
+        attn: lite.clone(),
+        mlp: lite,
+        ..Routing::default()
+    };
+    let compression = Compression {
+        chunks: 3,
+        level: Some(5),
+        ..Compression::brotli()
+    };
+    check(cfg, routing, compression);
+}
