@@ -1,7 +1,7 @@
 //! The counted code of an artifact (docs/ARTIFACT.md "Size accounting"): a tar of the sources of a
-//! package and of every workspace package it depends on, found from Cargo.lock (never a hand list),
-//! so the count follows the dependency graph. Per package: `Cargo.toml`, `build.rs` and `src/` —
-//! what building it reads — and not its tests or examples. Deterministic: sorted `/`-separated
+//! package and of every workspace package it depends on, found from the manifests (never a hand list),
+//! so the count follows the dependency graph: exactly the files its build reads
+//! ([`crate::closure_sources`]), not its tests, benches or examples. Deterministic: sorted `/`-separated
 //! paths from the workspace root, mtime 0, uid/gid 0, mode 0644.
 
 use std::fs;
@@ -10,16 +10,7 @@ use std::path::{Path, PathBuf};
 /// The tar of `package`'s closure sources, and the files in it (absolute, sorted), for
 /// `rerun-if-changed`.
 pub fn code_tar(workspace: &Path, package: &str) -> (Vec<u8>, Vec<PathBuf>) {
-    let lock = fs::read_to_string(workspace.join("Cargo.lock")).expect("read Cargo.lock");
-    let local = super::local_packages(workspace);
-    assert!(
-        local.contains_key(package),
-        "{package} is not a workspace package"
-    );
-    let mut files = Vec::new();
-    for name in super::local_closure(&lock, package, &local) {
-        super::collect_sources(&local[&name], &mut files);
-    }
+    let mut files = crate::closure_sources(workspace, package);
     let rel = |p: &Path| {
         p.strip_prefix(workspace)
             .expect("under the workspace")
