@@ -1,3 +1,3 @@
 fn main() {
-    pgolf_buildid::stage_with_torch();
+    pgolf_buildid::stage();
 }

@@ -5,14 +5,17 @@
 //! - [`doc_table`]: `docs.parquet`, one row per document (offsets, token counts, byte counts).
 //! - [`tokenizer_info`]: `tokenizer.json`, which tokenizer a tokenize output was made with.
 //! - [`sp_model`]: the fields of a SentencePiece `.model` protobuf that the tables need.
+//! - [`rng`]: the seeded generator of synthetic corpora and seeded initializations.
 
 pub mod doc_table;
 pub mod lut;
+pub mod rng;
 pub mod shard;
 pub mod sp_model;
 pub mod tokenizer_info;
 
 pub use doc_table::{read_doc_table, write_doc_table, DocRecord, DOC_TABLE_FILE};
 pub use lut::ByteLut;
+pub use rng::Rng;
 pub use shard::{list_shards, write_shard, Shard, Split, TokenStream};
 pub use tokenizer_info::{TokenizerInfo, TokenizerKind, TOKENIZER_INFO_FILE, TOKENIZER_MODEL_FILE};

@@ -1,5 +1,7 @@
 //! A small deterministic generator (SplitMix64): reproducible draws that do not touch torch's
-//! global RNG, which tests running in parallel threads would otherwise share.
+//! global RNG, which tests running in parallel threads would otherwise share. Here, below both
+//! its users: the LoRA initialization of pgolf-eval and the synthetic corpora and tiny models of
+//! pgolf-testkit.
 
 pub struct Rng(pub u64);
 

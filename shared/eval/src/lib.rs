@@ -18,10 +18,8 @@ pub mod ledger;
 pub mod ngram;
 pub mod pass;
 pub mod report;
-pub mod rng;
 pub mod schedule;
 pub mod scorer;
-pub mod testkit;
 #[cfg(feature = "torch")]
 pub mod torch;
 pub mod valset;

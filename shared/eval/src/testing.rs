@@ -4,12 +4,24 @@
 use anyhow::Result;
 use pgolf_data::{ByteLut, DocRecord, Split};
 
-pub use crate::testkit::{MarkovSource, Rng, BOS, VOCAB};
+pub use pgolf_testkit::{MarkovSource, Rng, BOS, VOCAB};
 
 use crate::adapt::{ChunkStep, DocAdapt, StreamAdapt};
 use crate::ledger::ScoredSpan;
 use crate::scorer::{row_stats, Request, Scorer, Scores};
 use crate::valset::ValSet;
+
+/// The val set of a [`MarkovSource`] corpus (`MarkovSource::new().valset(docs, seed)`).
+pub trait MarkovValSet {
+    fn valset(&self, docs: usize, seed: u64) -> Result<ValSet>;
+}
+
+impl MarkovValSet for MarkovSource {
+    fn valset(&self, docs: usize, seed: u64) -> Result<ValSet> {
+        let (tokens, table) = self.corpus(docs, seed);
+        ValSet::new(tokens, &table, ByteLut::byte260(), BOS)
+    }
+}
 
 /// Answers a request from a per-position probability function `row(inputs up to i)`.
 pub fn answer(req: &Request, entropy: bool, mut row: impl FnMut(&[u16]) -> Vec<f64>) -> Scores {

@@ -10,6 +10,7 @@ use half::{bf16, f16};
 pub use pgolf_evaluator::dtype::{floats_from_bytes, round_through, DType};
 
 /// The libtorch kind of a dtype.
+#[cfg(feature = "torch")]
 pub fn to_kind(dtype: DType) -> tch::Kind {
     match dtype {
         DType::F32 => tch::Kind::Float,

@@ -22,26 +22,36 @@
 //! - [`encoded`]: a tensor as stored, and its exact dequantization.
 //! - [`container`], [`artifact`], [`compress`], [`chunks`]: the file format (docs/ARTIFACT.md).
 //! - [`weights`], [`dtype`]: safetensors IO and float dtypes.
+//!
+//! Feature `torch` (libtorch): GPTQ (libtorch factors the Hessian), [`quantize_all`] and the
+//! artifact with its `to_tch`. Without it the crate is the pure-Rust schemes, formats and
+//! safetensors IO (what ema-finalize needs), and builds without libtorch.
 
+#[cfg(feature = "torch")]
 pub mod artifact;
 pub mod chunks;
 pub mod compress;
 pub mod container;
 pub mod dtype;
 pub mod encoded;
+#[cfg(feature = "torch")]
 pub mod gptq;
 pub mod int8;
 pub mod numeric;
 pub mod plan;
+#[cfg(feature = "torch")]
 pub mod quantize;
 pub mod rows;
 pub mod weights;
 
+#[cfg(feature = "torch")]
 pub use artifact::{encode_artifact, Artifact, DecodedTensor, ToTch};
 pub use compress::{Codec, Compression};
 pub use dtype::DType;
 pub use encoded::{Encoding, Scale, StoredTensor};
+#[cfg(feature = "torch")]
 pub use gptq::GptqSettings;
 pub use plan::{Method, Override, Routing, Rule, SmallFloat};
+#[cfg(feature = "torch")]
 pub use quantize::{quantize_all, QuantInputs, TensorReport};
 pub use weights::{read_safetensors, read_safetensors_map, write_safetensors, Weight};

@@ -1,18 +1,22 @@
-//! Small, real inputs for tests of the eval stages: a synthetic Markov corpus with exact source
-//! information per document, a tokenize-like output directory (byte260 shards, doc table,
-//! tokenizer.json, manifest) and, with libtorch, a quantize-pack-like directory holding a tiny
-//! model's artifact. Nothing here is used by the stages themselves.
+//! Small, real inputs for tests of the eval crate and the eval stages: a synthetic Markov corpus
+//! with exact source information per document, a tokenize-like output directory (byte260 shards,
+//! doc table, tokenizer.json, manifest) and a quantize-pack-like directory holding a tiny model's
+//! artifact. A dev-dependency only: nothing here is used by the stages themselves (the
+//! `tiny_artifact` example writes such a directory for benchmarks).
 
 use anyhow::Result;
-use pgolf_data::{
-    write_doc_table, write_shard, ByteLut, DocRecord, Split, TokenizerInfo, DOC_TABLE_FILE,
-};
+use pgolf_data::{write_doc_table, write_shard, DocRecord, Split, TokenizerInfo, DOC_TABLE_FILE};
+use pgolf_model::{build, ModelConfig};
+use pgolf_quant::{encode_artifact, Compression, DType, Encoding, StoredTensor};
 use pgolf_store::manifest::describe_outputs;
 use pgolf_store::{Manifest, MANIFEST_FILE, MANIFEST_SCHEMA};
 use std::path::Path;
+use tch::{Device, Kind, Tensor};
 
-pub use crate::rng::Rng;
-use crate::valset::ValSet;
+pub use pgolf_data::Rng;
+
+/// What quantize-pack names its artifact (ttt-eval and ngram-eval read this name).
+pub const ARTIFACT_FILE: &str = "artifact.pgq";
 
 pub const VOCAB: usize = 260;
 pub const BOS: u16 = 1;
@@ -108,11 +112,6 @@ impl MarkovSource {
         }
         (tokens, table)
     }
-
-    pub fn valset(&self, docs: usize, seed: u64) -> Result<ValSet> {
-        let (tokens, table) = self.corpus(docs, seed);
-        ValSet::new(tokens, &table, ByteLut::byte260(), BOS)
-    }
 }
 
 /// Writes a finished-looking stage output: `manifest.json` over the files already in `dir`.
@@ -148,79 +147,67 @@ pub fn write_data_dir(dir: &Path, tokens: &[u16], docs: &[DocRecord]) -> Result<
     seal(dir, "tokenize")
 }
 
-#[cfg(feature = "torch")]
-pub use artifact::{tiny_weights, write_artifact_dir};
-
-#[cfg(feature = "torch")]
-mod artifact {
-    use anyhow::Result;
-    use pgolf_model::{build, ModelConfig};
-    use pgolf_quant::{encode_artifact, Compression, DType, Encoding, StoredTensor};
-    use std::path::Path;
-    use tch::{Device, Kind, Tensor};
-
-    /// Seeded weights for a model of `cfg`: matrices `U(±1/√in)`, gains and mixes at their
-    /// initial values plus noise (so the zero-initialized projections are not zero). Drawn from
-    /// our own generator, not torch's global one, so tests running in parallel get the same values.
-    pub fn tiny_weights(cfg: &ModelConfig, seed: u64) -> Result<Vec<(String, Tensor)>> {
-        let (_vs, gpt) = build(cfg, Device::Cpu)?;
-        let mut rng = super::Rng(seed);
-        let mut out = Vec::new();
-        for (name, t) in gpt.named_parameters() {
-            let size = t.size();
-            let n: i64 = size.iter().product();
-            let values: Vec<f32> = if size.len() == 2
-                && !name.contains("resid_mix")
-                && !name.contains("skip_weights")
-            {
-                let bound = 1.0 / (size[1] as f64).sqrt();
-                (0..n)
-                    .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
-                    .collect()
-            } else {
-                let base = Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).flatten(0, -1))?;
-                base.iter()
-                    .map(|v| v + ((rng.unit() * 2.0 - 1.0) * 0.05) as f32)
-                    .collect()
-            };
-            out.push((
-                name.clone(),
-                Tensor::from_slice(&values).view(size.as_slice()),
-            ));
-        }
-        Ok(out)
+/// Seeded weights for a model of `cfg`: matrices `U(±1/√in)`, gains and mixes at their
+/// initial values plus noise (so the zero-initialized projections are not zero). Drawn from
+/// our own generator, not torch's global one, so tests running in parallel get the same values.
+pub fn tiny_weights(cfg: &ModelConfig, seed: u64) -> Result<Vec<(String, Tensor)>> {
+    let (_vs, gpt) = build(cfg, Device::Cpu)?;
+    let mut rng = Rng(seed);
+    let mut out = Vec::new();
+    for (name, t) in gpt.named_parameters() {
+        let size = t.size();
+        let n: i64 = size.iter().product();
+        let values: Vec<f32> = if size.len() == 2
+            && !name.contains("resid_mix")
+            && !name.contains("skip_weights")
+        {
+            let bound = 1.0 / (size[1] as f64).sqrt();
+            (0..n)
+                .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
+                .collect()
+        } else {
+            let base = Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).flatten(0, -1))?;
+            base.iter()
+                .map(|v| v + ((rng.unit() * 2.0 - 1.0) * 0.05) as f32)
+                .collect()
+        };
+        out.push((
+            name.clone(),
+            Tensor::from_slice(&values).view(size.as_slice()),
+        ));
     }
+    Ok(out)
+}
 
-    /// A quantize-pack-like output in `dir`: `artifact.pgq` holding [`tiny_weights`] of `cfg`,
-    /// stored as raw f32.
-    pub fn write_artifact_dir(
-        dir: &Path,
-        cfg: &ModelConfig,
-        seed: u64,
-    ) -> Result<Vec<(String, Tensor)>> {
-        std::fs::create_dir_all(dir)?;
-        let named = tiny_weights(cfg, seed)?;
-        let mut stored = Vec::new();
-        for (name, t) in &named {
-            let values = Vec::<f32>::try_from(t.flatten(0, -1))?;
-            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-            stored.push(StoredTensor {
-                name: name.clone(),
-                shape: t.size().iter().map(|&s| s as usize).collect(),
-                dtype: DType::F32,
-                encoding: Encoding::Raw {
-                    stored: DType::F32,
-                    bytes,
-                },
-            });
-        }
-        let bytes = encode_artifact(
-            &serde_json::to_value(cfg)?,
-            &stored,
-            &Compression::default(),
-        )?;
-        std::fs::write(dir.join(crate::torch::ARTIFACT_FILE), bytes)?;
-        super::seal(dir, "quantize-pack")?;
-        Ok(named)
+/// A quantize-pack-like output in `dir`: `artifact.pgq` holding [`tiny_weights`] of `cfg`,
+/// stored as raw f32.
+pub fn write_artifact_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>> {
+    std::fs::create_dir_all(dir)?;
+    let named = tiny_weights(cfg, seed)?;
+    let mut stored = Vec::new();
+    for (name, t) in &named {
+        let values = Vec::<f32>::try_from(t.flatten(0, -1))?;
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        stored.push(StoredTensor {
+            name: name.clone(),
+            shape: t.size().iter().map(|&s| s as usize).collect(),
+            dtype: DType::F32,
+            encoding: Encoding::Raw {
+                stored: DType::F32,
+                bytes,
+            },
+        });
     }
+    let bytes = encode_artifact(
+        &serde_json::to_value(cfg)?,
+        &stored,
+        &Compression::default(),
+    )?;
+    std::fs::write(dir.join(ARTIFACT_FILE), bytes)?;
+    seal(dir, "quantize-pack")?;
+    Ok(named)
 }

@@ -4,7 +4,7 @@
 //! stage's binary within 1e-6 (relative). The evaluator's byte table is checked against
 //! pgolf-data's on the way.
 
-use pgolf_eval::testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
+use pgolf_testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
 use pgolf_eval::torch::{load_artifact, Compute};
 use pgolf_model::{Activation, ModelConfig};
 use pgolf_quant::{

@@ -8,6 +8,7 @@
 //! granted for the chunk just scored; `update` checks they are exactly the retained forward's rows.
 
 use anyhow::{bail, Result};
+use pgolf_data::Rng;
 use pgolf_model::{Adapter, Site};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -17,7 +18,6 @@ use tch::{Device, Kind, Tensor};
 use super::net::{answers, Net};
 use crate::adapt::DocAdapt;
 use crate::ledger::ScoredSpan;
-use crate::rng::Rng;
 use crate::scorer::{Request, Scorer, Scores};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

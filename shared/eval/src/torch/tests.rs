@@ -11,7 +11,7 @@ use crate::guards::Normalization;
 use crate::ledger::{Ledger, LedgerReport};
 use crate::pass::{score_windows, PassOptions};
 use crate::schedule::{doc_chunks, flat, sliding};
-use crate::testing::{random_valset, MarkovSource};
+use crate::testing::{random_valset, MarkovSource, MarkovValSet};
 use crate::valset::ValSet;
 
 fn cfg() -> ModelConfig {
@@ -28,7 +28,7 @@ fn cfg() -> ModelConfig {
 }
 
 fn weights(seed: u64) -> Vec<(String, Tensor)> {
-    crate::testkit::tiny_weights(&cfg(), seed).unwrap()
+    pgolf_testkit::tiny_weights(&cfg(), seed).unwrap()
 }
 
 fn net(seed: u64) -> Net {
