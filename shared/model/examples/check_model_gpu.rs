@@ -287,7 +287,8 @@ fn outputs(gpt: &Gpt, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor, Vec<Ten
     let grads = gpt
         .named_parameters()
         .iter()
-        .map(|(_, p)| p.grad().to_kind(Kind::Float))
+        // A copy: `.grad` is zeroed and refilled in place by the next run.
+        .map(|(_, p)| p.grad().to_kind(Kind::Float).copy())
         .collect();
     Ok((logits, loss.detach(), grads))
 }
