@@ -577,7 +577,6 @@ fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-
 fn main() -> ExitCode {
     match run() {
         Ok(true) => ExitCode::SUCCESS,

@@ -19,7 +19,9 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use pgolf_kernels::check::{grad1, leaf, rope_tables, run_checks, trained_mix, Args, CheckFn, Harness};
+use pgolf_kernels::check::{
+    grad1, leaf, rope_tables, run_checks, trained_mix, Args, CheckFn, Harness,
+};
 use pgolf_kernels::ops::{mix_norm, qkv_norm_rope, relu_square, rms_norm, softcap_cross_entropy};
 use pgolf_model::cuda::CudaGraph;
 use pgolf_model::{build, Formulation, Gpt, ModelConfig};
@@ -395,7 +397,11 @@ fn check_model_in_cuda_graph(cx: &mut Harness) -> Result<()> {
     zero_grads(&gpt);
     graph.replay()?;
     cx.sync();
-    let replayed: Vec<Tensor> = gpt.named_parameters().iter().map(|(_, p)| p.grad().copy()).collect();
+    let replayed: Vec<Tensor> = gpt
+        .named_parameters()
+        .iter()
+        .map(|(_, p)| p.grad().copy())
+        .collect();
     let replayed_loss = loss.copy();
     zero_grads(&gpt);
     let eager_loss = micro_step(&gpt, &x2, &y2)?;
@@ -413,7 +419,13 @@ fn check_model_in_cuda_graph(cx: &mut Harness) -> Result<()> {
         let bound = want.abs() * (1.0 / 64.0) + 1e-3 * scale;
         let bad = i64::try_from((&g - &want).abs().gt_tensor(&bound).sum(Kind::Int64))?;
         if bad > 0 {
-            cx.compare(&format!("replayed grad {name}"), &g, &want, 1e-3, 1.0 / 64.0)?;
+            cx.compare(
+                &format!("replayed grad {name}"),
+                &g,
+                &want,
+                1e-3,
+                1.0 / 64.0,
+            )?;
         } else {
             passed += 1;
         }

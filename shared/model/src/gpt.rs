@@ -699,8 +699,14 @@ mod tests {
         for formulation in BOTH {
             gpt.set_formulation(formulation, Device::Cpu).unwrap();
             let (a, b) = (gpt.logits(&x), gpt.logits(&x2));
-            assert!(a.narrow(1, 0, 10).equal(&b.narrow(1, 0, 10)), "{formulation:?}");
-            assert!(!a.narrow(1, 10, 6).equal(&b.narrow(1, 10, 6)), "{formulation:?}");
+            assert!(
+                a.narrow(1, 0, 10).equal(&b.narrow(1, 0, 10)),
+                "{formulation:?}"
+            );
+            assert!(
+                !a.narrow(1, 10, 6).equal(&b.narrow(1, 10, 6)),
+                "{formulation:?}"
+            );
         }
     }
 
@@ -759,9 +765,16 @@ mod tests {
         let upstream = gpt.logits(&x);
         assert_eq!(upstream.kind(), Kind::Float);
         assert!(is_bf16_valued(&upstream));
-        assert!(!upstream.equal(&fast), "fast must not run under upstream numerics");
-        gpt.set_formulation(Formulation::Literal, Device::Cpu).unwrap();
-        assert!(gpt.logits(&x).equal(&upstream), "the choice must not matter");
+        assert!(
+            !upstream.equal(&fast),
+            "fast must not run under upstream numerics"
+        );
+        gpt.set_formulation(Formulation::Literal, Device::Cpu)
+            .unwrap();
+        assert!(
+            gpt.logits(&x).equal(&upstream),
+            "the choice must not matter"
+        );
         let diff = (&upstream - &native).abs().max().double_value(&[]);
         assert!(diff > 0.0 && diff < 0.1, "{diff}");
     }

@@ -217,7 +217,10 @@ mod tests {
             r#"{"formulation": "fused"}"#,
             r#"{"fused": true}"#,
         ] {
-            let e = serde_json::from_str::<Params>(old).err().unwrap().to_string();
+            let e = serde_json::from_str::<Params>(old)
+                .err()
+                .unwrap()
+                .to_string();
             assert!(e.contains("unknown"), "{old}: {e}");
         }
     }
