@@ -23,6 +23,9 @@ EXTRAS=(
 )
 
 cargo build --release $(printf -- '-p %s ' "${STAGES[@]}")
+# Again alone: in one build of several packages cargo unifies their features, which gives
+# ema-finalize pgolf-quant's libtorch half (`torch` feature) and so a libtorch link it never uses.
+cargo build --release -p ema-finalize
 paths=("${STAGES[@]}")
 for extra in "${EXTRAS[@]}"; do
   # shellcheck disable=SC2086  # the build args are words on purpose
