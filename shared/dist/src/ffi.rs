@@ -129,9 +129,12 @@ unsafe impl Sync for Store {}
 /// How a process takes part in a TCPStore.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StoreRole {
-    /// Hosts it, and waits until `world` clients joined (0 = does not wait).
+    /// Hosts it, and waits until `wait_for` processes (itself included) joined (0 = does not wait:
+    /// a launcher's store).
     Server { wait_for: usize },
-    Client,
+    /// Joins it, one of `world` processes, and counts itself in (what a hosting rank waits for),
+    /// as torch.distributed's ranks do.
+    Client { world: usize },
 }
 
 impl Store {
@@ -146,17 +149,19 @@ impl Store {
     ) -> Result<Store> {
         let chost = CString::new(host)?;
         let cprefix = CString::new(prefix)?;
-        let (is_server, wait_for) = match role {
-            StoreRole::Server { wait_for } => (1, wait_for),
-            StoreRole::Client => (0, 0),
+        // TCPStore counts a process in only when it is made with `waitWorkers` and a worker
+        // count; only the server then waits for the others.
+        let (is_server, workers, wait) = match role {
+            StoreRole::Server { wait_for } => (1, wait_for, wait_for > 0),
+            StoreRole::Client { world } => (0, world, true),
         };
         let ptr = make(|err, len| unsafe {
             pgolf_dist_store_new(
                 chost.as_ptr(),
                 port as i32,
-                wait_for as i32,
+                workers as i32,
                 is_server,
-                (wait_for > 0) as i32,
+                wait as i32,
                 millis(timeout),
                 cprefix.as_ptr(),
                 err,
@@ -176,8 +181,9 @@ impl Store {
     /// The same store with every key under `prefix` (the original stays usable).
     pub fn prefixed(&self, prefix: &str) -> Result<Store> {
         let cprefix = CString::new(prefix)?;
-        let ptr =
-            make(|err, len| unsafe { pgolf_dist_store_prefixed(self.ptr, cprefix.as_ptr(), err, len) })?;
+        let ptr = make(|err, len| unsafe {
+            pgolf_dist_store_prefixed(self.ptr, cprefix.as_ptr(), err, len)
+        })?;
         Ok(Store { ptr })
     }
 }
@@ -207,7 +213,14 @@ pub enum ReduceOp {
 impl Group {
     pub fn gloo(store: &Store, rank: usize, size: usize, timeout: Duration) -> Result<Group> {
         let ptr = make(|err, len| unsafe {
-            pgolf_dist_gloo_new(store.ptr, rank as i32, size as i32, millis(timeout), err, len)
+            pgolf_dist_gloo_new(
+                store.ptr,
+                rank as i32,
+                size as i32,
+                millis(timeout),
+                err,
+                len,
+            )
         })?;
         Ok(Group { ptr })
     }
@@ -249,14 +262,28 @@ impl Group {
     /// `t` (contiguous) reduced over the ranks in place.
     pub fn all_reduce(&self, t: &Tensor, op: ReduceOp, timeout: Duration) -> Result<()> {
         call(|err, len| unsafe {
-            pgolf_dist_all_reduce(self.ptr, t.as_ptr() as *mut C_tensor, op as i32, millis(timeout), err, len)
+            pgolf_dist_all_reduce(
+                self.ptr,
+                t.as_ptr() as *mut C_tensor,
+                op as i32,
+                millis(timeout),
+                err,
+                len,
+            )
         })
     }
 
     /// `t` (contiguous) replaced by rank `root`'s.
     pub fn broadcast(&self, t: &Tensor, root: usize, timeout: Duration) -> Result<()> {
         call(|err, len| unsafe {
-            pgolf_dist_broadcast(self.ptr, t.as_ptr() as *mut C_tensor, root as i32, millis(timeout), err, len)
+            pgolf_dist_broadcast(
+                self.ptr,
+                t.as_ptr() as *mut C_tensor,
+                root as i32,
+                millis(timeout),
+                err,
+                len,
+            )
         })
     }
 
@@ -275,7 +302,12 @@ impl Group {
     }
 
     /// `out` ← the sum over ranks of this rank's chunk of `input` (world × numel(out)).
-    pub fn reduce_scatter_sum(&self, out: &Tensor, input: &Tensor, timeout: Duration) -> Result<()> {
+    pub fn reduce_scatter_sum(
+        &self,
+        out: &Tensor,
+        input: &Tensor,
+        timeout: Duration,
+    ) -> Result<()> {
         call(|err, len| unsafe {
             pgolf_dist_reduce_scatter_sum(
                 self.ptr,

@@ -79,13 +79,17 @@ impl ProcessGroup {
         let group = match backend {
             Backend::Gloo => Group::gloo(&scoped, rank, world, timeout),
             Backend::Nccl => {
+                multicast_off();
                 ffi::set_cuda_device(cuda_device)
                     .with_context(|| format!("rank {rank}: CUDA device {cuda_device}"))?;
                 Group::nccl(&scoped, rank, world, cuda_device, timeout)
             }
         }
         .with_context(|| {
-            format!("rank {rank} of {world}: creating the {} process group", backend.name())
+            format!(
+                "rank {rank} of {world}: creating the {} process group",
+                backend.name()
+            )
         })?;
         let name = group.name();
         Ok(ProcessGroup {
@@ -131,7 +135,24 @@ impl ProcessGroup {
     }
 
     fn reduce(&self, what: &str, t: &mut Tensor, op: ReduceOp) -> Result<()> {
-        in_place(t, |c| self.checked(what, self.group.all_reduce(c, op, self.wait_bound())))
+        in_place(t, |c| {
+            self.checked(what, self.group.all_reduce(c, op, self.wait_bound()))
+        })
+    }
+}
+
+/// NVLink multicast (NVLS) stays off unless the environment says otherwise: on shared hosts a
+/// program that uses it can put every GPU of the host out of service (docs/GPU.md). NCCL and
+/// PyTorch read these when the communicator is created, which is after this.
+fn multicast_off() {
+    for (name, value) in [
+        ("NCCL_NVLS_ENABLE", "0"),
+        ("TORCH_SYMM_MEM_DISABLE_MULTICAST", "1"),
+        ("NVSHMEM_DISABLE_NVLS", "1"),
+    ] {
+        if std::env::var_os(name).is_none() {
+            std::env::set_var(name, value);
+        }
     }
 }
 
@@ -169,14 +190,20 @@ impl Collective for ProcessGroup {
             bail!("broadcast from rank {root} in a world of {}", self.world);
         }
         in_place(t, |c| {
-            self.checked("broadcast", self.group.broadcast(c, root, self.wait_bound()))
+            self.checked(
+                "broadcast",
+                self.group.broadcast(c, root, self.wait_bound()),
+            )
         })
     }
     fn all_gather(&self, t: &Tensor) -> Result<Tensor> {
         // Flat buffers: c10d checks the output as `world` chunks of the input's shape along
         // dimension 0 (Gloo) or by element count (NCCL); both agree on flat ones.
         let input = t.contiguous().reshape([-1]);
-        let out = Tensor::empty([self.world as i64 * input.numel() as i64], (t.kind(), t.device()));
+        let out = Tensor::empty(
+            [self.world as i64 * input.numel() as i64],
+            (t.kind(), t.device()),
+        );
         self.checked(
             "all_gather",
             self.group.all_gather(&out, &input, self.wait_bound()),
@@ -200,7 +227,8 @@ impl Collective for ProcessGroup {
         let out = Tensor::empty([input.numel() as i64 / world], (t.kind(), t.device()));
         self.checked(
             "reduce_scatter_sum",
-            self.group.reduce_scatter_sum(&out, &input, self.wait_bound()),
+            self.group
+                .reduce_scatter_sum(&out, &input, self.wait_bound()),
         )?;
         Ok(out.reshape(shape.as_slice()))
     }

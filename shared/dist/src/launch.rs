@@ -71,11 +71,18 @@ pub fn timeout_from_env() -> Result<Duration> {
 impl Launch {
     /// The launch described by the environment; `None` when `WORLD_SIZE` is not set.
     pub fn from_env() -> Result<Option<Launch>> {
+        Launch::from_vars(var)
+    }
+
+    /// The launch described by the variables `var` returns (tests pass their own).
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Launch>> {
+        let var = |name: &str| var(name).filter(|v| !v.trim().is_empty());
         let Some(world) = var("WORLD_SIZE") else {
             return Ok(None);
         };
         let world_size: usize = parse("WORLD_SIZE", &world)?;
-        let get = |name: &str| var(name).with_context(|| format!("WORLD_SIZE is set but {name} is not"));
+        let get =
+            |name: &str| var(name).with_context(|| format!("WORLD_SIZE is set but {name} is not"));
         let rank: usize = parse("RANK", &get("RANK")?)?;
         let local_rank: usize = match var("LOCAL_RANK") {
             Some(v) => parse("LOCAL_RANK", &v)?,
@@ -139,24 +146,43 @@ impl Launch {
 
     /// Rendezvous: the store, then the `backend` group (for NCCL on GPU `LOCAL_RANK`).
     pub fn join(&self, backend: Backend, timeout: Duration) -> Result<ProcessGroup> {
-        let rendezvous = seconds("PGOLF_DIST_RENDEZVOUS_TIMEOUT_S", DEFAULT_RENDEZVOUS_TIMEOUT_S)?;
+        let rendezvous = seconds(
+            "PGOLF_DIST_RENDEZVOUS_TIMEOUT_S",
+            DEFAULT_RENDEZVOUS_TIMEOUT_S,
+        )?;
         let (role, prefix) = match &self.agent_store {
-            Some(attempt) => (StoreRole::Client, format!("/worker/attempt_{attempt}/")),
+            Some(attempt) => (
+                StoreRole::Client {
+                    world: self.world_size,
+                },
+                format!("/worker/attempt_{attempt}/"),
+            ),
             None if self.rank == 0 => (
                 StoreRole::Server {
                     wait_for: self.world_size,
                 },
                 String::new(),
             ),
-            None => (StoreRole::Client, String::new()),
+            None => (
+                StoreRole::Client {
+                    world: self.world_size,
+                },
+                String::new(),
+            ),
         };
-        let store = Store::tcp(&self.master_addr, self.master_port, role, rendezvous, &prefix)
-            .with_context(|| {
-                format!(
-                    "rank {} of {}: rendezvous at MASTER_ADDR:MASTER_PORT",
-                    self.rank, self.world_size
-                )
-            })?;
+        let store = Store::tcp(
+            &self.master_addr,
+            self.master_port,
+            role,
+            rendezvous,
+            &prefix,
+        )
+        .with_context(|| {
+            format!(
+                "rank {} of {}: rendezvous at MASTER_ADDR:MASTER_PORT",
+                self.rank, self.world_size
+            )
+        })?;
         ProcessGroup::new(
             store,
             self.rank,
@@ -216,4 +242,89 @@ pub fn from_env(device: Device) -> Result<Dist> {
         launch,
         device,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    const TORCHRUN: &[(&str, &str)] = &[
+        ("RANK", "5"),
+        ("WORLD_SIZE", "16"),
+        ("LOCAL_RANK", "1"),
+        ("LOCAL_WORLD_SIZE", "8"),
+        ("MASTER_ADDR", "node0"),
+        ("MASTER_PORT", "29500"),
+    ];
+
+    #[test]
+    fn reads_torchruns_contract() -> Result<()> {
+        let l = Launch::from_vars(vars(TORCHRUN))?.expect("a launch");
+        assert_eq!(
+            l,
+            Launch {
+                rank: 5,
+                world_size: 16,
+                local_rank: 1,
+                local_world_size: 8,
+                master_addr: "node0".into(),
+                master_port: 29500,
+                agent_store: None,
+            }
+        );
+        assert_eq!(l.device(Device::Cuda(0)), Device::Cuda(1));
+        assert_eq!(l.device(Device::Cpu), Device::Cpu);
+        let mut agent = TORCHRUN.to_vec();
+        agent.push(("TORCHELASTIC_USE_AGENT_STORE", "True"));
+        agent.push(("TORCHELASTIC_RESTART_COUNT", "2"));
+        let l = Launch::from_vars(vars(&agent))?.expect("a launch");
+        assert_eq!(l.agent_store.as_deref(), Some("2"));
+        Ok(())
+    }
+
+    #[test]
+    fn no_world_size_is_no_launch_and_bad_values_are_errors() -> Result<()> {
+        assert_eq!(Launch::from_vars(vars(&[("RANK", "0")]))?, None);
+        fn without(name: &str) -> Vec<(&'static str, &'static str)> {
+            TORCHRUN
+                .iter()
+                .copied()
+                .filter(|(k, _)| *k != name)
+                .collect()
+        }
+        for missing in ["RANK", "MASTER_ADDR", "MASTER_PORT"] {
+            let err = Launch::from_vars(vars(&without(missing))).unwrap_err();
+            assert!(format!("{err}").contains(missing), "{err}");
+        }
+        fn with(name: &'static str, value: &'static str) -> Vec<(&'static str, &'static str)> {
+            let mut v = without(name);
+            v.push((name, value));
+            v
+        }
+        for (name, value) in [
+            ("RANK", "16"),
+            ("RANK", "-1"),
+            ("WORLD_SIZE", "0"),
+            ("LOCAL_RANK", "8"),
+            ("MASTER_PORT", "70000"),
+        ] {
+            assert!(
+                Launch::from_vars(vars(&with(name, value))).is_err(),
+                "{name}={value} accepted"
+            );
+        }
+        // Without LOCAL_*, one node holds every rank.
+        let l = Launch::from_vars(vars(&without("LOCAL_RANK")))?.unwrap();
+        assert_eq!(l.local_rank, 5);
+        Ok(())
+    }
 }

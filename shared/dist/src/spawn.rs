@@ -6,11 +6,12 @@ use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::ffi::{Store, StoreRole};
 
-/// How often the launcher looks at its children.
+/// How often the launcher looks at its children when it cannot be told.
 const POLL: Duration = Duration::from_millis(20);
 
 /// Runs `exe args` as ranks `0..n` and waits for all of them. Like torchrun's agent, this
@@ -33,7 +34,9 @@ pub fn spawn_ranks(n: usize, exe: &Path, args: &[OsString]) -> Result<()> {
         "",
     )
     .context("spawn_ranks: hosting the rendezvous store")?;
-    let port = store.port().ok_or_else(|| anyhow!("spawn_ranks: the store has no port"))?;
+    let port = store
+        .port()
+        .ok_or_else(|| anyhow!("spawn_ranks: the store has no port"))?;
     let mut children: Vec<Option<Child>> = Vec::with_capacity(n);
     for rank in 0..n {
         let spawned = Command::new(exe)
@@ -57,41 +60,98 @@ pub fn spawn_ranks(n: usize, exe: &Path, args: &[OsString]) -> Result<()> {
         }
     }
     let started = Instant::now();
-    let mut left = n;
-    while left > 0 {
-        for rank in 0..n {
-            let Some(child) = children[rank].as_mut() else {
-                continue;
-            };
-            let status = match child.try_wait() {
-                Ok(s) => s,
-                Err(e) => {
-                    stop(&mut children);
-                    return Err(e).with_context(|| format!("waiting for rank {rank}"));
-                }
-            };
-            if let Some(status) = status {
-                children[rank] = None;
-                left -= 1;
-                if !status.success() {
-                    let others = stop(&mut children);
-                    bail!(
-                        "rank {rank} of {n} {} after {:.1}s{}",
-                        describe(status),
-                        started.elapsed().as_secs_f64(),
-                        if others > 0 {
-                            format!("; stopped the {others} rank(s) still running")
-                        } else {
-                            String::new()
-                        }
-                    );
-                }
+    // One watcher per rank blocks until its rank exits and reports it without reaping it
+    // (waitid WNOWAIT), so the reports come in the order the ranks really ended: the rank that
+    // failed first is named, not a peer that failed a moment later because of it. Reaping (and
+    // killing) stays with this thread, which owns the children: an unreaped pid cannot be reused.
+    let (tx, rx) = mpsc::channel::<usize>();
+    for (rank, child) in children.iter().enumerate() {
+        let pid = child.as_ref().map(|c| c.id()).unwrap_or(0);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if wait_exited(pid) {
+                let _ = tx.send(rank);
             }
+        });
+    }
+    drop(tx);
+    while children.iter().any(Option::is_some) {
+        let rank = match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(rank) => Some(rank),
+            // Nothing reported for a while (or a watcher could not wait): look for ourselves.
+            Err(mpsc::RecvTimeoutError::Timeout) => first_exited(&mut children),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(POLL);
+                first_exited(&mut children)
+            }
+        };
+        let Some((rank, mut child)) = rank.and_then(|r| Some((r, children[r].take()?))) else {
+            continue;
+        };
+        let status = match child.wait() {
+            Ok(status) => status,
+            Err(e) => {
+                stop(&mut children);
+                return Err(e).with_context(|| format!("waiting for rank {rank}"));
+            }
+        };
+        if !status.success() {
+            let others = stop(&mut children);
+            bail!(
+                "rank {rank} of {n} {} after {:.1}s{}",
+                describe(status),
+                started.elapsed().as_secs_f64(),
+                if others > 0 {
+                    format!("; stopped the {others} rank(s) still running")
+                } else {
+                    String::new()
+                }
+            );
         }
-        std::thread::sleep(POLL);
     }
     drop(store);
     Ok(())
+}
+
+/// Blocks until process `pid` (a child) has exited, leaving it unreaped; false if it cannot.
+fn wait_exited(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    loop {
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return true;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return false;
+        }
+    }
+}
+
+/// A rank that has exited (without reaping it), if any.
+fn first_exited(children: &mut [Option<Child>]) -> Option<usize> {
+    children.iter_mut().enumerate().find_map(|(rank, c)| {
+        let pid = c.as_ref()?.id();
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT | libc::WNOHANG,
+            )
+        };
+        (r == 0 && unsafe { info.si_pid() } != 0).then_some(rank)
+    })
 }
 
 /// "exited with status 3", "was killed by signal 9 (SIGKILL)".

@@ -134,9 +134,17 @@ fn expect_equal(tag: &str, what: &str, got: &Tensor, want: &Tensor) -> Result<()
     let got = got.to_device(Device::Cpu);
     let want = want.to_device(Device::Cpu);
     if got.size() != want.size() || got.kind() != want.kind() || !got.equal(&want) {
-        bail!("{tag}: {what}: got {got:?} {:?}, want {want:?} {:?}", Vec::<f64>::try_from(got.to_kind(Kind::Double).flatten(0, -1))?, Vec::<f64>::try_from(want.to_kind(Kind::Double).flatten(0, -1))?);
+        bail!(
+            "{tag}: {what}: got {got:?} {:?}, want {want:?} {:?}",
+            Vec::<f64>::try_from(got.to_kind(Kind::Double).flatten(0, -1))?,
+            Vec::<f64>::try_from(want.to_kind(Kind::Double).flatten(0, -1))?
+        );
     }
-    let first: Vec<f64> = Vec::try_from(got.to_kind(Kind::Double).flatten(0, -1).narrow(0, 0, got.numel().min(4) as i64))?;
+    let first: Vec<f64> = Vec::try_from(got.to_kind(Kind::Double).flatten(0, -1).narrow(
+        0,
+        0,
+        got.numel().min(4) as i64,
+    ))?;
     println!("{tag}: {what}: ok {first:?}");
     Ok(())
 }
@@ -190,7 +198,12 @@ fn check_all(comm: &dyn Collective, device: Device, tag: &str) -> Result<()> {
     let mut t = on(Tensor::zeros([world], (Kind::BFloat16, cpu)));
     let _ = t.get(rank).fill_(vals.double_value(&[rank]));
     comm.all_reduce_sum(&mut t)?;
-    expect_equal(tag, "all_reduce_sum bf16 shares", &t, &vals.to_kind(Kind::BFloat16))?;
+    expect_equal(
+        tag,
+        "all_reduce_sum bf16 shares",
+        &t,
+        &vals.to_kind(Kind::BFloat16),
+    )?;
     let mut t = on(Tensor::full([3], rank + 1, (Kind::Int64, cpu)));
     comm.all_reduce_sum(&mut t)?;
     expect_equal(
