@@ -209,6 +209,40 @@ impl Dist {
     }
 }
 
+/// A `Dist` is its collective (so `&dist` goes wherever a `&dyn Collective` does).
+impl Collective for Dist {
+    fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.comm.world_size()
+    }
+    fn backend(&self) -> &str {
+        self.comm.backend()
+    }
+    fn all_reduce_sum(&self, t: &mut tch::Tensor) -> Result<()> {
+        self.comm.all_reduce_sum(t)
+    }
+    fn all_reduce_avg(&self, t: &mut tch::Tensor) -> Result<()> {
+        self.comm.all_reduce_avg(t)
+    }
+    fn all_reduce_max(&self, t: &mut tch::Tensor) -> Result<()> {
+        self.comm.all_reduce_max(t)
+    }
+    fn broadcast(&self, t: &mut tch::Tensor, root: usize) -> Result<()> {
+        self.comm.broadcast(t, root)
+    }
+    fn all_gather(&self, t: &tch::Tensor) -> Result<tch::Tensor> {
+        self.comm.all_gather(t)
+    }
+    fn reduce_scatter_sum(&self, t: &tch::Tensor) -> Result<tch::Tensor> {
+        self.comm.reduce_scatter_sum(t)
+    }
+    fn barrier(&self) -> Result<()> {
+        self.comm.barrier()
+    }
+}
+
 /// The collective for a run on `device` under the environment's launch (module docs): a c10d
 /// group when `WORLD_SIZE` is set (or `PGOLF_DIST=c10d`), else [`Single`].
 pub fn from_env(device: Device) -> Result<Dist> {

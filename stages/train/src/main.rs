@@ -11,13 +11,14 @@ mod log;
 mod metrics;
 mod optimizers;
 mod params;
+mod ranks;
 mod step;
 mod swa;
 mod validate;
 
 use anyhow::{bail, Result};
 use pgolf_model::{cuda, device_from_str, save_safetensors, save_tensors, Gpt, CONFIG_FILE};
-use pgolf_optim::{muon_momentum, Collective, Ema, Single, Warmdown};
+use pgolf_optim::{muon_momentum, Collective, Ema, Warmdown};
 use pgolf_store::{progress, Stage};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -33,18 +34,20 @@ use swa::Swa;
 use validate::validate;
 
 fn main() {
-    pgolf_store::run_stage::<Params, _>("train", env!("PGOLF_STAGE_IDENTITY"), train);
+    let role = ranks::launch_or_role();
+    pgolf_store::run_stage_as::<Params, _>("train", env!("PGOLF_STAGE_IDENTITY"), role, train);
 }
 
 fn train(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.check()?;
-    let device = device_from_str(&stage.device)?;
+    // One rank of a multi-process run (ranks.rs), or alone; CUDA ranks use GPU LOCAL_RANK.
+    let comm = ranks::join(device_from_str(&stage.device)?)?;
+    let device = comm.device;
     stage.set_device_description(describe(device));
     if p.threads > 0 {
         tch::set_num_threads(p.threads as i32);
     }
-    let comm = Single;
     let plan = p.batch_plan(comm.world_size())?;
     let data_dir = stage.input("data")?.path().to_path_buf();
     let mut log = RunLog::create(&stage.out_path(LOG_FILE))?;
@@ -64,6 +67,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     //    bf16 activations and matmuls; fp32 logits.
     tch::manual_seed(p.seed as i64);
     let (vs, mut gpt) = pgolf_model::build(&p.model, device)?;
+    ranks::sync_weights(gpt.named_parameters(), &comm)?;
     let bf16 = match p.precision.as_str() {
         "auto" => device.is_cuda(),
         other => other == "bf16",
@@ -178,7 +182,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
             muon_momentum: momentum,
             phase_timing: p.phase_timing,
         };
-        let out = train_step(
+        let mut out = train_step(
             &gpt,
             &mut loader,
             &mut opt,
@@ -186,6 +190,8 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
             settings,
             &comm,
         )?;
+        // The loss over all ranks' tokens (every rank then stops on divergence together).
+        [out.loss] = ranks::agree_mean(&comm, device, [out.loss])?;
         if !out.loss.is_finite() {
             bail!(
                 "step {}: the train loss is {} (diverged); stopping",
@@ -201,7 +207,8 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
                 log.line(&format!("swa:start step:{}", step + 1))?;
             }
         }
-        let step_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Agreed over ranks, so the wall-clock warm-down and stop are the same on every rank.
+        let [step_ms] = ranks::agree_mean(&comm, device, [started.elapsed().as_secs_f64() * 1e3])?;
         train_ms += step_ms;
         step += 1;
 
@@ -268,6 +275,8 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     let final_loss = metrics.rows.iter().rev().find_map(|r| r.train_loss);
     let val = last_val.expect("the loop validates before it ends");
     stage.headline("params", p.model.num_params());
+    stage.headline("world_size", comm.world_size());
+    stage.headline("dist_backend", comm.backend());
     stage.headline("steps", step);
     stage.headline("train_seconds", train_ms / 1e3);
     stage.headline("ms_per_step", train_ms / step.max(1) as f64);
