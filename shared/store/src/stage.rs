@@ -232,10 +232,7 @@ where
         RunAs::Stage => out,
         RunAs::Worker { rank } => {
             crate::progress::hide_all();
-            std::env::temp_dir().join(format!(
-                "pgolf-{name}-rank{rank}-{}",
-                std::process::id()
-            ))
+            std::env::temp_dir().join(format!("pgolf-{name}-rank{rank}-{}", std::process::id()))
         }
     };
     let params_json = read_params(cli.params.as_deref())?;

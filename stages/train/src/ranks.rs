@@ -158,7 +158,10 @@ pub fn average_gradients(params: &[Tensor], comm: &dyn Collective) -> Result<()>
         for p in params {
             let g = p.grad();
             if g.defined() {
-                by_kind.entry(format!("{:?}", g.kind())).or_default().push(g);
+                by_kind
+                    .entry(format!("{:?}", g.kind()))
+                    .or_default()
+                    .push(g);
             }
         }
         for grads in by_kind.values() {
@@ -213,7 +216,10 @@ mod tests {
         let (n, rest) = split_nproc(&os(&["--nproc=2", "--out=o"]))?.unwrap();
         assert_eq!((n, rest), (2, os(&["--out=o"])));
         assert_eq!(out_dir(&os(&["--out=o"])), Some(PathBuf::from("o")));
-        assert_eq!(out_dir(&os(&["--in", "a=b", "--out", "x"])), Some(PathBuf::from("x")));
+        assert_eq!(
+            out_dir(&os(&["--in", "a=b", "--out", "x"])),
+            Some(PathBuf::from("x"))
+        );
         assert!(split_nproc(&os(&["--out", "o"]))?.is_none());
         for bad in [&["--nproc"][..], &["--nproc", "0"], &["--nproc", "x"]] {
             assert!(split_nproc(&os(bad)).is_err(), "{bad:?}");
