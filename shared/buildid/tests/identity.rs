@@ -105,7 +105,10 @@ fn a_kernel_edit_rekeys_exactly_the_stages_that_link_the_kernels() {
         assert!(rekeyed.contains(&stage.to_string()), "{stage}: {rekeyed:?}");
     }
     for stage in ["tokenize", "report", "ema-finalize", "pipeline"] {
-        assert!(!rekeyed.contains(&stage.to_string()), "{stage}: {rekeyed:?}");
+        assert!(
+            !rekeyed.contains(&stage.to_string()),
+            "{stage}: {rekeyed:?}"
+        );
     }
     // In general (quantize-pack included, whichever way its edges go): re-keyed iff linked.
     for stage in before.keys() {
@@ -122,7 +125,10 @@ fn cpp_shims_and_build_scripts_are_part_of_the_identity() {
     let tmp = copy_workspace();
     let ws = tmp.path();
     let before = identity(ws, "train").unwrap();
-    append(&ws.join("shared/kernels/csrc/current_stream.cpp"), "\n// edited\n");
+    append(
+        &ws.join("shared/kernels/csrc/current_stream.cpp"),
+        "\n// edited\n",
+    );
     let after_cpp = identity(ws, "train").unwrap();
     assert_ne!(before, after_cpp);
     append(&ws.join("shared/model/build.rs"), "\n// edited\n");
@@ -192,7 +198,9 @@ fn closure_sources_lists_every_kind_of_file_and_no_test_file() {
         let rel = f.canonicalize().unwrap();
         let rel = rel.strip_prefix(&ws_norm).unwrap();
         let top: Vec<_> = rel.components().take(3).collect();
-        let third = top.get(2).map(|c| c.as_os_str().to_string_lossy().to_string());
+        let third = top
+            .get(2)
+            .map(|c| c.as_os_str().to_string_lossy().to_string());
         assert!(
             !matches!(third.as_deref(), Some("tests" | "benches" | "examples")),
             "{}",
@@ -268,7 +276,9 @@ fn optional_dependencies_count_only_where_a_feature_enables_them() {
     let tmp = synthetic(false, "\"big\"");
     let ws = tmp.path();
     let heavy = ws.join("shared/heavy");
-    assert!(!closure_sources(ws, "s").iter().any(|f| f.starts_with(&heavy)));
+    assert!(!closure_sources(ws, "s")
+        .iter()
+        .any(|f| f.starts_with(&heavy)));
     let before = identity(ws, "s").unwrap();
     fs::write(heavy.join("src/lib.rs"), "// edited\n").unwrap();
     assert_eq!(before, identity(ws, "s").unwrap());
@@ -276,7 +286,9 @@ fn optional_dependencies_count_only_where_a_feature_enables_them() {
     let tmp = synthetic(true, "");
     let ws = tmp.path();
     let heavy = ws.join("shared/heavy");
-    assert!(closure_sources(ws, "s").iter().any(|f| f.starts_with(&heavy)));
+    assert!(closure_sources(ws, "s")
+        .iter()
+        .any(|f| f.starts_with(&heavy)));
     let before = identity(ws, "s").unwrap();
     fs::write(heavy.join("src/lib.rs"), "// edited\n").unwrap();
     assert_ne!(before, identity(ws, "s").unwrap());
@@ -285,5 +297,8 @@ fn optional_dependencies_count_only_where_a_feature_enables_them() {
 #[test]
 fn unknown_packages_are_refused() {
     let err = identity(&real_workspace(), "no-such-stage").unwrap_err();
-    assert!(err.to_string().contains("not a crate of this workspace"), "{err}");
+    assert!(
+        err.to_string().contains("not a crate of this workspace"),
+        "{err}"
+    );
 }

@@ -1,8 +1,8 @@
 //! Runs the real ttt-eval binary on a tiny model's artifact and a synthetic Markov corpus.
 
-use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use pgolf_model::ModelConfig;
 use pgolf_store::Manifest;
+use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
