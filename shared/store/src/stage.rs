@@ -206,6 +206,34 @@ where
     }
 }
 
+fn worker_scratch(name: &str, rank: usize, pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("pgolf-{name}-rank{rank}-{pid}"))
+}
+
+/// Removes the scratch folders of `name`'s worker ranks whose process is gone (a worker that was
+/// killed cannot remove its own). Workers call it when they start; launchers may when they end.
+pub fn sweep_worker_scratch(name: &str) {
+    let prefix = format!("pgolf-{name}-rank");
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 /// An error chain on one line: `outer: inner: root`.
 pub fn one_line(err: &anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
@@ -232,7 +260,8 @@ where
         RunAs::Stage => out,
         RunAs::Worker { rank } => {
             crate::progress::hide_all();
-            std::env::temp_dir().join(format!("pgolf-{name}-rank{rank}-{}", std::process::id()))
+            sweep_worker_scratch(name);
+            worker_scratch(name, rank, std::process::id())
         }
     };
     let params_json = read_params(cli.params.as_deref())?;

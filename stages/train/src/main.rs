@@ -144,6 +144,12 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         comm: &comm,
         log: &mut log,
     })?;
+    // Every rank got here (none failed) before rank 0 publishes; the others' outputs would be
+    // copies of rank 0's.
+    comm.barrier()?;
+    if comm.rank() > 0 {
+        return Ok(());
+    }
     outputs::write(stage, &vs, &run, &val_set, device, &mut log)
 }
 

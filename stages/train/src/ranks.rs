@@ -17,8 +17,9 @@
 use anyhow::{bail, Context, Result};
 use pgolf_dist::{Dist, Launch};
 use pgolf_optim::Collective;
-use pgolf_store::stage::{one_line, ERROR_FILE_ENV, INCOMPLETE_MARKER};
+use pgolf_store::stage::{one_line, ERROR_FILE_ENV};
 use pgolf_store::RunAs;
+use pgolf_store::MANIFEST_FILE;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -109,14 +110,18 @@ fn spawn(n: usize, args: &[OsString]) -> Result<()> {
         bail!("--nproc inside a launch that already set WORLD_SIZE (torchrun starts the ranks itself)");
     }
     let exe = std::env::current_exe().context("this program's path")?;
+    let out = out_dir(args);
+    // A finished run there is refused by rank 0 and must stay as it is.
+    let had_finished = out.as_ref().is_some_and(|o| o.join(MANIFEST_FILE).exists());
     let result = pgolf_dist::spawn_ranks(n, &exe, args);
-    if result.is_err() {
-        // A rank killed mid-write leaves rank 0's folder unfinished: nothing complete-looking
-        // may stay (a folder holding the marker is an unfinished run by the store's contract).
-        if let Some(out) = out_dir(args).filter(|o| o.join(INCOMPLETE_MARKER).exists()) {
+    if result.is_err() && !had_finished {
+        // All or nothing: whatever rank 0 wrote goes (a rank killed mid-write leaves it
+        // unfinished; one failing after rank 0 finished makes the run a failure all the same).
+        if let Some(out) = out.filter(|o| o.exists()) {
             let _ = std::fs::remove_dir_all(&out);
         }
     }
+    pgolf_store::stage::sweep_worker_scratch("train");
     result
 }
 

@@ -359,4 +359,12 @@ fn a_killed_rank_fails_the_stage_quickly_with_nothing_published() {
         !out.exists(),
         "the unfinished output folder was left behind"
     );
+    // The killed worker could not remove its scratch folder; the launcher did.
+    let stale: Vec<String> = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("pgolf-train-rank") && n.ends_with(&format!("-{victim}")))
+        .collect();
+    assert!(stale.is_empty(), "{stale:?}");
 }
