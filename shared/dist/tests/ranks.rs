@@ -134,8 +134,9 @@ fn launch(n: usize, args: &[&str], env: &[(&str, &str)], agent: bool) -> Result<
     })
 }
 
-/// The number of checks `pgolf-dist-check` makes (lines ending in `: ok ...`), barrier included.
-const CHECKS: usize = 14;
+/// The number of checks `pgolf-dist-check` makes (lines ending in `: ok ...`), barrier and Muon
+/// included.
+const CHECKS: usize = 15;
 
 fn assert_checks_pass(launch: &mut Launch) -> Result<()> {
     let n = launch.ranks.len();

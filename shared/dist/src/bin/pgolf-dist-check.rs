@@ -268,6 +268,68 @@ fn check_all(comm: &dyn Collective, device: Device, tag: &str) -> Result<()> {
 
     comm.barrier()?;
     println!("{tag}: barrier: ok");
+
+    muon_sharded(comm, device, tag)?;
+    Ok(())
+}
+
+/// Muon computes parameter i on rank i mod world and shares the bf16 updates: with the same
+/// gradients on every rank, two steps must give exactly the weights of one process computing all.
+fn muon_sharded(comm: &dyn Collective, device: Device, tag: &str) -> Result<()> {
+    let shapes = [
+        [8i64, 16],
+        [16, 8],
+        [8, 16],
+        [8, 8],
+        [8, 16],
+        [16, 8],
+        [4, 4],
+    ];
+    let make = |seed: i64| -> Vec<Tensor> {
+        tch::manual_seed(seed);
+        shapes
+            .iter()
+            .map(|s| Tensor::randn(s.as_slice(), (Kind::Float, device)).set_requires_grad(true))
+            .collect()
+    };
+    let run = |params: Vec<Tensor>,
+               rank: usize,
+               world: usize,
+               c: &dyn Collective|
+     -> Result<Vec<Tensor>> {
+        let mut muon = pgolf_optim::Muon::new(
+            params.iter().map(|p| p.shallow_clone()).collect(),
+            0.05,
+            0.9,
+            5,
+            rank,
+            world,
+        )?;
+        for step in 0..2 {
+            tch::manual_seed(100 + step);
+            for p in &params {
+                let mut g = p.grad();
+                if !g.defined() {
+                    let _ = (p * 0.0).sum(Kind::Float).backward();
+                    g = p.grad();
+                }
+                g.copy_(&Tensor::randn(p.size().as_slice(), (Kind::Float, device)));
+            }
+            muon.step(c)?;
+        }
+        Ok(params.iter().map(|p| p.detach().copy()).collect())
+    };
+    let sharded = run(make(7), comm.rank(), comm.world_size(), comm)?;
+    let alone = run(make(7), 0, 1, &pgolf_optim::Single)?;
+    for (i, (a, b)) in sharded.iter().zip(&alone).enumerate() {
+        if !a.equal(b) {
+            bail!(
+                "{tag}: Muon sharded over {} ranks differs from one process at parameter {i}",
+                comm.world_size()
+            );
+        }
+    }
+    println!("{tag}: muon sharded = one process: ok");
     Ok(())
 }
 
