@@ -32,7 +32,7 @@ fn markov_tokens(docs: usize, seed: u64) -> Vec<u16> {
     };
     let mut out = Vec::new();
     for _ in 0..docs {
-        out.push(BOS);
+        out.extend([BOS]);
         let mut s = next() % 16;
         for _ in 0..60 {
             out.push(4 + b'a' as u16 + s as u16);
@@ -177,14 +177,8 @@ fn one_two_three(root: &Path, data: &Path, tag: &str, tweak: impl Fn(&mut Value)
     });
     let curves = runs.each_ref().map(Run::losses);
     eprintln!("{tag}: train loss   1 rank   2 ranks   3 ranks");
-    for s in 0..STEPS as usize {
-        eprintln!(
-            "{tag}: step {:>2}     {:.4}   {:.4}    {:.4}",
-            s + 1,
-            curves[0][s],
-            curves[1][s],
-            curves[2][s]
-        );
+    for (s, ((a, b), c)) in curves[0].iter().zip(&curves[1]).zip(&curves[2]).enumerate() {
+        eprintln!("{tag}: step {:>2}     {a:.4}   {b:.4}    {c:.4}", s + 1);
     }
     for c in &curves {
         assert_eq!(c.len(), STEPS as usize);

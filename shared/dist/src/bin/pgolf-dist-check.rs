@@ -310,7 +310,7 @@ fn muon_sharded(comm: &dyn Collective, device: Device, tag: &str) -> Result<()> 
             for p in &params {
                 let mut g = p.grad();
                 if !g.defined() {
-                    let _ = (p * 0.0).sum(Kind::Float).backward();
+                    (p * 0.0).sum(Kind::Float).backward();
                     g = p.grad();
                 }
                 g.copy_(&Tensor::randn(p.size().as_slice(), (Kind::Float, device)));
