@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use pgolf_data::{list_shards, Shard, Split, TokenStream};
+use pgolf_model::Formulation;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +41,9 @@ pub struct Params {
     /// Tokens of the training stream to skip first.
     pub offset: usize,
     pub compute: Compute,
+    /// How the model is written (pgolf-model `Formulation`): `fast` (default) or `literal`; the
+    /// same function, so the same Hessians up to rounding.
+    pub formulation: Formulation,
     /// Self-generation: sampling temperature, RNG seed, sequences generated together.
     pub temperature: f64,
     pub seed: i64,
@@ -55,6 +59,7 @@ impl Default for Params {
             batch_sequences: 16,
             offset: 0,
             compute: Compute::Auto,
+            formulation: Formulation::Fast,
             temperature: 0.8,
             seed: 42,
             gen_batch: 8,
@@ -163,6 +168,7 @@ pub struct Record<'a> {
     pub offset: usize,
     pub tokens: usize,
     pub compute: String,
+    pub formulation: &'static str,
     /// Rows (token positions) each Hessian was accumulated over.
     pub rows: BTreeMap<String, usize>,
     /// How H was normalised.
@@ -177,6 +183,7 @@ impl<'a> Record<'a> {
         tokens: usize,
         sums: &Sums,
         compute: Kind,
+        formulation: Formulation,
     ) -> Record<'a> {
         Record {
             origin,
@@ -187,6 +194,7 @@ impl<'a> Record<'a> {
             offset: p.offset,
             tokens,
             compute: format!("{compute:?}"),
+            formulation: formulation.name(),
             rows: sums.rows.clone(),
             normalisation: "H = (sum over batches of X^T X) / batches",
         }
@@ -197,6 +205,25 @@ impl<'a> Record<'a> {
 mod tests {
     use super::*;
     use pgolf_data::write_shard;
+
+    /// `fast` (the default) and `literal`; the old formulation names are refused.
+    #[test]
+    fn formulation_is_literal_or_fast() {
+        assert_eq!(Params::default().formulation, Formulation::Fast);
+        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
+        assert_eq!(p.formulation, Formulation::Literal);
+        for old in [
+            r#"{"formulation": "kernels"}"#,
+            r#"{"formulation": "fused"}"#,
+            r#"{"fused": true}"#,
+        ] {
+            let e = serde_json::from_str::<Params>(old)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("unknown"), "{old}: {e}");
+        }
+    }
 
     #[test]
     fn train_sequences_take_the_stream_after_the_offset_and_check_the_vocab() {

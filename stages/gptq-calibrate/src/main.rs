@@ -31,6 +31,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     load_safetensors(&mut vs, &weights.join("model.safetensors"))?;
     let compute = p.compute_kind(device);
     gpt.set_compute_kind(compute);
+    gpt.set_formulation(p.formulation, device)?;
     let seq_len = p.seq_len.unwrap_or(cfg.seq_len);
 
     let clock = Instant::now();
@@ -55,7 +56,15 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
 
     let tokens = sequences.numel();
     let layers = sums.write(&stage.out_path("hessians.safetensors"))?;
-    let record = calibration::Record::new(p, &origin, seq_len, tokens, &sums, compute);
+    let record = calibration::Record::new(
+        p,
+        &origin,
+        seq_len,
+        tokens,
+        &sums,
+        compute,
+        gpt.formulation(),
+    );
     std::fs::write(
         stage.out_path("calibration.json"),
         serde_json::to_vec_pretty(&record)?,

@@ -51,10 +51,12 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         p.compute,
         val.lut.vocab_size(),
     )?;
+    net.gpt.set_formulation(p.formulation, device)?;
     stage.set_device_description(format!(
-        "{} ({:?} compute)",
+        "{} ({:?} compute, {} formulation)",
         stage.device,
-        net.gpt.compute_kind()
+        net.gpt.compute_kind(),
+        net.gpt.formulation().name()
     ));
 
     // 2. The network's windows, proved single-pass.

@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use pgolf_eval::ngram::MixWeight;
 use pgolf_eval::torch::Compute;
+use pgolf_model::Formulation;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +57,9 @@ pub struct Params {
     pub batch_windows: usize,
     pub probes: usize,
     pub compute: Compute,
+    /// How the network is written (pgolf-model `Formulation`): `fast` (default) or `literal`;
+    /// `compute: upstream` always runs the literal one.
+    pub formulation: Formulation,
     /// Kneser–Ney order (1..=8).
     pub order: usize,
     /// The n-gram weight λ: fixed, or from the network's predictive entropy.
@@ -76,6 +80,7 @@ impl Default for Params {
             batch_windows: 32,
             probes: 64,
             compute: Compute::Auto,
+            formulation: Formulation::Fast,
             order: 4,
             weight: MixWeight::Entropy {
                 min: 0.02,
@@ -99,5 +104,22 @@ impl Params {
             bail!("params: train_tokens applies to mix mode only");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fast` (the default) and `literal`; the old formulation names are refused.
+    #[test]
+    fn formulation_is_literal_or_fast() {
+        assert_eq!(Params::default().formulation, Formulation::Fast);
+        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
+        assert_eq!(p.formulation, Formulation::Literal);
+        for old in [r#"{"formulation": "kernels"}"#, r#"{"fused": true}"#] {
+            let e = serde_json::from_str::<Params>(old).unwrap_err().to_string();
+            assert!(e.contains("unknown"), "{old}: {e}");
+        }
     }
 }

@@ -87,10 +87,10 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         serde_json::to_string(&p.model)?
     ))?;
     log.line(&format!(
-        "device:{} precision:{} formulation:{:?} cuda_graphs:{} world_size:{} grad_accum_steps:{} local_tokens:{} val_tokens:{} val_bytes:{}",
+        "device:{} precision:{} formulation:{} cuda_graphs:{} world_size:{} grad_accum_steps:{} local_tokens:{} val_tokens:{} val_bytes:{}",
         describe(device),
         if bf16 { "bf16" } else { "f32" },
-        p.formulation,
+        gpt.formulation().name(),
         p.cuda_graphs && device.is_cuda(),
         plan.world_size,
         plan.grad_accum,

@@ -15,7 +15,7 @@ use pgolf_eval::report::{
 };
 use pgolf_eval::torch::{dump_activations, load_artifact_for_vocab, ACTIVATIONS_FILE};
 use pgolf_eval::ValSet;
-use pgolf_model::{device_from_str, save_tensors, Numerics, CONFIG_FILE};
+use pgolf_model::{device_from_str, save_tensors, CONFIG_FILE};
 use pgolf_store::progress::bar;
 use pgolf_store::Stage;
 use serde_json::{json, Map, Value};
@@ -44,17 +44,13 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         val.lut.vocab_size(),
     )?;
     let mut net = net;
-    net.gpt.set_fused(p.fused);
+    net.gpt.set_formulation(p.formulation, device)?;
     stage.set_device_description(format!(
-        "{} ({:?} compute, {:?} numerics{})",
+        "{} ({:?} compute, {:?} numerics, {} formulation)",
         stage.device,
         net.gpt.compute_kind(),
         net.gpt.numerics(),
-        if net.gpt.is_fused() && net.gpt.numerics() == Numerics::Native {
-            ", fused blocks"
-        } else {
-            ", literal blocks"
-        }
+        net.gpt.formulation().name()
     ));
     if p.export_decoded {
         save_tensors(
