@@ -20,6 +20,7 @@ STAGES=(train tokenize ema-finalize gptq-calibrate quantize-pack ttt-eval ngram-
 EXTRAS=(
   "-p pgolf-kernels --example check_kernels|examples/check_kernels"
   "-p pgolf-model --example check_model_gpu|examples/check_model_gpu"
+  "-p pgolf-dist --bin pgolf-dist-check|pgolf-dist-check"
 )
 
 cargo build --release $(printf -- '-p %s ' "${STAGES[@]}")

@@ -5,7 +5,8 @@
 //! - [`Adam`] with named groups ([`AdamGroup`]: tied embedding, scalars/controls, untied head).
 //! - [`schedule`]: the warm-down LR multiplier (iterations or wall clock) and the momentum ramp.
 //! - [`Ema`]: the weight average, with its update count.
-//! - [`clip_grad_norm`]; [`Collective`] (rank, world size, all-reduce) with [`Single`].
+//! - [`clip_grad_norm`]; [`Collective`] (rank, world size, the collectives) with [`Single`]
+//!   (one process; `pgolf_dist::ProcessGroup` is the c10d one).
 
 pub mod adam;
 pub mod clip;

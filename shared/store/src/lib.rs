@@ -16,4 +16,4 @@ pub mod stage;
 
 pub use key::{canonical_json, run_key};
 pub use manifest::{InputRef, Manifest, OutputFile, MANIFEST_FILE, MANIFEST_SCHEMA};
-pub use stage::{run_stage, Input, Stage};
+pub use stage::{run_stage, run_stage_as, Input, RunAs, Stage};

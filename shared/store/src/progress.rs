@@ -3,10 +3,19 @@
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static HIDDEN: AtomicBool = AtomicBool::new(false);
+
+/// Hides every bar of this process from now on (the worker ranks of a multi-process run: only
+/// rank 0 draws, or N bars would fight over one terminal).
+pub fn hide_all() {
+    HIDDEN.store(true, Ordering::Relaxed);
+}
 
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
-    if !std::io::stderr().is_terminal() {
+    if HIDDEN.load(Ordering::Relaxed) || !std::io::stderr().is_terminal() {
         bar.set_draw_target(ProgressDrawTarget::hidden());
     }
     bar.set_style(

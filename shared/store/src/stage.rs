@@ -148,9 +148,30 @@ impl<P> Stage<P> {
     }
 }
 
+/// How a process takes part in a stage run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunAs {
+    /// The stage run itself: writes `--out` and the manifest.
+    Stage,
+    /// A worker rank of a multi-process run whose rank 0 is the stage run: same command line,
+    /// params and inputs, but its body writes into a private scratch folder (removed when it
+    /// ends, success or not), no manifest is written, no progress bar drawn, and its error line
+    /// names its rank.
+    Worker { rank: usize },
+}
+
 /// Runs a stage body under the contract and exits the process. `identity` is
 /// `env!("PGOLF_STAGE_IDENTITY")` from the stage's build script.
 pub fn run_stage<P, F>(name: &'static str, identity: &'static str, body: F) -> !
+where
+    P: DeserializeOwned + Serialize,
+    F: FnOnce(&mut Stage<P>) -> Result<()>,
+{
+    run_stage_as(name, identity, RunAs::Stage, body)
+}
+
+/// [`run_stage`] for a process that may be a worker rank ([`RunAs`]).
+pub fn run_stage_as<P, F>(name: &'static str, identity: &'static str, role: RunAs, body: F) -> !
 where
     P: DeserializeOwned + Serialize,
     F: FnOnce(&mut Stage<P>) -> Result<()>,
@@ -161,19 +182,54 @@ where
         std::process::exit(0);
     }
     let mut created_out: Option<PathBuf> = None;
-    let result = run(name, identity, cli, body, &mut created_out);
+    let result = run(name, identity, cli, role, body, &mut created_out);
+    if let (RunAs::Worker { .. }, Some(out)) = (role, &created_out) {
+        let _ = fs::remove_dir_all(out);
+    }
     match result {
         Ok(()) => std::process::exit(0),
         Err(err) => {
             if let Some(out) = created_out {
                 let _ = fs::remove_dir_all(&out);
             }
-            let line = format!("error: {name}: {}", one_line(&err));
+            let who = match role {
+                RunAs::Stage => String::new(),
+                RunAs::Worker { rank } => format!("rank {rank}: "),
+            };
+            let line = format!("error: {name}: {who}{}", one_line(&err));
             eprintln!("{line}");
             if let Some(path) = std::env::var_os(ERROR_FILE_ENV) {
                 let _ = fs::write(path, format!("{line}\n"));
             }
             std::process::exit(1);
+        }
+    }
+}
+
+fn worker_scratch(name: &str, rank: usize, pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("pgolf-{name}-rank{rank}-{pid}"))
+}
+
+/// Removes the scratch folders of `name`'s worker ranks whose process is gone (a worker that was
+/// killed cannot remove its own). Workers call it when they start; launchers may when they end.
+pub fn sweep_worker_scratch(name: &str) {
+    let prefix = format!("pgolf-{name}-rank");
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_dir_all(entry.path());
         }
     }
 }
@@ -187,6 +243,7 @@ fn run<P, F>(
     name: &'static str,
     identity: &'static str,
     cli: StageCli,
+    role: RunAs,
     body: F,
     created_out: &mut Option<PathBuf>,
 ) -> Result<()>
@@ -198,6 +255,15 @@ where
         .out
         .clone()
         .ok_or_else(|| anyhow!("--out DIR is required"))?;
+    // A worker writes nothing where the stage run writes: its own scratch folder instead.
+    let out = match role {
+        RunAs::Stage => out,
+        RunAs::Worker { rank } => {
+            crate::progress::hide_all();
+            sweep_worker_scratch(name);
+            worker_scratch(name, rank, std::process::id())
+        }
+    };
     let params_json = read_params(cli.params.as_deref())?;
     let params: P = serde_json::from_value(params_json.clone()).map_err(|e| {
         let source = cli
@@ -233,6 +299,9 @@ where
         device_description: None,
     };
     body(&mut stage)?;
+    if role != RunAs::Stage {
+        return Ok(());
+    }
 
     fs::remove_file(out.join(INCOMPLETE_MARKER))?;
     let manifest = Manifest {

@@ -13,6 +13,7 @@ mod optimizers;
 mod outputs;
 mod params;
 mod profile;
+mod ranks;
 mod run_loop;
 mod step;
 mod swa;
@@ -21,7 +22,7 @@ mod warmup;
 
 use anyhow::Result;
 use pgolf_model::{cuda, device_from_str};
-use pgolf_optim::{Collective, Single};
+use pgolf_optim::Collective;
 use pgolf_store::Stage;
 use std::time::Instant;
 use tch::{Device, Kind};
@@ -35,18 +36,22 @@ use run_loop::Training;
 use warmup::warm_up;
 
 fn main() {
-    pgolf_store::run_stage::<Params, _>("train", env!("PGOLF_STAGE_IDENTITY"), train);
+    let role = ranks::launch_or_role();
+    pgolf_store::run_stage_as::<Params, _>("train", env!("PGOLF_STAGE_IDENTITY"), role, train);
 }
 
 fn train(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.check()?;
-    let device = device_from_str(&stage.device)?;
+    // One rank of a multi-process run (ranks.rs), or alone; CUDA ranks use GPU LOCAL_RANK.
+    let comm = ranks::join(device_from_str(&stage.device)?)?;
+    let device = comm.device;
     stage.set_device_description(describe(device));
     if p.threads > 0 {
         tch::set_num_threads(p.threads as i32);
     }
-    let comm = Single;
+    stage.headline("world_size", comm.world_size());
+    stage.headline("dist_backend", comm.backend());
     let plan = p.batch_plan(comm.world_size())?;
     let data_dir = stage.input("data")?.path().to_path_buf();
     let mut log = RunLog::create(&stage.out_path(LOG_FILE))?;
@@ -66,6 +71,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     //    bf16 activations and matmuls; fp32 logits.
     tch::manual_seed(p.seed as i64);
     let (vs, mut gpt) = pgolf_model::build(&p.model, device)?;
+    ranks::sync_weights(gpt.named_parameters(), &comm)?;
     let bf16 = match p.precision.as_str() {
         "auto" => device.is_cuda(),
         other => other == "bf16",
@@ -138,6 +144,12 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         comm: &comm,
         log: &mut log,
     })?;
+    // Every rank got here (none failed) before rank 0 publishes; the others' outputs would be
+    // copies of rank 0's.
+    comm.barrier()?;
+    if comm.rank() > 0 {
+        return Ok(());
+    }
     outputs::write(stage, &vs, &run, &val_set, device, &mut log)
 }
 

@@ -77,16 +77,7 @@ impl Optimizers {
 
     /// Averages gradients over ranks, clips, and steps every optimizer.
     pub fn step(&mut self, lr_mul: f64, muon_momentum: f64, comm: &dyn Collective) -> Result<()> {
-        let world = comm.world_size();
-        if world > 1 {
-            for t in &self.all {
-                let mut g = t.grad();
-                comm.all_reduce_sum(&mut g)?;
-                tch::no_grad(|| {
-                    let _ = g.g_mul_scalar_(1.0 / world as f64);
-                });
-            }
-        }
+        crate::ranks::average_gradients(&self.all, comm)?;
         if self.grad_clip_norm > 0.0 {
             let _total_norm = clip_grad_norm(&self.all, self.grad_clip_norm);
         }

@@ -106,7 +106,9 @@ pub fn run(t: Training) -> Result<Finished> {
         };
         profile.at_step(step)?;
         let started = Instant::now();
-        let out = train_step(gpt, loader, opt, graphed.as_deref_mut(), settings, comm)?;
+        let mut out = train_step(gpt, loader, opt, graphed.as_deref_mut(), settings, comm)?;
+        // The loss over all ranks' tokens (every rank then stops on divergence together).
+        [out.loss] = crate::ranks::agree_mean(comm, val_set.tokens.device(), [out.loss])?;
         if !out.loss.is_finite() {
             bail!(
                 "step {}: the train loss is {} (diverged); stopping",
@@ -122,7 +124,12 @@ pub fn run(t: Training) -> Result<Finished> {
                 log.line(&format!("swa:start step:{}", step + 1))?;
             }
         }
-        let step_ms = started.elapsed().as_secs_f64() * 1e3;
+        // Agreed over ranks, so the wall-clock warm-down and stop are the same on every rank.
+        let [step_ms] = crate::ranks::agree_mean(
+            comm,
+            val_set.tokens.device(),
+            [started.elapsed().as_secs_f64() * 1e3],
+        )?;
         train_ms += step_ms;
         step += 1;
 
