@@ -1,6 +1,7 @@
 //! The per-document table `docs.parquet` (docs/STAGES.md): where each document sits in its split's
 //! token stream and how many bytes of text it is. Evaluation takes its byte denominator from here.
 
+use pgolf_store::files;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -13,8 +14,6 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::shard::Split;
-
-pub const DOC_TABLE_FILE: &str = "docs.parquet";
 
 /// One document of a tokenized corpus.
 #[derive(Clone, Debug, PartialEq)]
@@ -205,7 +204,7 @@ mod tests {
     #[test]
     fn round_trips_with_nulls_and_leaves_no_partial_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DOC_TABLE_FILE);
+        let path = dir.path().join(files::DOC_TABLE);
         write_doc_table(&path, &sample()).unwrap();
         assert_eq!(read_doc_table(&path).unwrap(), sample());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -266,7 +265,7 @@ mod tests {
     #[test]
     fn rejects_an_unknown_split_and_a_non_parquet_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DOC_TABLE_FILE);
+        let path = dir.path().join(files::DOC_TABLE);
         let full = to_batch(&sample()).unwrap();
         let mut columns = full.columns().to_vec();
         columns[1] = Arc::new(StringArray::from(vec!["val", "test", "train"]));

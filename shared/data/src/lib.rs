@@ -14,8 +14,8 @@ pub mod shard;
 pub mod sp_model;
 pub mod tokenizer_info;
 
-pub use doc_table::{read_doc_table, write_doc_table, DocRecord, DOC_TABLE_FILE};
+pub use doc_table::{read_doc_table, write_doc_table, DocRecord};
 pub use lut::ByteLut;
 pub use rng::Rng;
 pub use shard::{list_shards, write_shard, Shard, Split, TokenStream};
-pub use tokenizer_info::{TokenizerInfo, TokenizerKind, TOKENIZER_INFO_FILE, TOKENIZER_MODEL_FILE};
+pub use tokenizer_info::{TokenizerInfo, TokenizerKind};

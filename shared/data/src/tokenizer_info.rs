@@ -1,13 +1,11 @@
 //! `tokenizer.json` in a tokenize output: which tokenizer made the shards, so readers can rebuild
 //! the byte lookup tables and check vocab sizes without guessing.
 
+use pgolf_store::files;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-pub const TOKENIZER_INFO_FILE: &str = "tokenizer.json";
-/// The copy of the SentencePiece model beside the shards (absent for `byte260`).
-pub const TOKENIZER_MODEL_FILE: &str = "tokenizer.model";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -37,7 +35,7 @@ impl TokenizerInfo {
 
     /// Reads `dir/tokenizer.json`.
     pub fn read(dir: &Path) -> Result<TokenizerInfo> {
-        let path = dir.join(TOKENIZER_INFO_FILE);
+        let path = dir.join(files::TOKENIZER_INFO);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let info: TokenizerInfo = serde_json::from_str(&text)
@@ -55,7 +53,7 @@ impl TokenizerInfo {
 
     /// Writes `dir/tokenizer.json`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(TOKENIZER_INFO_FILE);
+        let path = dir.join(files::TOKENIZER_INFO);
         std::fs::write(&path, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("{}: cannot write", path.display()))
     }
@@ -74,7 +72,7 @@ mod tests {
             bos_id: 1,
         };
         info.write(dir.path()).unwrap();
-        let text = std::fs::read_to_string(dir.path().join(TOKENIZER_INFO_FILE)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(files::TOKENIZER_INFO)).unwrap();
         assert!(text.contains("\"sentencepiece\""), "{text}");
         assert_eq!(TokenizerInfo::read(dir.path()).unwrap(), info);
     }
@@ -82,7 +80,7 @@ mod tests {
     #[test]
     fn rejects_unknown_kind_and_bad_bos() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(TOKENIZER_INFO_FILE);
+        let path = dir.path().join(files::TOKENIZER_INFO);
         std::fs::write(&path, r#"{"kind":"wordpiece","vocab_size":10,"bos_id":1}"#).unwrap();
         let err = format!("{:#}", TokenizerInfo::read(dir.path()).unwrap_err());
         assert!(

@@ -2,6 +2,7 @@
 //! runs, and the summary (whose fields are also the manifest headline). The guards that judge a
 //! finished ledger run here, so no summary exists for a run that failed one.
 
+use pgolf_store::files;
 use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -18,10 +19,6 @@ use crate::bpb::bits_per_byte;
 use crate::guards::{bytes_check, entropy_guard, BytesCheck, EntropyCheck, Normalization};
 use crate::ledger::LedgerReport;
 use crate::valset::ValSet;
-
-pub const RESULTS_FILE: &str = "results.parquet";
-pub const CHUNKS_FILE: &str = "chunks.parquet";
-pub const SUMMARY_FILE: &str = "summary.json";
 
 /// Which byte count the scored number divides by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -313,7 +310,7 @@ mod tests {
         assert!(s.byte_denominator.starts_with("lut (upstream"));
         assert!(s.guard_bytes.starts_with("n/a"));
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(RESULTS_FILE);
+        let path = dir.path().join(files::RESULTS);
         write_doc_results(&path, &val, &r).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
             .unwrap()

@@ -1,5 +1,5 @@
 //! `manifest.json`: the last file a stage writes, and the only proof that a run is complete.
-//! The schema is documented in docs/MANIFEST.md; bump [`MANIFEST_SCHEMA`] on any incompatible change.
+//! The schema is documented in docs/CONTRACT.md; bump [`MANIFEST_SCHEMA`] on any incompatible change.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::device::DeviceRecord;
+use crate::files::MANIFEST;
 use crate::hashing::hash_file;
 
-pub const MANIFEST_FILE: &str = "manifest.json";
 pub const MANIFEST_SCHEMA: u32 = 1;
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -33,7 +34,10 @@ pub struct Manifest {
     pub finished: String,
     pub wall_seconds: f64,
     pub host: String,
-    pub device: String,
+    /// What the run computed on, by field; an older manifest's free-form string reads as an
+    /// unknown record (see [`DeviceRecord`]).
+    #[serde(default)]
+    pub device: DeviceRecord,
     /// The stage's headline figures (e.g. `val_bpb`, `artifact_bytes`), for status lines and reports.
     pub headline: BTreeMap<String, Value>,
 }
@@ -64,7 +68,7 @@ pub struct OutputFile {
 impl Manifest {
     /// Reads and parses `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join(MANIFEST_FILE);
+        let path = dir.join(MANIFEST);
         let bytes = fs::read(&path).with_context(|| {
             format!(
                 "{}: no manifest (not a finished stage output)",
@@ -148,7 +152,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
                     .unwrap()
                     .to_string_lossy()
                     .replace('\\', "/");
-                if rel != MANIFEST_FILE {
+                if rel != MANIFEST {
                     out.push((rel, path));
                 }
             }

@@ -1,5 +1,6 @@
 //! Runs the real ngram-eval binary on a tiny model's artifact and a synthetic Markov corpus.
 
+use pgolf_store::files;
 use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use pgolf_model::ModelConfig;
 use pgolf_store::Manifest;
@@ -41,7 +42,7 @@ fn run(params: Value) -> Result<BTreeMap<String, Value>, String> {
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
     }
-    assert!(out.join("results.parquet").is_file() && out.join("summary.json").is_file());
+    assert!(out.join(files::RESULTS).is_file() && out.join(files::SUMMARY).is_file());
     let mut h = Manifest::read(&out).unwrap().headline;
     h.insert("targets_in_stream".into(), json!(tokens.len() - 1));
     Ok(h)

@@ -1,6 +1,7 @@
 //! `pipeline run [TARGET]`: plan, run what is stale, reuse the rest, then the sweep table and the
 //! report's path.
 
+use pgolf_store::files;
 use anyhow::{bail, Result};
 use std::collections::BTreeSet;
 
@@ -61,7 +62,7 @@ pub fn run(session: &Session, args: &RunArgs) -> Result<()> {
         let report = session
             .project
             .run_dir(&inst.stage, &inst.key)
-            .join("report.html");
+            .join(files::REPORT_HTML);
         if results.manifests[t].is_some() && report.is_file() {
             println!("report: {}", report.display());
         }

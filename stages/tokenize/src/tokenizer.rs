@@ -1,9 +1,10 @@
 //! The tokenizer that turns text into shard tokens: a SentencePiece model (encoded by the real
 //! SentencePiece library, so ids match the Python package) or the built-in `byte260`.
 
+use pgolf_store::files;
 use anyhow::{anyhow, bail, Context, Result};
 use pgolf_data::sp_model::ModelProto;
-use pgolf_data::{ByteLut, TokenizerInfo, TokenizerKind, TOKENIZER_MODEL_FILE};
+use pgolf_data::{ByteLut, TokenizerInfo, TokenizerKind};
 use sentencepiece::SentencePieceProcessor;
 use std::path::Path;
 
@@ -96,7 +97,7 @@ impl Tokenizer {
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         self.info.write(dir)?;
         if let Some(bytes) = &self.model_bytes {
-            let path = dir.join(TOKENIZER_MODEL_FILE);
+            let path = dir.join(files::TOKENIZER_MODEL);
             std::fs::write(&path, bytes)
                 .with_context(|| format!("{}: cannot write", path.display()))?;
         }

@@ -15,17 +15,19 @@ mod step;
 mod swa;
 mod validate;
 
+use pgolf_store::files;
 use anyhow::{bail, Result};
-use pgolf_model::{cuda, device_from_str, save_safetensors, save_tensors, Gpt, CONFIG_FILE};
+use pgolf_model::{save_safetensors, save_tensors, Gpt};
+use pgolf_runtime::{cuda, describe, device_from_str, profiler};
 use pgolf_optim::{muon_momentum, Collective, Ema, Single, Warmdown};
 use pgolf_store::{progress, Stage};
 use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use data::{BatchLoader, ValTokens};
 use graphed::GraphedMicroStep;
-use log::{RunLog, LOG_FILE};
-use metrics::{Metrics, Row, METRICS_FILE};
+use log::RunLog;
+use metrics::{Metrics, Row};
 use optimizers::Optimizers;
 use params::Params;
 use step::{train_step, StepSettings};
@@ -40,14 +42,14 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.check()?;
     let device = device_from_str(&stage.device)?;
-    stage.set_device_description(describe(device));
     if p.threads > 0 {
         tch::set_num_threads(p.threads as i32);
     }
     let comm = Single;
+    stage.set_device(describe(device, comm.world_size()));
     let plan = p.batch_plan(comm.world_size())?;
     let data_dir = stage.input("data")?.path().to_path_buf();
-    let mut log = RunLog::create(&stage.out_path(LOG_FILE))?;
+    let mut log = RunLog::create(&stage.out_path(files::TRAIN_LOG))?;
 
     // 1. Data: the sequential train stream and the val split, checked against the model's vocab.
     let mut loader = BatchLoader::open(&data_dir, plan, comm.rank(), p.model.vocab_size, device)?;
@@ -64,10 +66,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     //    bf16 activations and matmuls; fp32 logits.
     tch::manual_seed(p.seed as i64);
     let (vs, mut gpt) = pgolf_model::build(&p.model, device)?;
-    let bf16 = match p.precision.as_str() {
-        "auto" => device.is_cuda(),
-        other => other == "bf16",
-    };
+    let bf16 = p.precision.is_bf16(device.is_cuda());
     if bf16 {
         gpt.set_compute_kind(Kind::BFloat16);
         gpt.set_embedding_kind(Kind::BFloat16);
@@ -80,7 +79,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     ))?;
     log.line(&format!(
         "device:{} precision:{} formulation:{:?} cuda_graphs:{} world_size:{} grad_accum_steps:{} local_tokens:{} val_tokens:{} val_bytes:{}",
-        describe(device),
+        describe(device, comm.world_size()).summary(),
         if bf16 { "bf16" } else { "f32" },
         p.formulation,
         p.cuda_graphs && device.is_cuda(),
@@ -241,21 +240,21 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     bar.finish_and_clear();
 
     // 5. Outputs: raw weights, the EMA (only if it was ever updated), config, metrics, headline.
-    save_safetensors(&vs, &stage.out_path("model.safetensors"))?;
+    save_safetensors(&vs, &stage.out_path(files::WEIGHTS))?;
     let ema_updates = ema.as_ref().map_or(0, |e| e.updates());
     if let Some(ema) = ema.as_ref().filter(|e| e.updates() > 0) {
-        save_tensors(ema.shadow(), &stage.out_path("ema.safetensors"))?;
+        save_tensors(ema.shadow(), &stage.out_path(files::EMA_WEIGHTS))?;
     }
     let swa_snapshots = swa.as_ref().map_or(0, |s| s.count());
     if let Some(average) = swa.as_ref().map(Swa::average).transpose()?.flatten() {
-        save_tensors(&average, &stage.out_path("swa.safetensors"))?;
+        save_tensors(&average, &stage.out_path(files::SWA_WEIGHTS))?;
         log.line(&format!(
             "swa: averaged {swa_snapshots} snapshots from step {}",
             swa.as_ref().and_then(Swa::first_step).unwrap_or(0)
         ))?;
     }
-    p.model.write(&stage.out_path(CONFIG_FILE))?;
-    metrics.write(&stage.out_path(METRICS_FILE))?;
+    p.model.write(&stage.out_path(files::MODEL_CONFIG))?;
+    metrics.write(&stage.out_path(files::METRICS))?;
     let peak = cuda::peak_memory(device);
     if let Some((allocated, reserved)) = peak {
         log.line(&format!(
@@ -332,16 +331,6 @@ fn warm_up(
     loader.restart()
 }
 
-fn describe(device: Device) -> String {
-    match device {
-        Device::Cuda(i) => match cuda::gpu_name(device) {
-            Some(name) => format!("cuda:{i} {name}"),
-            None => format!("cuda:{i}"),
-        },
-        _ => format!("cpu ({} threads)", tch::get_num_threads()),
-    }
-}
-
 /// A diagnostic, off unless `PGOLF_PROFILE_TRACE` names a file: records steps
 /// `[PGOLF_PROFILE_FROM, PGOLF_PROFILE_FROM + PGOLF_PROFILE_STEPS)` (default 3 and 2) with
 /// libtorch's profiler and writes their Chrome trace there (`bench/trace_summary.py` reads it).
@@ -350,7 +339,7 @@ struct ProfileWindow {
     path: Option<std::path::PathBuf>,
     from: u64,
     to: u64,
-    recording: Option<pgolf_model::profiler::Recording>,
+    recording: Option<profiler::Recording>,
 }
 
 impl ProfileWindow {
@@ -378,7 +367,7 @@ impl ProfileWindow {
             return Ok(());
         };
         if step == self.from {
-            self.recording = Some(pgolf_model::profiler::start()?);
+            self.recording = Some(profiler::start()?);
         } else if step == self.to {
             if let Some(recording) = self.recording.take() {
                 recording.save(path)?;

@@ -1,6 +1,7 @@
 //! The per-step metrics table (`metrics.parquet`, docs/STAGES.md): one row per optimizer step,
 //! plus a step-0 row when the run validates before training (its train loss is null).
 
+use pgolf_store::files;
 use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -8,7 +9,6 @@ use parquet::arrow::ArrowWriter;
 use std::path::Path;
 use std::sync::Arc;
 
-pub const METRICS_FILE: &str = "metrics.parquet";
 
 #[derive(Clone, Debug, Default)]
 pub struct Row {
@@ -114,7 +114,7 @@ mod tests {
         });
         m.record_val(2, 6.4, 3.9, 0.5);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(METRICS_FILE);
+        let path = dir.path().join(files::METRICS);
         m.write(&path).unwrap();
         let mut reader =
             ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())

@@ -4,6 +4,7 @@
 //! stage's binary within 1e-6 (relative). The evaluator's byte table is checked against
 //! pgolf-data's on the way.
 
+use pgolf_store::files;
 use pgolf_testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
 use pgolf_eval::torch::{load_artifact, Compute};
 use pgolf_model::{Activation, ModelConfig};
@@ -42,7 +43,7 @@ fn write_quantized(dir: &Path, cfg: &ModelConfig, routing: &Routing, compression
         .map(|(s, _)| s)
         .collect();
     let bytes = encode_artifact(&serde_json::to_value(cfg).unwrap(), &stored, compression).unwrap();
-    std::fs::write(dir.join("artifact.pgq"), bytes).unwrap();
+    std::fs::write(dir.join(files::ARTIFACT), bytes).unwrap();
     seal(dir, "quantize-pack").unwrap();
 }
 
@@ -61,7 +62,7 @@ fn ttt_eval(root: &Path, name: &str, params: Value) -> Value {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(out.join(files::SUMMARY)).unwrap()).unwrap()
 }
 
 fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
@@ -71,7 +72,7 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
     let art_dir = root.path().join("artifact");
     write_quantized(&art_dir, &cfg, &routing, &compression);
 
-    let art = pgolf_evaluator::Artifact::read(&art_dir.join("artifact.pgq")).unwrap();
+    let art = pgolf_evaluator::Artifact::read(&art_dir.join(files::ARTIFACT)).unwrap();
     assert!(
         art.tensors.iter().any(|t| matches!(t.encoding, pgolf_evaluator::Encoding::Rows { .. })),
         "some matrices are quantized"

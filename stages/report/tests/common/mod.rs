@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+use pgolf_store::files;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -101,7 +102,7 @@ impl Store {
                 .collect::<BTreeMap<_, _>>(),
         };
         fs::write(
-            dir.join("manifest.json"),
+            dir.join(files::MANIFEST),
             serde_json::to_vec_pretty(&manifest).unwrap(),
         )
         .unwrap();
@@ -137,7 +138,7 @@ pub fn tokenize(store: &mut Store, source_entropy_bpb: Option<f64>) -> Made {
         headline["source_entropy_bpb"] = json!(e);
     }
     store.run("tokenize", json!({}), &[], headline, "cpu", |d| {
-        fs::write(d.join("tokenizer.json"), "{}").unwrap()
+        fs::write(d.join(files::TOKENIZER_INFO), "{}").unwrap()
     })
 }
 
@@ -176,7 +177,7 @@ pub fn train(store: &mut Store, data: &Made, s: &Seed) -> Made {
                 .map(|v| v.map(|b| b * LN_2 * BYTES_PER_TOKEN))
                 .collect();
             write_parquet(
-                &d.join("metrics.parquet"),
+                &d.join(files::METRICS),
                 vec![
                     ("step", Arc::new(Int64Array::from(step)) as ArrayRef),
                     ("train_loss", Arc::new(Float64Array::from(loss))),
@@ -197,7 +198,7 @@ pub fn train(store: &mut Store, data: &Made, s: &Seed) -> Made {
                 ],
             );
             fs::write(
-                d.join("train.log"),
+                d.join(files::TRAIN_LOG),
                 format!("seed {seed}\nstep {steps} val_bpb {}\n", s.pre_quant_bpb),
             )
             .unwrap();
@@ -212,7 +213,7 @@ pub fn ema(store: &mut Store, train: &Made) -> Made {
         &[("train", train)],
         json!({"source": "raw"}),
         "cpu",
-        |d| fs::write(d.join("config.json"), "{}").unwrap(),
+        |d| fs::write(d.join(files::MODEL_CONFIG), "{}").unwrap(),
     )
 }
 
@@ -245,7 +246,7 @@ pub fn quantize(store: &mut Store, weights: &Made, s: &Seed) -> Made {
                 .collect();
             let raw: Vec<u64> = compressed.iter().map(|c| c * 11 / 10).collect();
             write_parquet(
-                &d.join("tensors.parquet"),
+                &d.join(files::TENSOR_TABLE),
                 vec![
                     (
                         "name",
@@ -257,7 +258,7 @@ pub fn quantize(store: &mut Store, weights: &Made, s: &Seed) -> Made {
                     ("compressed_bytes", Arc::new(UInt64Array::from(compressed))),
                 ],
             );
-            fs::write(d.join("artifact.pgq"), vec![0u8; 64]).unwrap();
+            fs::write(d.join(files::ARTIFACT), vec![0u8; 64]).unwrap();
         },
     )
 }
@@ -301,7 +302,7 @@ pub fn eval(
         H100,
         |d| {
             write_parquet(
-                &d.join("results.parquet"),
+                &d.join(files::RESULTS),
                 vec![
                     (
                         "doc_id",
@@ -428,7 +429,7 @@ pub fn read_json(path: &Path) -> Value {
 }
 
 pub fn headline(m: &Made, name: &str) -> f64 {
-    read_json(&m.dir.join("manifest.json"))["headline"][name]
+    read_json(&m.dir.join(files::MANIFEST))["headline"][name]
         .as_f64()
         .unwrap()
 }
