@@ -1,7 +1,6 @@
 //! The per-document table `docs.parquet` (docs/STAGES.md): where each document sits in its split's
 //! token stream and how many bytes of text it is. Evaluation takes its byte denominator from here.
 
-use pgolf_store::files;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -168,6 +167,7 @@ fn column<'a, A: Array + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgolf_store::files;
 
     fn sample() -> Vec<DocRecord> {
         vec![

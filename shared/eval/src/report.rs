@@ -2,7 +2,6 @@
 //! runs, and the summary (whose fields are also the manifest headline). The guards that judge a
 //! finished ledger run here, so no summary exists for a run that failed one.
 
-use pgolf_store::files;
 use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -256,6 +255,7 @@ pub fn write_chunk_results(path: &Path, chunks: &[ChunkRow]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgolf_store::files;
     use crate::ledger::Ledger;
     use crate::valset::tests::{tiny, tiny_parts};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;

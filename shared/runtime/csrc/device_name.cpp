@@ -3,9 +3,16 @@
 // CUDA_VISIBLE_DEVICES and CUDA_DEVICE_ORDER), the one `--device cuda:N` selects.
 // Catches every C++ exception and reports failure as a nonzero return.
 
-#include <ATen/cuda/CUDAContextLight.h>
+#include <c10/core/Device.h>
+#include <cuda_runtime_api.h>
 
 #include <cstdio>
+
+// Declared as in ATen/cuda/CUDAContextLight.h (defined in libtorch_cuda), whose own include chain
+// reaches cuSPARSE's fp16 headers and with them CCCL's <nv/target>, which the wheel does not ship.
+namespace at::cuda {
+cudaDeviceProp* getDeviceProperties(c10::DeviceIndex device);
+}
 
 extern "C" {
 

@@ -65,7 +65,7 @@ fn three_seeds_give_a_submission_that_matches_the_manifests() {
         chains[1].sliding.key.as_str()
     );
     assert_eq!(sub["seed_results"]["2024"]["train_time_s"], 600.01);
-    assert_eq!(sub["hardware"], H100);
+    assert_eq!(sub["hardware"], h100_record().summary());
     assert_eq!(
         sub["date"],
         read_json(&chains[2].sliding.dir.join(files::MANIFEST))["finished"]
@@ -387,7 +387,7 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
         json!({"mode": "sliding"}),
         &[("artifact", &q)],
         json!({"mode": "sliding", "val_loss": 2.0, "val_bpb": 1.2}),
-        H100,
+        h100(),
         |d| fs::write(d.join(files::RESULTS), b"not a parquet file").unwrap(),
     );
     one_line_error(&[("eval", &broken)], "results.parquet: not a Parquet file");
@@ -397,12 +397,12 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
         json!({}),
         &[("artifact", &q)],
         json!({"val_loss": 2.0}),
-        H100,
+        h100(),
         |_| {},
     );
     one_line_error(&[("eval", &no_bpb)], "headline has no number `val_bpb`");
 
-    let no_step = store.run("train", json!({}), &[], json!({}), H100, |d| {
+    let no_step = store.run("train", json!({}), &[], json!({}), h100(), |d| {
         write_parquet(
             &d.join(files::METRICS),
             vec![(
@@ -446,4 +446,78 @@ fn runs_made_by_different_code_are_different_configurations() {
         md.contains("| code v1, seed 1337 |") && md.contains("| code v2, seed 2024 |"),
         "{md}"
     );
+}
+
+/// Replaces the `device` of a fixture run's manifest (a record, or an older manifest's text).
+fn set_device(run: &Made, device: Value) {
+    let path = run.dir.join(files::MANIFEST);
+    let mut m = read_json(&path);
+    m["device"] = device;
+    fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// The markdown row of the compliance check `name`.
+fn check_row<'a>(md: &'a str, name: &str) -> &'a str {
+    let start = format!("| {name} |");
+    md.lines()
+        .find(|l| l.starts_with(&start))
+        .unwrap_or_else(|| panic!("no {name} row in:\n{md}"))
+}
+
+#[test]
+fn the_device_check_reads_records_by_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::new(tmp.path());
+    let data = tokenize(&mut store, None);
+    let c = chain(&mut store, &data, &three_seeds()[0]);
+    let inputs = [
+        ("train", &c.train),
+        ("ema", &c.ema),
+        ("quantize", &c.quantize),
+        ("eval", &c.flat),
+        ("data", &data),
+    ];
+    let cuda = |name: &str, n: usize| {
+        serde_json::to_value(pgolf_store::DeviceRecord::cuda(vec![name.into(); n], n)).unwrap()
+    };
+
+    // A 1-GPU train run on an H100 does not meet the 8×H100 rule: flagged, not passed. The
+    // evaluation's device (here a single H200) is shown as info with the record's fields.
+    set_device(&c.train, cuda("NVIDIA H100 80GB HBM3", 1));
+    set_device(&c.flat, cuda("NVIDIA H200", 1));
+    let (out, dir) = report(tmp.path(), &inputs, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
+    let train = check_row(&md, "training device");
+    assert!(
+        train.contains("cuda, world size 1: 1 × NVIDIA H100 80GB HBM3") && train.contains("⚠ flag"),
+        "{train}"
+    );
+    let eval = check_row(&md, "evaluation device");
+    assert!(
+        eval.contains("cuda, world size 1: 1 × NVIDIA H200") && eval.contains("· info"),
+        "{eval}"
+    );
+    let sub = read_json(&dir.join(files::SUBMISSION));
+    assert_eq!(sub["hardware"], "cuda, world size 1: 1 × NVIDIA H100 80GB HBM3");
+    assert_eq!(sub["eval_hardware"], "cuda, world size 1: 1 × NVIDIA H200");
+
+    // On the rule's hardware the training check passes.
+    set_device(&c.train, h100());
+    let (out, dir) = report(tmp.path(), &inputs, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
+    assert!(check_row(&md, "training device").contains("✓ pass"), "{md}");
+
+    // Manifests written before the record (free-form strings) still make a report: the training
+    // device cannot be checked by field (unknown), the evaluation's is shown as its old text.
+    set_device(&c.train, json!("cuda:0 NVIDIA H100 80GB HBM3"));
+    set_device(&c.flat, json!("cuda (BFloat16 compute, Native numerics, fused blocks)"));
+    let (out, dir) = report(tmp.path(), &inputs, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
+    let train = check_row(&md, "training device");
+    assert!(train.contains("? unknown") && train.contains("old manifest"), "{train}");
+    let eval = check_row(&md, "evaluation device");
+    assert!(eval.contains("· info") && eval.contains("BFloat16 compute"), "{eval}");
 }

@@ -11,7 +11,7 @@ use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt64Array}
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use pgolf_store::manifest::describe_outputs;
-use pgolf_store::{InputRef, Manifest};
+use pgolf_store::{DeviceRecord, InputRef, Manifest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::f64::consts::LN_2;
@@ -57,7 +57,7 @@ impl Store {
         params: Value,
         inputs: &[(&str, &Made)],
         headline: Value,
-        device: &str,
+        device: Value,
         files: impl FnOnce(&Path),
     ) -> Made {
         self.counter += 1;
@@ -93,7 +93,7 @@ impl Store {
             finished: format!("2026-05-01T10:{:02}:30+00:00", self.counter),
             wall_seconds: 30.0,
             host: "fixture (16 CPUs, linux x86_64)".into(),
-            device: device.into(),
+            device: serde_json::from_value(device.clone()).unwrap(),
             headline: headline
                 .as_object()
                 .unwrap()
@@ -101,9 +101,12 @@ impl Store {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<BTreeMap<_, _>>(),
         };
+        // Written as given, so a fixture can also carry an older manifest's free-form device text.
+        let mut json = serde_json::to_value(&manifest).unwrap();
+        json["device"] = device;
         fs::write(
             dir.join(files::MANIFEST),
-            serde_json::to_vec_pretty(&manifest).unwrap(),
+            serde_json::to_vec_pretty(&json).unwrap(),
         )
         .unwrap();
         Made {
@@ -114,7 +117,18 @@ impl Store {
     }
 }
 
-pub const H100: &str = "cuda:0-7 8× NVIDIA H100 80GB HBM3";
+/// The rule's hardware: 8 ranks on 8 H100s.
+pub fn h100() -> Value {
+    serde_json::to_value(h100_record()).unwrap()
+}
+
+pub fn h100_record() -> DeviceRecord {
+    DeviceRecord::cuda(vec!["NVIDIA H100 80GB HBM3".into(); 8], 8)
+}
+
+pub fn cpu() -> Value {
+    serde_json::to_value(DeviceRecord::cpu()).unwrap()
+}
 
 /// What one seed's chain looks like.
 pub struct Seed {
@@ -137,7 +151,7 @@ pub fn tokenize(store: &mut Store, source_entropy_bpb: Option<f64>) -> Made {
     if let Some(e) = source_entropy_bpb {
         headline["source_entropy_bpb"] = json!(e);
     }
-    store.run("tokenize", json!({}), &[], headline, "cpu", |d| {
+    store.run("tokenize", json!({}), &[], headline, cpu(), |d| {
         fs::write(d.join(files::TOKENIZER_INFO), "{}").unwrap()
     })
 }
@@ -159,7 +173,7 @@ pub fn train(store: &mut Store, data: &Made, s: &Seed) -> Made {
         json!({"seed": seed, "iterations": steps}),
         &[("data", data)],
         headline,
-        H100,
+        h100(),
         |d| {
             let n = steps as usize + 1;
             let step: Vec<i64> = (0..n as i64).collect();
@@ -212,7 +226,7 @@ pub fn ema(store: &mut Store, train: &Made) -> Made {
         json!({}),
         &[("train", train)],
         json!({"source": "raw"}),
-        "cpu",
+        cpu(),
         |d| fs::write(d.join(files::MODEL_CONFIG), "{}").unwrap(),
     )
 }
@@ -228,7 +242,7 @@ pub fn quantize(store: &mut Store, weights: &Made, s: &Seed) -> Made {
         json!({"clip_sigmas": s.clip}),
         &[("weights", weights)],
         headline,
-        "cpu",
+        cpu(),
         |d| {
             let names = [
                 "tok_emb.weight",
@@ -299,7 +313,7 @@ pub fn eval(
         json!({"mode": mode}),
         &[("artifact", artifact), ("data", data)],
         headline,
-        H100,
+        h100(),
         |d| {
             write_parquet(
                 &d.join(files::RESULTS),
