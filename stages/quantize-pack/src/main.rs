@@ -119,7 +119,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
             compressed_bytes,
         })
         .collect();
-    table::write(&stage.out_path(table::TABLE_FILE), &rows)?;
+    table::write(&stage.out_path(files::TENSOR_TABLE), &rows)?;
     stage.headline("tensors", stored.len());
     stage.headline("quantized_mse", quantized_mse(&reports));
     stage.headline("mean_rel_output_err", mean_rel_output_err(&reports));

@@ -1,7 +1,6 @@
 //! The per-step metrics table (`metrics.parquet`, docs/STAGES.md): one row per optimizer step,
 //! plus a step-0 row when the run validates before training (its train loss is null).
 
-use pgolf_store::files;
 use anyhow::{Context, Result};
 use arrow::array::{ArrayRef, Float64Array, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -87,6 +86,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgolf_store::files;
     use arrow::array::Array;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 

@@ -6,7 +6,8 @@
 
 use pgolf_store::files;
 use pgolf_testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
-use pgolf_eval::torch::{load_artifact, Compute};
+use pgolf_eval::torch::load_artifact;
+use pgolf_store::{Compute, Precision};
 use pgolf_model::{Activation, ModelConfig};
 use pgolf_quant::{
     encode_artifact, quantize_all, Compression, DType, GptqSettings, Method, QuantInputs, Routing,
@@ -78,7 +79,7 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
         "some matrices are quantized"
     );
     let ours = pgolf_evaluator::Model::from_artifact(&art).unwrap();
-    let (mut net, _) = load_artifact(&art_dir, Device::Cpu, Compute::F32).unwrap();
+    let (mut net, _) = load_artifact(&art_dir, Device::Cpu, Precision::F32, Compute::Native).unwrap();
     net.gpt.set_fused(false); // the literal formulation: the oracle
 
     // Per-token NLL, window by window, against the literal forward.
@@ -106,10 +107,10 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
 
     let n = tokens.len() - 1;
     for (name, params, windows) in [
-        ("flat", json!({"mode": "flat", "compute": "f32"}), pgolf_evaluator::flat(n, t).unwrap()),
+        ("flat", json!({"mode": "flat", "precision": "f32"}), pgolf_evaluator::flat(n, t).unwrap()),
         (
             "sliding",
-            json!({"mode": "sliding", "stride": 4, "compute": "f32"}),
+            json!({"mode": "sliding", "stride": 4, "precision": "f32"}),
             pgolf_evaluator::sliding(n, t, 4).unwrap(),
         ),
     ] {
