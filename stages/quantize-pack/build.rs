@@ -14,7 +14,10 @@ fn main() {
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = crate_dir.ancestors().nth(2).expect("workspace root");
     let (tar, files) = pgolf_buildid::code_tar(root, EVALUATOR);
-    println!("cargo:rerun-if-changed={}", root.join("Cargo.lock").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

@@ -96,12 +96,19 @@ fn graph() -> Graph {
             .canonicalize()
             .unwrap();
         let rel = manifest.strip_prefix(&root).unwrap();
-        let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let top = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let role = match top.as_ref() {
             "shared" => Role::Library,
             "stages" => Role::Stage,
             "tests" => Role::Harness,
-            other => panic!("{name}: a workspace crate under {other}/, which this test does not know"),
+            other => {
+                panic!("{name}: a workspace crate under {other}/, which this test does not know")
+            }
         };
         roles.insert(name, role);
     }
@@ -136,8 +143,7 @@ fn refusal(g: &Graph, from: &str, kind: &str, to: &str) -> Option<String> {
                 .iter()
                 .find(|(s, _)| *s == from)
                 .map_or(&[][..], |(_, f)| f);
-            (kind != DEV && forbidden.contains(&to))
-                .then(|| format!("{from} may not link {to}"))
+            (kind != DEV && forbidden.contains(&to)).then(|| format!("{from} may not link {to}"))
         }
         Role::Library => {
             assert!(

@@ -7,7 +7,10 @@ use pgolf_store::files;
 #[test]
 fn the_evaluators_file_names_are_the_contracts() {
     assert_eq!(pgolf_evaluator::ARTIFACT_FILE, files::ARTIFACT);
-    assert_eq!(pgolf_evaluator::TOKENIZER_MODEL_FILE, files::TOKENIZER_MODEL);
+    assert_eq!(
+        pgolf_evaluator::TOKENIZER_MODEL_FILE,
+        files::TOKENIZER_MODEL
+    );
     assert_eq!(pgolf_evaluator::TOKENIZER_INFO_FILE, files::TOKENIZER_INFO);
 }
 

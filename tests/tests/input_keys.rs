@@ -91,7 +91,11 @@ fn a_stage_keys_its_inputs_as_the_driver_predicted() {
         assert_eq!(again.inputs, m.inputs, "{label}");
     }
     let many = manifest(&p.run_dir_of(&out, "echo-stage", "many"));
-    assert!(many.inputs["texts"].key.starts_with("files:"), "{:?}", many.inputs);
+    assert!(
+        many.inputs["texts"].key.starts_with("files:"),
+        "{:?}",
+        many.inputs
+    );
     assert_eq!(many.inputs["texts"].paths.len(), 3);
     assert!(many.inputs["folder"].key.starts_with("file:"));
 }

@@ -36,7 +36,10 @@ fn refused(stage: &str, params: &str, dir: &Path) -> String {
     assert_eq!(err.lines().count(), 1, "{stage}: not one line:\n{err}");
     let prefix = format!("error: {stage}: {}: ", file.display());
     assert!(err.starts_with(&prefix), "{stage}: {err}");
-    assert!(!out_dir.exists(), "{stage} created --out before refusing its params");
+    assert!(
+        !out_dir.exists(),
+        "{stage} created --out before refusing its params"
+    );
     err
 }
 

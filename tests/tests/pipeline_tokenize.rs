@@ -1,9 +1,9 @@
 //! The real `tokenize` stage through the driver: the cpu-smoke profile's `tokenize` node of the
 //! repository's pipeline.yaml, run in a temp project (its synthetic corpus needs no raw files).
 
-use pgolf_store::files;
 use pgolf_e2e::project::{line_of, status_of, TestProject};
 use pgolf_e2e::workspace_root;
+use pgolf_store::files;
 use pgolf_store::Manifest;
 
 #[test]

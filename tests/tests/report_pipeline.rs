@@ -3,8 +3,8 @@
 //! carries the scored evaluation's own headline numbers, and every link in report.md resolves to a
 //! manifest in the store.
 
-use pgolf_store::files;
 use pgolf_e2e::{bin, workspace_root};
+use pgolf_store::files;
 use serde_json::Value;
 use std::fs;
 use std::path::Path;

@@ -3,9 +3,9 @@
 
 mod tokenize_support;
 
-use pgolf_store::files;
 use arrow::array::{ArrayRef, LargeStringArray};
 use pgolf_data::{write_shard, Split};
+use pgolf_store::files;
 use serde_json::json;
 use std::fs;
 use std::sync::Arc;

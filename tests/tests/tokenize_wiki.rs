@@ -3,8 +3,8 @@
 
 mod tokenize_support;
 
-use pgolf_store::files;
 use pgolf_data::{ByteLut, Split};
+use pgolf_store::files;
 use serde_json::json;
 use tokenize_support::*;
 
@@ -132,9 +132,10 @@ fn wiki_documents_match_python_sentencepiece() {
         run.headline("source_entropy_bpb").is_null(),
         "real text has no source entropy"
     );
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.out().join(files::TOKENIZER_INFO)).unwrap())
-            .unwrap();
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.out().join(files::TOKENIZER_INFO)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         info,
         json!({"kind": "sentencepiece", "vocab_size": 1024, "bos_id": 1})

@@ -97,7 +97,9 @@ impl Workspace {
             .with_context(|| format!("{}: no [workspace] members", root.display()))?;
         let mut dirs = Vec::new();
         for member in members {
-            let member = member.as_str().context("a workspace member is not a string")?;
+            let member = member
+                .as_str()
+                .context("a workspace member is not a string")?;
             match member.strip_suffix("/*") {
                 Some(parent) => {
                     let parent = root.join(parent);
@@ -110,7 +112,9 @@ impl Workspace {
                         }
                     }
                 }
-                None if member.contains('*') => bail!("workspace member {member}: only `dir/*` globs are understood"),
+                None if member.contains('*') => {
+                    bail!("workspace member {member}: only `dir/*` globs are understood")
+                }
                 None => dirs.push(root.join(member)),
             }
         }
@@ -149,7 +153,9 @@ impl Workspace {
                     };
                     for (key, spec) in entries {
                         let dep = workspace_dep(root, &dir, key, spec, inherited, &by_dir)
-                            .with_context(|| format!("{}: [{kind}] {key}", dir.join("Cargo.toml").display()))?;
+                            .with_context(|| {
+                                format!("{}: [{kind}] {key}", dir.join("Cargo.toml").display())
+                            })?;
                         deps.extend(dep);
                     }
                 }
@@ -167,7 +173,14 @@ impl Workspace {
                         .collect()
                 })
                 .unwrap_or_default();
-            crates.insert(name, Crate { dir, deps, features });
+            crates.insert(
+                name,
+                Crate {
+                    dir,
+                    deps,
+                    features,
+                },
+            );
         }
         Ok(Workspace { crates })
     }
@@ -198,7 +211,10 @@ impl Workspace {
                     if !seen.insert(feature.clone()) {
                         continue;
                     }
-                    features.entry(name.clone()).or_default().insert(feature.clone());
+                    features
+                        .entry(name.clone())
+                        .or_default()
+                        .insert(feature.clone());
                     let Some(items) = krate.features.get(&feature) else {
                         // Not declared: the implicit feature of an optional dependency.
                         deps_on.entry(name.clone()).or_default().insert(feature);
@@ -232,13 +248,18 @@ impl Workspace {
                         continue;
                     }
                     let mut asked: BTreeSet<String> = dep.features.iter().cloned().collect();
-                    if dep.default_features && self.crates[&dep.package].features.contains_key("default") {
+                    if dep.default_features
+                        && self.crates[&dep.package].features.contains_key("default")
+                    {
                         asked.insert("default".into());
                     }
                     if let Some(subs) = sub_features.get(&name).and_then(|s| s.get(&dep.key)) {
                         asked.extend(subs.iter().cloned());
                     }
-                    features.entry(dep.package.clone()).or_default().extend(asked);
+                    features
+                        .entry(dep.package.clone())
+                        .or_default()
+                        .extend(asked);
                 }
             }
             if before == (features.clone(), deps_on.clone(), sub_features.clone()) {
@@ -266,8 +287,15 @@ fn workspace_dep(
             .and_then(|v| v.as_bool())
     };
     let list = |t: &toml::Table| -> Vec<String> {
-        let items = t.get("features").and_then(|f| f.as_array()).into_iter().flatten();
-        items.filter_map(|i| i.as_str()).map(str::to_string).collect()
+        let items = t
+            .get("features")
+            .and_then(|f| f.as_array())
+            .into_iter()
+            .flatten();
+        items
+            .filter_map(|i| i.as_str())
+            .map(str::to_string)
+            .collect()
     };
     let mut features = list(spec);
     let optional = flag(spec, "optional").unwrap_or(false);
@@ -285,9 +313,17 @@ fn workspace_dep(
             Some(false) => flag(spec, "default-features").unwrap_or(false),
             _ => true,
         };
-        (base.get("path").and_then(|p| p.as_str()).map(|p| root.join(p)), default)
+        (
+            base.get("path")
+                .and_then(|p| p.as_str())
+                .map(|p| root.join(p)),
+            default,
+        )
     } else {
-        let path = spec.get("path").and_then(|p| p.as_str()).map(|p| dir.join(p));
+        let path = spec
+            .get("path")
+            .and_then(|p| p.as_str())
+            .map(|p| dir.join(p));
         (path, flag(spec, "default-features").unwrap_or(true))
     };
     let Some(path) = path else {
@@ -306,7 +342,8 @@ fn workspace_dep(
 }
 
 fn read_manifest(path: &Path) -> Result<toml::Table> {
-    let text = fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
     text.parse()
         .with_context(|| format!("{}: not a valid manifest", path.display()))
 }
@@ -344,7 +381,8 @@ fn walk_crate(
 /// The files that `include_str!`, `include_bytes!` and `include!` with a literal path in `file`
 /// name (relative to `file`'s folder), where they exist.
 fn include_targets(file: &Path) -> Result<Vec<PathBuf>> {
-    let text = fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
+    let text =
+        fs::read_to_string(file).with_context(|| format!("{}: cannot read", file.display()))?;
     let dir = file.parent().unwrap_or(Path::new("."));
     let mut out = Vec::new();
     for mac in ["include_str!", "include_bytes!", "include!"] {

@@ -91,7 +91,10 @@ fn hashed(workspace: &Path, package: &str) -> Result<Hashed> {
         let rel = file.strip_prefix(workspace).unwrap_or(file);
         let bytes = fs::read(file).with_context(|| format!("{}: cannot read", file.display()))?;
         // Path separators as `/`, so the identity does not depend on the platform.
-        let rel: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect();
+        let rel: Vec<_> = rel
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect();
         hasher.update(rel.join("/").as_bytes());
         hasher.update(b"\0");
         hasher.update(&(bytes.len() as u64).to_le_bytes());

@@ -105,7 +105,10 @@ fn a_kernel_edit_rekeys_exactly_the_stages_that_link_the_kernels() {
         assert!(rekeyed.contains(&stage.to_string()), "{stage}: {rekeyed:?}");
     }
     for stage in ["tokenize", "report", "ema-finalize", "pipeline"] {
-        assert!(!rekeyed.contains(&stage.to_string()), "{stage}: {rekeyed:?}");
+        assert!(
+            !rekeyed.contains(&stage.to_string()),
+            "{stage}: {rekeyed:?}"
+        );
     }
     // In general (quantize-pack included, whichever way its edges go): re-keyed iff linked.
     for stage in before.keys() {
@@ -122,7 +125,10 @@ fn cpp_shims_and_build_scripts_are_part_of_the_identity() {
     let tmp = copy_workspace();
     let ws = tmp.path();
     let before = identity(ws, "train").unwrap();
-    append(&ws.join("shared/kernels/csrc/current_stream.cpp"), "\n// edited\n");
+    append(
+        &ws.join("shared/kernels/csrc/current_stream.cpp"),
+        "\n// edited\n",
+    );
     let after_cpp = identity(ws, "train").unwrap();
     assert_ne!(before, after_cpp);
     append(&ws.join("shared/runtime/build.rs"), "\n// edited\n");
@@ -140,8 +146,17 @@ fn a_model_edit_rekeys_the_model_stages_and_not_quantize_pack() {
         assert!(rekeyed.contains(&stage.to_string()), "{stage}: {rekeyed:?}");
     }
     // quantize-pack needs a device, not the model: it reaches libtorch through pgolf-runtime.
-    for stage in ["quantize-pack", "ema-finalize", "tokenize", "report", "pipeline"] {
-        assert!(!rekeyed.contains(&stage.to_string()), "{stage}: {rekeyed:?}");
+    for stage in [
+        "quantize-pack",
+        "ema-finalize",
+        "tokenize",
+        "report",
+        "pipeline",
+    ] {
+        assert!(
+            !rekeyed.contains(&stage.to_string()),
+            "{stage}: {rekeyed:?}"
+        );
     }
 }
 
@@ -209,7 +224,9 @@ fn closure_sources_lists_every_kind_of_file_and_no_test_file() {
         let rel = f.canonicalize().unwrap();
         let rel = rel.strip_prefix(&ws_norm).unwrap();
         let top: Vec<_> = rel.components().take(3).collect();
-        let third = top.get(2).map(|c| c.as_os_str().to_string_lossy().to_string());
+        let third = top
+            .get(2)
+            .map(|c| c.as_os_str().to_string_lossy().to_string());
         assert!(
             !matches!(third.as_deref(), Some("tests" | "benches" | "examples")),
             "{}",
@@ -285,7 +302,9 @@ fn optional_dependencies_count_only_where_a_feature_enables_them() {
     let tmp = synthetic(false, "\"big\"");
     let ws = tmp.path();
     let heavy = ws.join("shared/heavy");
-    assert!(!closure_sources(ws, "s").iter().any(|f| f.starts_with(&heavy)));
+    assert!(!closure_sources(ws, "s")
+        .iter()
+        .any(|f| f.starts_with(&heavy)));
     let before = identity(ws, "s").unwrap();
     fs::write(heavy.join("src/lib.rs"), "// edited\n").unwrap();
     assert_eq!(before, identity(ws, "s").unwrap());
@@ -293,7 +312,9 @@ fn optional_dependencies_count_only_where_a_feature_enables_them() {
     let tmp = synthetic(true, "");
     let ws = tmp.path();
     let heavy = ws.join("shared/heavy");
-    assert!(closure_sources(ws, "s").iter().any(|f| f.starts_with(&heavy)));
+    assert!(closure_sources(ws, "s")
+        .iter()
+        .any(|f| f.starts_with(&heavy)));
     let before = identity(ws, "s").unwrap();
     fs::write(heavy.join("src/lib.rs"), "// edited\n").unwrap();
     assert_ne!(before, identity(ws, "s").unwrap());
@@ -302,5 +323,8 @@ fn optional_dependencies_count_only_where_a_feature_enables_them() {
 #[test]
 fn unknown_packages_are_refused() {
     let err = identity(&real_workspace(), "no-such-stage").unwrap_err();
-    assert!(err.to_string().contains("not a crate of this workspace"), "{err}");
+    assert!(
+        err.to_string().contains("not a crate of this workspace"),
+        "{err}"
+    );
 }

@@ -1,8 +1,8 @@
 //! Byte lookup tables (REFERENCE.md §2.1–2.2): how many bytes of text each scored token stands for.
 //! Built from a SentencePiece `.model` or for the built-in `byte260` tokenizer.
 
-use pgolf_store::files;
 use anyhow::{bail, Context, Result};
+use pgolf_store::files;
 use std::path::Path;
 
 use crate::sp_model::{ModelProto, PieceType};

@@ -1,11 +1,10 @@
 //! `tokenizer.json` in a tokenize output: which tokenizer made the shards, so readers can rebuild
 //! the byte lookup tables and check vocab sizes without guessing.
 
-use pgolf_store::files;
 use anyhow::{bail, Context, Result};
+use pgolf_store::files;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -255,10 +255,10 @@ pub fn write_chunk_results(path: &Path, chunks: &[ChunkRow]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgolf_store::files;
     use crate::ledger::Ledger;
     use crate::valset::tests::{tiny, tiny_parts};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use pgolf_store::files;
 
     #[test]
     fn raw_bytes_are_the_denominator_and_a_disagreement_is_flagged() {

@@ -6,11 +6,9 @@
 //! document runs to the end of the stream. So the documents' target ranges tile `1 ..= N−1`, and
 //! the raw UTF-8 bytes of the documents are exactly the bytes of the scored text.
 
-use pgolf_store::files;
 use anyhow::{bail, Context, Result};
-use pgolf_data::{
-    list_shards, read_doc_table, ByteLut, DocRecord, Shard, Split, TokenizerInfo,
-};
+use pgolf_data::{list_shards, read_doc_table, ByteLut, DocRecord, Shard, Split, TokenizerInfo};
+use pgolf_store::files;
 use std::ops::Range;
 use std::path::Path;
 

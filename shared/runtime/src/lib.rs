@@ -64,7 +64,10 @@ mod tests {
         assert_eq!(r.backend, Backend::Cpu);
         assert_eq!(precision_kind(Precision::Auto, Device::Cpu), Kind::Float);
         assert_eq!(precision_kind(Precision::Bf16, Device::Cpu), Kind::BFloat16);
-        assert_eq!(precision_kind(Precision::Auto, Device::Cuda(0)), Kind::BFloat16);
+        assert_eq!(
+            precision_kind(Precision::Auto, Device::Cuda(0)),
+            Kind::BFloat16
+        );
         assert_eq!(precision_kind(Precision::F32, Device::Cuda(0)), Kind::Float);
     }
 
@@ -75,7 +78,10 @@ mod tests {
             return;
         }
         let r = describe(Device::Cuda(0), 1);
-        assert_eq!((r.backend, r.device_count, r.world_size), (Backend::Cuda, 1, 1));
+        assert_eq!(
+            (r.backend, r.device_count, r.world_size),
+            (Backend::Cuda, 1, 1)
+        );
         assert_ne!(r.device_names[0], UNNAMED, "{r:?}");
         assert!(!r.device_names[0].is_empty());
     }

@@ -201,13 +201,25 @@ mod tests {
 
     #[test]
     fn old_free_form_strings_read_as_unknown_records() {
-        let old: DeviceRecord = serde_json::from_value(json!("cuda:0 NVIDIA H100 80GB HBM3")).unwrap();
+        let old: DeviceRecord =
+            serde_json::from_value(json!("cuda:0 NVIDIA H100 80GB HBM3")).unwrap();
         assert_eq!(old.backend, Backend::Unknown);
-        assert_eq!(old.description.as_deref(), Some("cuda:0 NVIDIA H100 80GB HBM3"));
-        assert!(!old.is_rule_hardware(), "an old string never passes the check");
+        assert_eq!(
+            old.description.as_deref(),
+            Some("cuda:0 NVIDIA H100 80GB HBM3")
+        );
+        assert!(
+            !old.is_rule_hardware(),
+            "an old string never passes the check"
+        );
         assert!(old.summary().contains("cuda:0 NVIDIA H100"));
         // Neither does any other shape, nor a backend this build does not know.
-        for v in [json!(null), json!(3), json!({"backend": "tpu", "world_size": 8}), json!({"x": 1})] {
+        for v in [
+            json!(null),
+            json!(3),
+            json!({"backend": "tpu", "world_size": 8}),
+            json!({"x": 1}),
+        ] {
             let r: DeviceRecord = serde_json::from_value(v.clone()).unwrap();
             assert_eq!(r.backend, Backend::Unknown, "{v}");
         }

@@ -12,9 +12,9 @@
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
+use crate::files::MANIFEST;
 use crate::hashing::HashCache;
 use crate::key::{raw_input_key, runs_key};
-use crate::files::MANIFEST;
 use crate::manifest::Manifest;
 use crate::stage::{content_hash, INCOMPLETE_MARKER};
 
@@ -36,10 +36,7 @@ pub fn input_key(paths: &[PathBuf], cache: Option<&HashCache>) -> Result<Keyed> 
             bail!("{}: not found", p.display());
         }
     }
-    let with_manifest = paths
-        .iter()
-        .filter(|p| p.join(MANIFEST).is_file())
-        .count();
+    let with_manifest = paths.iter().filter(|p| p.join(MANIFEST).is_file()).count();
     if with_manifest == paths.len() {
         let mut manifests = Vec::new();
         for p in paths {
@@ -98,7 +95,10 @@ mod tests {
         assert_eq!(one.key, format!("file:{}", blake3::hash(b"one").to_hex()));
         let two = input_key(&[a.clone(), b.clone()], None).unwrap();
         assert!(two.key.starts_with("files:") && two.manifests.is_empty());
-        assert_ne!(two.key, input_key(&[b.clone(), a.clone()], None).unwrap().key);
+        assert_ne!(
+            two.key,
+            input_key(&[b.clone(), a.clone()], None).unwrap().key
+        );
 
         let (r1, r2) = (tmp.path().join("r1"), tmp.path().join("r2"));
         let k1 = run_key("s", "s@1", &serde_json::json!({}), &Default::default());

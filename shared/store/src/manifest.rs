@@ -12,7 +12,10 @@ use crate::device::DeviceRecord;
 use crate::files::MANIFEST;
 use crate::hashing::hash_file;
 
-pub const MANIFEST_SCHEMA: u32 = 1;
+/// Written by this code. 2: `device` is a [`DeviceRecord`] (1: free text).
+pub const MANIFEST_SCHEMA: u32 = 2;
+/// Read by this code: schema 1 still reads, its device text as an unknown record.
+pub const READ_SCHEMAS: [u32; 2] = [1, 2];
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -77,12 +80,12 @@ impl Manifest {
         })?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a valid pgolf manifest", path.display()))?;
-        if manifest.schema != MANIFEST_SCHEMA {
+        if !READ_SCHEMAS.contains(&manifest.schema) {
             bail!(
-                "{}: manifest schema {} is not the supported {}",
+                "{}: manifest schema {} is not one this build reads ({:?})",
                 path.display(),
                 manifest.schema,
-                MANIFEST_SCHEMA
+                READ_SCHEMAS
             );
         }
         Ok(manifest)
@@ -178,4 +181,49 @@ pub fn describe_outputs(dir: &Path) -> Result<Vec<OutputFile>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Backend;
+
+    fn write(dir: &Path, schema: u32, device: Value) {
+        let m = serde_json::json!({
+            "schema": schema, "stage": "train", "identity": "train@1", "key": "k",
+            "params": {}, "inputs": {}, "outputs": [], "started": "", "finished": "",
+            "wall_seconds": 1.0, "host": "h", "device": device, "headline": {}
+        });
+        fs::write(dir.join(MANIFEST), m.to_string()).unwrap();
+    }
+
+    #[test]
+    fn schema_1_manifests_with_free_form_devices_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            1,
+            serde_json::json!("cuda:0 NVIDIA H100 80GB HBM3"),
+        );
+        let m = Manifest::read(dir.path()).unwrap();
+        assert_eq!(m.device.backend, Backend::Unknown);
+        assert_eq!(
+            m.device.description.as_deref(),
+            Some("cuda:0 NVIDIA H100 80GB HBM3")
+        );
+
+        let record = serde_json::to_value(DeviceRecord::cpu()).unwrap();
+        write(dir.path(), MANIFEST_SCHEMA, record);
+        assert_eq!(
+            Manifest::read(dir.path()).unwrap().device,
+            DeviceRecord::cpu()
+        );
+
+        write(dir.path(), 9, serde_json::json!("cpu"));
+        let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        assert!(
+            err.contains("manifest schema 9 is not one this build reads"),
+            "{err}"
+        );
+    }
 }

@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use crate::device::DeviceRecord;
+use crate::files::MANIFEST;
 use crate::hashing::{hash_file, write_atomic, HashCache};
 use crate::inputs::{input_key, Keyed};
 use crate::key::{canonical_json, run_key};
-use crate::files::MANIFEST;
 use crate::manifest::{describe_outputs, list_files, InputRef, Manifest, MANIFEST_SCHEMA};
 
 /// Marks an output directory as being written; a directory holding it may be cleared by a rerun.
@@ -269,13 +269,13 @@ where
         finished: chrono::Local::now().to_rfc3339(),
         wall_seconds: clock.elapsed().as_secs_f64(),
         host: host_description(),
-        device: stage.device_record.clone().unwrap_or_else(DeviceRecord::cpu),
+        device: stage
+            .device_record
+            .clone()
+            .unwrap_or_else(DeviceRecord::cpu),
         headline: stage.headline.clone(),
     };
-    write_atomic(
-        &out.join(MANIFEST),
-        &serde_json::to_vec_pretty(&manifest)?,
-    )?;
+    write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     Ok(())
 }
 

@@ -65,7 +65,11 @@ mod tests {
             Compute::Upstream
         );
         let err = serde_json::from_str::<Precision>(r#""bfloat16""#).unwrap_err();
-        assert!(err.to_string().contains("`bfloat16`, expected one of `auto`, `f32`, `bf16`"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`bfloat16`, expected one of `auto`, `f32`, `bf16`"),
+            "{err}"
+        );
         assert!(serde_json::from_str::<Compute>(r#""f32""#).is_err());
         assert!(Precision::Auto.is_bf16(true) && !Precision::Auto.is_bf16(false));
     }

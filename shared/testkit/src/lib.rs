@@ -155,20 +155,18 @@ pub fn tiny_weights(cfg: &ModelConfig, seed: u64) -> Result<Vec<(String, Tensor)
     for (name, t) in gpt.named_parameters() {
         let size = t.size();
         let n: i64 = size.iter().product();
-        let values: Vec<f32> = if size.len() == 2
-            && !name.contains("resid_mix")
-            && !name.contains("skip_weights")
-        {
-            let bound = 1.0 / (size[1] as f64).sqrt();
-            (0..n)
-                .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
-                .collect()
-        } else {
-            let base = Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).flatten(0, -1))?;
-            base.iter()
-                .map(|v| v + ((rng.unit() * 2.0 - 1.0) * 0.05) as f32)
-                .collect()
-        };
+        let values: Vec<f32> =
+            if size.len() == 2 && !name.contains("resid_mix") && !name.contains("skip_weights") {
+                let bound = 1.0 / (size[1] as f64).sqrt();
+                (0..n)
+                    .map(|_| ((rng.unit() * 2.0 - 1.0) * bound) as f32)
+                    .collect()
+            } else {
+                let base = Vec::<f32>::try_from(t.detach().to_kind(Kind::Float).flatten(0, -1))?;
+                base.iter()
+                    .map(|v| v + ((rng.unit() * 2.0 - 1.0) * 0.05) as f32)
+                    .collect()
+            };
         out.push((
             name.clone(),
             Tensor::from_slice(&values).view(size.as_slice()),

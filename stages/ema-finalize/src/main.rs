@@ -10,12 +10,11 @@
 
 mod sources;
 
-use pgolf_store::files;
 use anyhow::Result;
 use pgolf_quant::{read_safetensors, write_safetensors};
+use pgolf_store::files;
 use pgolf_store::Stage;
 use sources::{Params, Sources, TrainFacts};
-
 
 fn main() {
     pgolf_store::run_stage::<Params, _>("ema-finalize", env!("PGOLF_STAGE_IDENTITY"), run);

@@ -15,9 +15,9 @@
 //! Every source must hold exactly the raw model's names and shapes; the result takes each tensor's
 //! dtype from the raw model (the averages are cast back, as upstream loads them into the model).
 
-use pgolf_store::files;
 use anyhow::{bail, Context, Result};
 use pgolf_quant::{read_safetensors, Weight};
+use pgolf_store::files;
 use pgolf_store::Manifest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,5 @@
 //! Accumulating `XᵀX` per tapped weight over calibration batches (fp32, on the model's device).
 
-use pgolf_store::files;
 use anyhow::{bail, Result};
 use pgolf_model::{Gpt, Hooks};
 use pgolf_quant::{write_safetensors, DType, Weight};
@@ -98,6 +97,7 @@ impl Sums {
 mod tests {
     use super::*;
     use pgolf_model::{build, ModelConfig};
+    use pgolf_store::files;
 
     fn tiny() -> (tch::nn::VarStore, Gpt) {
         tch::manual_seed(5);

@@ -10,11 +10,11 @@ mod calibration;
 mod generate;
 mod hessians;
 
-use pgolf_store::files;
 use anyhow::{Context, Result};
 use calibration::{Params, Source};
 use pgolf_model::{build, load_safetensors, ModelConfig};
 use pgolf_runtime::{describe, device_from_str, precision_kind};
+use pgolf_store::files;
 use pgolf_store::Stage;
 use std::time::Instant;
 use tch::{Kind, Tensor};

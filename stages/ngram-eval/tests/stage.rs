@@ -1,9 +1,9 @@
 //! Runs the real ngram-eval binary on a tiny model's artifact and a synthetic Markov corpus.
 
-use pgolf_store::files;
-use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use pgolf_model::ModelConfig;
+use pgolf_store::files;
 use pgolf_store::Manifest;
+use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::process::Command;

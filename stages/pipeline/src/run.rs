@@ -1,8 +1,8 @@
 //! `pipeline run [TARGET]`: plan, run what is stale, reuse the rest, then the sweep table and the
 //! report's path.
 
-use pgolf_store::files;
 use anyhow::{bail, Result};
+use pgolf_store::files;
 use std::collections::BTreeSet;
 
 use crate::display::sweep_table;

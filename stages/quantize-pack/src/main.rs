@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::fs;
 use std::time::Instant;
 
-
 /// The stage's source identity, extended by the hash of the embedded code tar: the sources it
 /// counts (model, eval, ...) are not all dependencies of this crate, yet change its output.
 const IDENTITY: &str = concat!(

@@ -9,7 +9,6 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-
 /// A report line with the tensor's own compressed size (alone, same compressor).
 pub struct Row<'a> {
     pub report: &'a TensorReport,

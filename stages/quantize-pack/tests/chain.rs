@@ -2,8 +2,8 @@
 //! driven by the real `pipeline` binary (all built by `cargo build --release --workspace`):
 //! a clip sweep reruns only quantize-pack; the cap is enforced; an EMA never updated is refused.
 
-use pgolf_store::files;
 use pgolf_quant::Artifact;
+use pgolf_store::files;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -137,9 +137,10 @@ fn a_clip_sweep_reruns_only_quantize_pack_and_the_cap_is_enforced() {
         assert_eq!(status(&first, stage), "ran", "{first}");
     }
     let art = Artifact::read(&p.runs("quantize-pack")[0].join(files::ARTIFACT)).unwrap();
-    let train_config: Value =
-        serde_json::from_slice(&std::fs::read(p.runs("train")[0].join(files::MODEL_CONFIG)).unwrap())
-            .unwrap();
+    let train_config: Value = serde_json::from_slice(
+        &std::fs::read(p.runs("train")[0].join(files::MODEL_CONFIG)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         art.config, train_config,
         "the artifact carries the model config"

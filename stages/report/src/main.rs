@@ -27,8 +27,8 @@ mod stats;
 mod submission;
 mod tables;
 
-use pgolf_store::files;
 use anyhow::Result;
+use pgolf_store::files;
 use pgolf_store::Stage;
 
 use crate::doc::Doc;

@@ -1,8 +1,8 @@
 //! Writing the report's files: report.md, report.html, plots/*.svg, submission.json,
 //! provenance.json, and the train logs copied (after checking their hashes) into logs/.
 
-use pgolf_store::files;
 use anyhow::{bail, Context, Result};
+use pgolf_store::files;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::fs;
@@ -32,7 +32,11 @@ pub fn page(out: &Path, doc: &Doc) -> Result<()> {
     for fig in doc.figures() {
         write(out, &fig.file(), fig.svg.as_bytes())?;
     }
-    write(out, files::REPORT_MD, crate::markdown::render(doc).as_bytes())?;
+    write(
+        out,
+        files::REPORT_MD,
+        crate::markdown::render(doc).as_bytes(),
+    )?;
     write(out, files::REPORT_HTML, crate::html::render(doc).as_bytes())
 }
 
@@ -41,7 +45,12 @@ pub fn page(out: &Path, doc: &Doc) -> Result<()> {
 pub fn copy_logs<'a>(out: &Path, f: &Findings<'a>) -> Result<Vec<(String, &'a Run)>> {
     let mut copied = Vec::new();
     for (run, label) in f.train_runs() {
-        let Some(listed) = run.manifest.outputs.iter().find(|o| o.path == files::TRAIN_LOG) else {
+        let Some(listed) = run
+            .manifest
+            .outputs
+            .iter()
+            .find(|o| o.path == files::TRAIN_LOG)
+        else {
             continue;
         };
         let source = run.dir.join(files::TRAIN_LOG);

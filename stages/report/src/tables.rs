@@ -2,12 +2,12 @@
 //! `tensors.parquet` and an evaluation's `results.parquet`. A table that is absent is "not
 //! available" (said so in the report); one that is present but malformed is an error naming it.
 
-use pgolf_store::files;
 use anyhow::{anyhow, bail, Context, Result};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pgolf_store::files;
 use std::fs::File;
 use std::path::Path;
 

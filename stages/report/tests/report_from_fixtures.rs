@@ -3,8 +3,8 @@
 
 mod common;
 
-use pgolf_store::files;
 use common::*;
+use pgolf_store::files;
 use serde_json::{json, Value};
 use std::fs;
 
@@ -499,7 +499,10 @@ fn the_device_check_reads_records_by_field() {
         "{eval}"
     );
     let sub = read_json(&dir.join(files::SUBMISSION));
-    assert_eq!(sub["hardware"], "cuda, world size 1: 1 × NVIDIA H100 80GB HBM3");
+    assert_eq!(
+        sub["hardware"],
+        "cuda, world size 1: 1 × NVIDIA H100 80GB HBM3"
+    );
     assert_eq!(sub["eval_hardware"], "cuda, world size 1: 1 × NVIDIA H200");
 
     // On the rule's hardware the training check passes.
@@ -512,12 +515,21 @@ fn the_device_check_reads_records_by_field() {
     // Manifests written before the record (free-form strings) still make a report: the training
     // device cannot be checked by field (unknown), the evaluation's is shown as its old text.
     set_device(&c.train, json!("cuda:0 NVIDIA H100 80GB HBM3"));
-    set_device(&c.flat, json!("cuda (BFloat16 compute, Native numerics, fused blocks)"));
+    set_device(
+        &c.flat,
+        json!("cuda (BFloat16 compute, Native numerics, fused blocks)"),
+    );
     let (out, dir) = report(tmp.path(), &inputs, None);
     assert!(out.status.success(), "{}", stderr(&out));
     let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     let train = check_row(&md, "training device");
-    assert!(train.contains("? unknown") && train.contains("old manifest"), "{train}");
+    assert!(
+        train.contains("? unknown") && train.contains("old manifest"),
+        "{train}"
+    );
     let eval = check_row(&md, "evaluation device");
-    assert!(eval.contains("· info") && eval.contains("BFloat16 compute"), "{eval}");
+    assert!(
+        eval.contains("· info") && eval.contains("BFloat16 compute"),
+        "{eval}"
+    );
 }

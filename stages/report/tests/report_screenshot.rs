@@ -4,8 +4,8 @@
 
 mod common;
 
-use pgolf_store::files;
 use common::*;
+use pgolf_store::files;
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};

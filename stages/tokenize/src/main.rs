@@ -12,9 +12,9 @@ mod sources;
 mod summary;
 mod tokenizer;
 
-use pgolf_store::files;
 use anyhow::Result;
 use pgolf_data::{write_doc_table, DocRecord};
+use pgolf_store::files;
 use pgolf_store::Stage;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,10 +1,10 @@
 //! The tokenizer that turns text into shard tokens: a SentencePiece model (encoded by the real
 //! SentencePiece library, so ids match the Python package) or the built-in `byte260`.
 
-use pgolf_store::files;
 use anyhow::{anyhow, bail, Context, Result};
 use pgolf_data::sp_model::ModelProto;
 use pgolf_data::{ByteLut, TokenizerInfo, TokenizerKind};
+use pgolf_store::files;
 use sentencepiece::SentencePieceProcessor;
 use std::path::Path;
 

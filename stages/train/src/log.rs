@@ -6,7 +6,6 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-
 pub struct RunLog {
     file: File,
     echo: bool,

@@ -15,11 +15,11 @@ mod step;
 mod swa;
 mod validate;
 
-use pgolf_store::files;
 use anyhow::{bail, Result};
 use pgolf_model::{save_safetensors, save_tensors, Gpt};
-use pgolf_runtime::{cuda, describe, device_from_str, profiler};
 use pgolf_optim::{muon_momentum, Collective, Ema, Single, Warmdown};
+use pgolf_runtime::{cuda, describe, device_from_str, profiler};
+use pgolf_store::files;
 use pgolf_store::{progress, Stage};
 use std::time::Instant;
 use tch::{Kind, Tensor};

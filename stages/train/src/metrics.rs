@@ -8,7 +8,6 @@ use parquet::arrow::ArrowWriter;
 use std::path::Path;
 use std::sync::Arc;
 
-
 #[derive(Clone, Debug, Default)]
 pub struct Row {
     pub step: u64,
@@ -86,9 +85,9 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgolf_store::files;
     use arrow::array::Array;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use pgolf_store::files;
 
     #[test]
     fn writes_the_documented_columns() {

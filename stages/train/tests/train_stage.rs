@@ -2,11 +2,11 @@
 //! and a Wikipedia sample), two runs are bit-identical, the checkpoint reproduces the reported
 //! validation loss, and bad inputs fail with one clear line.
 
-use pgolf_store::files;
 use arrow::array::{Array, LargeStringArray, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pgolf_data::{write_shard, Split, TokenizerInfo};
 use pgolf_model::{load_safetensors, ModelConfig};
+use pgolf_store::files;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,15 +4,15 @@
 //! stage's binary within 1e-6 (relative). The evaluator's byte table is checked against
 //! pgolf-data's on the way.
 
-use pgolf_store::files;
-use pgolf_testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
 use pgolf_eval::torch::load_artifact;
-use pgolf_store::{Compute, Precision};
 use pgolf_model::{Activation, ModelConfig};
 use pgolf_quant::{
     encode_artifact, quantize_all, Compression, DType, GptqSettings, Method, QuantInputs, Routing,
     Rule, Weight,
 };
+use pgolf_store::files;
+use pgolf_store::{Compute, Precision};
+use pgolf_testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -62,7 +62,11 @@ fn ttt_eval(root: &Path, name: &str, params: Value) -> Value {
         .arg(&params_path)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&std::fs::read(out.join(files::SUMMARY)).unwrap()).unwrap()
 }
 
@@ -75,11 +79,14 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
 
     let art = pgolf_evaluator::Artifact::read(&art_dir.join(files::ARTIFACT)).unwrap();
     assert!(
-        art.tensors.iter().any(|t| matches!(t.encoding, pgolf_evaluator::Encoding::Rows { .. })),
+        art.tensors
+            .iter()
+            .any(|t| matches!(t.encoding, pgolf_evaluator::Encoding::Rows { .. })),
         "some matrices are quantized"
     );
     let ours = pgolf_evaluator::Model::from_artifact(&art).unwrap();
-    let (mut net, _) = load_artifact(&art_dir, Device::Cpu, Precision::F32, Compute::Native).unwrap();
+    let (mut net, _) =
+        load_artifact(&art_dir, Device::Cpu, Precision::F32, Compute::Native).unwrap();
     net.gpt.set_fused(false); // the literal formulation: the oracle
 
     // Per-token NLL, window by window, against the literal forward.
@@ -88,9 +95,13 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
     for start in (0..tokens.len() - 1 - t).step_by(t) {
         let (x, y) = (&tokens[start..start + t], &tokens[start + 1..start + t + 1]);
         let mine = ours.nll(x, y).unwrap();
-        let to = |v: &[u16]| Tensor::from_slice(&v.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1]);
+        let to = |v: &[u16]| {
+            Tensor::from_slice(&v.iter().map(|&i| i as i64).collect::<Vec<_>>()).view([1, -1])
+        };
         let theirs = Vec::<f32>::try_from(
-            tch::no_grad(|| net.gpt.token_nll(&to(x), &to(y))).to_kind(Kind::Float).flatten(0, -1),
+            tch::no_grad(|| net.gpt.token_nll(&to(x), &to(y)))
+                .to_kind(Kind::Float)
+                .flatten(0, -1),
         )
         .unwrap();
         for (a, b) in mine.iter().zip(&theirs) {
@@ -98,16 +109,25 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
         }
     }
     assert!(worst < 1e-5, "per-token NLL differs by {worst}");
-    assert!(worst > 0.0 || cfg.num_layers == 0, "a real comparison (different summation orders)");
+    assert!(
+        worst > 0.0 || cfg.num_layers == 0,
+        "a real comparison (different summation orders)"
+    );
 
     // Byte counts: the evaluator's byte260 table gives what pgolf-data's LUT charges.
-    let bytes = pgolf_evaluator::ByteLut::byte260().target_bytes(&tokens).unwrap();
+    let bytes = pgolf_evaluator::ByteLut::byte260()
+        .target_bytes(&tokens)
+        .unwrap();
     let lut = pgolf_data::ByteLut::byte260();
     assert!((1..tokens.len()).all(|i| bytes[i] == lut.bytes(tokens[i - 1], tokens[i])));
 
     let n = tokens.len() - 1;
     for (name, params, windows) in [
-        ("flat", json!({"mode": "flat", "precision": "f32"}), pgolf_evaluator::flat(n, t).unwrap()),
+        (
+            "flat",
+            json!({"mode": "flat", "precision": "f32"}),
+            pgolf_evaluator::flat(n, t).unwrap(),
+        ),
         (
             "sliding",
             json!({"mode": "sliding", "stride": 4, "precision": "f32"}),
@@ -117,10 +137,22 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
         let sums = pgolf_evaluator::score(&ours, &tokens, &bytes, &windows, |_| {}).unwrap();
         let summary = ttt_eval(root.path(), name, params);
         let theirs = summary["val_bpb_lut"].as_f64().unwrap();
-        assert_eq!(summary["val_lut_bytes"].as_u64(), Some(sums.bytes), "{name}");
-        assert_eq!(summary["scored_targets"].as_u64(), Some(sums.targets), "{name}");
+        assert_eq!(
+            summary["val_lut_bytes"].as_u64(),
+            Some(sums.bytes),
+            "{name}"
+        );
+        assert_eq!(
+            summary["scored_targets"].as_u64(),
+            Some(sums.targets),
+            "{name}"
+        );
         let rel = (sums.bpb() - theirs).abs() / theirs;
-        assert!(rel < 1e-6, "{name}: evaluator {} vs ttt-eval {theirs} (rel {rel:e})", sums.bpb());
+        assert!(
+            rel < 1e-6,
+            "{name}: evaluator {} vs ttt-eval {theirs} (rel {rel:e})",
+            sums.bpb()
+        );
     }
 }
 
@@ -143,7 +175,14 @@ fn baseline_int8_zstd_agrees_with_libtorch() {
         small_numel: 256,
         ..Routing::default()
     };
-    check(tiny(), routing, Compression { level: Some(3), ..Compression::default() });
+    check(
+        tiny(),
+        routing,
+        Compression {
+            level: Some(3),
+            ..Compression::default()
+        },
+    );
 }
 
 /// Untied head, plain multi-head attention, LeakyReLU², int6 GPTQ-lite matrices, brotli in chunks.

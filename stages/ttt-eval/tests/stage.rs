@@ -1,9 +1,9 @@
 //! Runs the real ttt-eval binary on a tiny model's artifact and a synthetic Markov corpus.
 
-use pgolf_store::files;
-use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use pgolf_model::ModelConfig;
+use pgolf_store::files;
 use pgolf_store::Manifest;
+use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -184,7 +184,10 @@ fn upstream_numerics_and_the_activation_dump() {
     )
     .unwrap();
     let m = Manifest::read(&out).unwrap();
-    assert!(m.device.contains("UpstreamBf16"), "{}", m.device);
+    let numerics = m.headline["numerics"].as_str().unwrap();
+    assert!(numerics.contains("UpstreamBf16"), "{numerics}");
+    // The device is a record by field (here the CPU), not the numerics.
+    assert_eq!(m.device, pgolf_store::DeviceRecord::cpu());
     let dumped = pgolf_model::read_tensors(&out.join(files::ACTIVATIONS)).unwrap();
     let get = |name: &str| {
         dumped

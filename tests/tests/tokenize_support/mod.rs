@@ -3,9 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use pgolf_store::files;
 use pgolf_data::{list_shards, read_doc_table, DocRecord, Shard, Split};
 use pgolf_e2e::{bin, stderr, workspace_root};
+use pgolf_store::files;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -22,7 +22,7 @@ fn cfg() -> ModelConfig {
         num_heads: 4,
         num_kv_heads: 2,
         mlp_mult: 2,
-        seq_len: Some(16),
+        seq_len: 16,
         ..Default::default()
     }
 }

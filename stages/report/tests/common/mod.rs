@@ -6,10 +6,10 @@
 
 #![allow(dead_code)]
 
-use pgolf_store::files;
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use pgolf_store::files;
 use pgolf_store::manifest::describe_outputs;
 use pgolf_store::{DeviceRecord, InputRef, Manifest};
 use serde_json::{json, Value};
