@@ -279,7 +279,7 @@ mod tests {
         fs::write(&path, b"doc_id,split\n").unwrap();
         let err = format!("{:#}", read_doc_table(&path).unwrap_err());
         assert!(
-            err.contains("docs.parquet") && err.contains("not a Parquet file"),
+            err.contains(files::DOC_TABLE) && err.contains("not a Parquet file"),
             "{err}"
         );
     }

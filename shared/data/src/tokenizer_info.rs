@@ -83,7 +83,7 @@ mod tests {
         std::fs::write(&path, r#"{"kind":"wordpiece","vocab_size":10,"bos_id":1}"#).unwrap();
         let err = format!("{:#}", TokenizerInfo::read(dir.path()).unwrap_err());
         assert!(
-            err.contains("tokenizer.json") && err.contains("wordpiece"),
+            err.contains(files::TOKENIZER_INFO) && err.contains("wordpiece"),
             "{err}"
         );
         std::fs::write(&path, r#"{"kind":"byte260","vocab_size":260,"bos_id":260}"#).unwrap();
