@@ -4,7 +4,7 @@
 #   bench/eval_diag.sh DATA_DIR ARTIFACT_DIR [DEVICE]
 #
 # Runs ttt-eval (upstream_compatible flat) on ARTIFACT_DIR under each precision policy — native
-# (bf16, fused blocks: what bench/eval_gpu.sh measured), native literal blocks, `compute: upstream`
+# (bf16, the default formulation: what bench/eval_gpu.sh measured), native literal formulation, `compute: upstream`
 # (upstream's eval numerics op for op) and f32 — dumping every linear layer's input for the first
 # 4 windows, then bench/eval_diag.py scores the exported decoded weights with upstream's eval_val
 # under several constructions of upstream's model and prints BPB, |Δ| and the per-layer tables.
@@ -37,7 +37,7 @@ run_eval() {  # name extra-params-json
 }
 run_eval upstream ', "compute": "upstream"'
 run_eval native ', "export_decoded": true'
-run_eval native_literal ', "fused": false'
+run_eval native_literal ', "formulation": "literal"'
 run_eval f32 ', "precision": "f32"'
 
 compile=(); [ "${COMPILE:-1}" = 1 ] && [ "$device" != cpu ] && compile=(--compile)

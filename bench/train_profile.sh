@@ -4,7 +4,7 @@
 # their GPU time by kernel class, kernel and launching op (bench/trace_summary.py) — the same
 # classes as bench/profile_micro_batch.py prints for upstream.
 #   run(command="bash bench/train_profile.sh", carry=[".device", ".ref"])
-# Env: EXTRA_PARAMS (JSON object merged into the train params, e.g. '{"fused_kernels": false}').
+# Env: EXTRA_PARAMS (JSON object merged into the train params, e.g. '{"formulation": "literal"}').
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/device_data.sh

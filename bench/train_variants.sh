@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # On the GPU machine (docs/GPU.md): short runs of our train stage, baseline config, in each
-# execution variant — the fused block formulation on ATen ops or on our fused kernels, eager or CUDA-graph micro-batches — to
+# execution variant — the literal or the fast formulation, eager or CUDA-graph micro-batches — to
 # see what the step costs and whether the host (kernel launches) or the GPU is the bottleneck.
 # Writes $OUT/variants.md (the table), $OUT/variants.log (the runs' logs) and
 # $WORK/best_params.json (the fastest variant that ran, for train_side_by_side.sh).
@@ -15,7 +15,7 @@ source bench/device_data.sh
 echo "| formulation | cuda_graphs | ms/step | host ms/step | train loss @$STEPS | peak MiB |" > "$RESULTS/variants.md"
 echo "|---|---|---|---|---|---|" >> "$RESULTS/variants.md"
 best=""; best_ms=1e9
-for variant in "fused false" "fused true" "kernels false" "kernels true"; do
+for variant in "literal false" "literal true" "fast false" "fast true"; do
   set -- $variant
   name="$1-graphs_$2"
   params="{\"iterations\": $STEPS, \"warmdown_iters\": 0, \"max_wallclock_seconds\": 0.0, \"val_loss_every\": 0,
@@ -26,11 +26,11 @@ for variant in "fused false" "fused true" "kernels false" "kernels true"; do
     python3 - "$WORK/$name" "$1" "$2" "$STEPS" >> "$RESULTS/variants.md" <<'PY'
 import json, re, sys
 from pathlib import Path
-run, fused, graphs, steps = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+run, formulation, graphs, steps = Path(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 h = json.loads((run / "manifest.json").read_text())["headline"]
 log = (run / "train.log").read_text()
 host = [float(x) for x in re.findall(r"host_ms:(\S+)", log)][1:]  # the first step includes set-up
-print(f"| {fused} | {graphs} | {h['ms_per_step']:.1f} | {sum(host) / max(len(host), 1):.1f} | {h['final_train_loss']:.4f} | {h['peak_gpu_mib']} |")
+print(f"| {formulation} | {graphs} | {h['ms_per_step']:.1f} | {sum(host) / max(len(host), 1):.1f} | {h['final_train_loss']:.4f} | {h['peak_gpu_mib']} |")
 PY
     ms=$(python3 -c "import json; print(json.load(open('$WORK/$name/manifest.json'))['headline']['ms_per_step'])")
     if python3 -c "import sys; sys.exit(0 if $ms < $best_ms else 1)"; then best_ms=$ms; best="{\"formulation\": \"$1\", \"cuda_graphs\": $2}"; fi

@@ -19,6 +19,7 @@ STAGES=(train tokenize ema-finalize gptq-calibrate quantize-pack ttt-eval ngram-
 # the same path there. E.g. "-p pgolf-kernels --example check_kernels|examples/check_kernels".
 EXTRAS=(
   "-p pgolf-kernels --example check_kernels|examples/check_kernels"
+  "-p pgolf-model --example check_model_gpu|examples/check_model_gpu"
 )
 
 cargo build --release $(printf -- '-p %s ' "${STAGES[@]}")

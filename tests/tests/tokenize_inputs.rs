@@ -4,7 +4,7 @@
 mod tokenize_support;
 
 use arrow::array::{ArrayRef, LargeStringArray};
-use pgolf_data::{write_shard, Split};
+use pgolf_data::Split;
 use pgolf_store::files;
 use serde_json::json;
 use std::fs;
@@ -129,7 +129,7 @@ fn imported_shards_are_indexed_at_bos_and_linked_unchanged() {
         json!({"val_docs": 10, "shard_tokens": 150}),
     );
 
-    // A plain folder of the shards, as the official downloader leaves them (plus a sidecar).
+    // A plain folder of the shards, as the official downloader leaves them.
     let shards = dir.path().join("shards");
     fs::create_dir(&shards).unwrap();
     for entry in fs::read_dir(original.out()).unwrap() {
@@ -138,12 +138,10 @@ fn imported_shards_are_indexed_at_bos_and_linked_unchanged() {
             fs::copy(&path, shards.join(path.file_name().unwrap())).unwrap();
         }
     }
-    write_shard(&shards.join("fineweb_val_bytes_000000.bin"), &[0, 3, 4]).unwrap();
 
     let imported = tokenize_ok(&[("shards", &shards), ("tokenizer", &sp1024())], json!({}));
     assert_eq!(imported.tokens(Split::Val), original.tokens(Split::Val));
     assert_eq!(imported.tokens(Split::Train), original.tokens(Split::Train));
-    assert!(!imported.out().join("fineweb_val_bytes_000000.bin").exists());
     let (a, b) = (original.docs(), imported.docs());
     assert_eq!(a.len(), b.len());
     for (a, b) in a.iter().zip(&b) {

@@ -23,13 +23,46 @@ pub struct DocRecord {
     pub token_offset: u64,
     /// Tokens of the document, BOS included.
     pub token_count: u64,
-    /// UTF-8 bytes of the original text; `None` when unknown (imported official shards).
+    /// UTF-8 bytes of the original text; `None` when unknown (imported official shards without
+    /// a byte sidecar).
     pub raw_bytes: Option<u64>,
+    /// Where `raw_bytes` came from; `None` exactly when `raw_bytes` is.
+    pub raw_bytes_source: Option<RawBytesSource>,
     /// Bytes by the tokenizer lookup tables (REFERENCE.md §2.1–2.2).
     pub lut_bytes: u64,
     /// −log2 P(document) under the synthetic source; `None` for real text.
     pub source_bits: Option<f64>,
 }
+
+/// The provenance of a document's raw byte count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawBytesSource {
+    /// The UTF-8 length of the document's text, which the tokenize stage read.
+    Text,
+    /// The sum of the official byte sidecar (`fineweb_val_bytes_*.bin`) over the document's tokens.
+    Sidecar,
+}
+
+impl RawBytesSource {
+    pub fn name(self) -> &'static str {
+        match self {
+            RawBytesSource::Text => "text",
+            RawBytesSource::Sidecar => "sidecar",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<RawBytesSource> {
+        match name {
+            "text" => Some(RawBytesSource::Text),
+            "sidecar" => Some(RawBytesSource::Sidecar),
+            _ => None,
+        }
+    }
+}
+
+/// Optional on read: tables written before it existed have it absent, and their raw bytes (where
+/// known) came from text.
+const RAW_BYTES_SOURCE: &str = "raw_bytes_source";
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -40,6 +73,7 @@ fn schema() -> SchemaRef {
         Field::new("raw_bytes", DataType::UInt64, true),
         Field::new("lut_bytes", DataType::UInt64, false),
         Field::new("source_bits", DataType::Float64, true),
+        Field::new(RAW_BYTES_SOURCE, DataType::Utf8, true),
     ]))
 }
 
@@ -88,6 +122,10 @@ fn to_batch(docs: &[DocRecord]) -> Result<RecordBatch> {
         Arc::new(UInt64Array::from_iter(docs.iter().map(|d| d.raw_bytes))),
         u64s(|d| d.lut_bytes),
         Arc::new(Float64Array::from_iter(docs.iter().map(|d| d.source_bits))),
+        Arc::new(StringArray::from_iter(
+            docs.iter()
+                .map(|d| d.raw_bytes_source.map(RawBytesSource::name)),
+        )),
     ];
     Ok(RecordBatch::try_new(schema(), columns)?)
 }
@@ -102,10 +140,12 @@ fn read_from(path: &Path) -> Result<Vec<DocRecord>> {
     let file = File::open(path).context("cannot open the doc table")?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).context("not a Parquet file")?;
     for expected in schema().fields() {
-        let found = builder
-            .schema()
-            .field_with_name(expected.name())
-            .map_err(|_| anyhow!("doc table has no `{}` column", expected.name()))?;
+        let Ok(found) = builder.schema().field_with_name(expected.name()) else {
+            if expected.name() == RAW_BYTES_SOURCE {
+                continue;
+            }
+            bail!("doc table has no `{}` column", expected.name());
+        };
         if found.data_type() != expected.data_type() {
             bail!(
                 "column `{}` has type {}, expected {}",
@@ -126,8 +166,32 @@ fn read_from(path: &Path) -> Result<Vec<DocRecord>> {
         let raw_bytes = column::<UInt64Array>(&batch, "raw_bytes", true)?;
         let lut_bytes = column::<UInt64Array>(&batch, "lut_bytes", false)?;
         let source_bits = column::<Float64Array>(&batch, "source_bits", true)?;
+        let raw_source = match batch.column_by_name(RAW_BYTES_SOURCE) {
+            Some(_) => Some(column::<StringArray>(&batch, RAW_BYTES_SOURCE, true)?),
+            None => None,
+        };
         for row in 0..batch.num_rows() {
             let split_name = split.value(row);
+            let raw_bytes = raw_bytes.is_valid(row).then(|| raw_bytes.value(row));
+            let raw_bytes_source = match raw_source {
+                Some(sources) if sources.is_valid(row) => {
+                    let name = sources.value(row);
+                    Some(RawBytesSource::from_name(name).ok_or_else(|| {
+                        anyhow!(
+                            "row {}: raw_bytes_source {name:?} is neither text nor sidecar",
+                            docs.len()
+                        )
+                    })?)
+                }
+                Some(_) => None,
+                None => raw_bytes.map(|_| RawBytesSource::Text),
+            };
+            if raw_bytes.is_some() != raw_bytes_source.is_some() {
+                bail!(
+                    "row {}: raw_bytes and raw_bytes_source must both be set or both be null",
+                    docs.len()
+                );
+            }
             docs.push(DocRecord {
                 doc_id: doc_id.value(row).to_string(),
                 split: Split::from_name(split_name).ok_or_else(|| {
@@ -138,7 +202,8 @@ fn read_from(path: &Path) -> Result<Vec<DocRecord>> {
                 })?,
                 token_offset: token_offset.value(row),
                 token_count: token_count.value(row),
-                raw_bytes: raw_bytes.is_valid(row).then(|| raw_bytes.value(row)),
+                raw_bytes,
+                raw_bytes_source,
                 lut_bytes: lut_bytes.value(row),
                 source_bits: source_bits.is_valid(row).then(|| source_bits.value(row)),
             });
@@ -177,6 +242,7 @@ mod tests {
                 token_offset: 0,
                 token_count: 5,
                 raw_bytes: Some(12),
+                raw_bytes_source: Some(RawBytesSource::Text),
                 lut_bytes: 12,
                 source_bits: Some(30.5),
             },
@@ -186,6 +252,7 @@ mod tests {
                 token_offset: 5,
                 token_count: 2,
                 raw_bytes: None,
+                raw_bytes_source: None,
                 lut_bytes: 3,
                 source_bits: None,
             },
@@ -195,6 +262,7 @@ mod tests {
                 token_offset: 0,
                 token_count: 9,
                 raw_bytes: Some(20),
+                raw_bytes_source: Some(RawBytesSource::Sidecar),
                 lut_bytes: 19,
                 source_bits: None,
             },
@@ -225,7 +293,7 @@ mod tests {
         };
         // All columns but lut_bytes.
         let full = to_batch(&sample()).unwrap();
-        let keep: Vec<usize> = (0..7)
+        let keep: Vec<usize> = (0..full.num_columns())
             .filter(|&i| full.schema().field(i).name() != "lut_bytes")
             .collect();
         let partial = full.project(&keep).unwrap();
@@ -259,6 +327,28 @@ mod tests {
         assert!(
             err.contains("column `token_count` has type Utf8, expected UInt64"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_table_from_before_the_source_column_reads_its_raw_bytes_as_from_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(files::DOC_TABLE);
+        let full = to_batch(&sample()).unwrap();
+        let old = full
+            .project(&(0..full.num_columns() - 1).collect::<Vec<_>>())
+            .unwrap();
+        let mut w = ArrowWriter::try_new(File::create(&path).unwrap(), old.schema(), None).unwrap();
+        w.write(&old).unwrap();
+        w.close().unwrap();
+        let sources: Vec<_> = read_doc_table(&path)
+            .unwrap()
+            .iter()
+            .map(|d| d.raw_bytes_source)
+            .collect();
+        assert_eq!(
+            sources,
+            [Some(RawBytesSource::Text), None, Some(RawBytesSource::Text)]
         );
     }
 

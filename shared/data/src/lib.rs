@@ -4,6 +4,7 @@
 //! - [`lut`]: byte lookup tables from a SentencePiece model or `byte260` (REFERENCE.md §2.1–2.2).
 //! - [`doc_table`]: `docs.parquet`, one row per document (offsets, token counts, byte counts).
 //! - [`tokenizer_info`]: `tokenizer.json`, which tokenizer a tokenize output was made with.
+//! - [`sidecar`]: the official byte sidecars of text-transforming tokenizers (CaseOps).
 //! - [`sp_model`]: the fields of a SentencePiece `.model` protobuf that the tables need.
 //! - [`rng`]: the seeded generator of synthetic corpora and seeded initializations.
 
@@ -11,11 +12,12 @@ pub mod doc_table;
 pub mod lut;
 pub mod rng;
 pub mod shard;
+pub mod sidecar;
 pub mod sp_model;
 pub mod tokenizer_info;
 
-pub use doc_table::{read_doc_table, write_doc_table, DocRecord};
+pub use doc_table::{read_doc_table, write_doc_table, DocRecord, RawBytesSource};
 pub use lut::ByteLut;
 pub use rng::Rng;
 pub use shard::{list_shards, write_shard, Shard, Split, TokenStream};
-pub use tokenizer_info::{TokenizerInfo, TokenizerKind};
+pub use tokenizer_info::{refuse_lookup_table_bytes, TokenizerInfo, TokenizerKind};

@@ -230,6 +230,7 @@ pub fn random_valset(n: usize, doc_len: usize, seed: u64) -> ValSet {
             token_offset: offset as u64,
             token_count: len as u64,
             raw_bytes: Some(len as u64 - 1),
+            raw_bytes_source: Some(pgolf_data::RawBytesSource::Text),
             lut_bytes: len as u64 - 1,
             source_bits: None,
         });

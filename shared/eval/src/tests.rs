@@ -161,6 +161,7 @@ fn bpb_on_hand_built_sequences_follows_the_formula() {
             token_offset: tokens.len() as u64,
             token_count: d.len() as u64,
             raw_bytes: Some(raw_bytes[i]),
+            raw_bytes_source: Some(pgolf_data::RawBytesSource::Text),
             lut_bytes: lut_bytes[i],
             source_bits: None,
         });
@@ -394,6 +395,7 @@ fn assert_prefix_unchanged(run: impl Fn(&ValSet) -> LedgerReport, base: &ValSet,
                 token_count: (d.end.min(tokens.len()) - d.bos - usize::from(d.end < tokens.len()))
                     as u64,
                 raw_bytes: d.raw_bytes,
+                raw_bytes_source: d.raw_bytes.map(|_| pgolf_data::RawBytesSource::Text),
                 lut_bytes: base
                     .lut
                     .sequence_bytes(&tokens[d.bos..d.end - usize::from(d.end < tokens.len())]),
@@ -536,6 +538,7 @@ fn ngram_mixing_helps_on_repetitive_text() {
         token_offset: 0,
         token_count: tokens.len() as u64,
         raw_bytes: Some(tokens.len() as u64 - 1),
+        raw_bytes_source: Some(pgolf_data::RawBytesSource::Text),
         lut_bytes: tokens.len() as u64 - 1,
         source_bits: None,
     }];

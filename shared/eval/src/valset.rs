@@ -57,8 +57,12 @@ impl ValSet {
             .into_iter()
             .filter(|d| d.split == Split::Val)
             .collect();
-        ValSet::new(tokens, &docs, lut, info.bos_id as u16)
-            .with_context(|| format!("{}", dir.display()))
+        let set = ValSet::new(tokens, &docs, lut, info.bos_id as u16)
+            .with_context(|| format!("{}", dir.display()))?;
+        if set.raw_bytes().is_none() {
+            pgolf_data::refuse_lookup_table_bytes(dir)?;
+        }
+        Ok(set)
     }
 
     /// Builds and validates: documents must tile the stream, start with BOS, and carry the LUT byte
@@ -175,6 +179,7 @@ pub(crate) mod tests {
                 token_offset: offset,
                 token_count: text.len() as u64 + 1,
                 raw_bytes: Some(text.len() as u64),
+                raw_bytes_source: Some(pgolf_data::RawBytesSource::Text),
                 lut_bytes: text.len() as u64,
                 source_bits: None,
             });

@@ -29,6 +29,54 @@ pub fn read_shard(path: &Path) -> Result<Vec<u16>> {
 /// The val stream of `dir`: every `fineweb_val_*.bin` in sorted order (not the CaseOps
 /// `fineweb_val_bytes_*` sidecars), concatenated.
 pub fn val_tokens(dir: &Path) -> Result<Vec<u16>> {
+    let mut tokens = Vec::new();
+    for p in val_shards(dir)? {
+        tokens.extend(read_shard(&p)?);
+    }
+    Ok(tokens)
+}
+
+/// The bytes of the original text each val token stands for, from the byte sidecars
+/// (`fineweb_val_bytes_*.bin`, one count per token of each val shard, REFERENCE.md §2.4) when
+/// `dir` has them, else from the tokenizer's tables — which a text-transforming tokenizer
+/// (CaseOps: pieces that stand for no text) may not use, so then this refuses.
+pub fn val_target_bytes(dir: &Path, tokens: &[u16], lut: &ByteLut) -> Result<Vec<u32>> {
+    let shards = val_shards(dir)?;
+    let sidecars: Vec<PathBuf> = shards
+        .iter()
+        .map(|p| {
+            p.with_file_name(p.file_name().unwrap().to_string_lossy().replacen(
+                "fineweb_val_",
+                "fineweb_val_bytes_",
+                1,
+            ))
+        })
+        .collect();
+    if !sidecars.iter().any(|p| p.exists()) {
+        if lut.transforms_text {
+            bail!("{}: refusing to score: the tokenizer has pieces that stand for no text (CaseOps) and there are no byte sidecars (fineweb_val_bytes_*.bin)", dir.display());
+        }
+        return lut.target_bytes(tokens);
+    }
+    let mut bytes = Vec::with_capacity(tokens.len());
+    for (shard, side) in shards.iter().zip(&sidecars) {
+        let counts = read_shard(side)?;
+        if counts.len() != read_shard(shard)?.len() {
+            bail!(
+                "{}: not one count per token of {}",
+                side.display(),
+                shard.display()
+            );
+        }
+        bytes.extend(counts.into_iter().map(u32::from));
+    }
+    if let Some(b) = bytes.first_mut() {
+        *b = 0;
+    }
+    Ok(bytes)
+}
+
+fn val_shards(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}: cannot list", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -41,11 +89,7 @@ pub fn val_tokens(dir: &Path) -> Result<Vec<u16>> {
     if paths.is_empty() {
         bail!("{}: no fineweb_val_*.bin shards", dir.display());
     }
-    let mut tokens = Vec::new();
-    for p in paths {
-        tokens.extend(read_shard(&p)?);
-    }
-    Ok(tokens)
+    Ok(paths)
 }
 
 /// Per-token byte tables: a target `y` after `p` is charged `base[y] + (space[y] && !boundary[p])`.
@@ -53,6 +97,9 @@ pub struct ByteLut {
     pub base: Vec<u16>,
     pub space: Vec<bool>,
     pub boundary: Vec<bool>,
+    /// Some piece stands for no text (user-defined, or a control piece other than the specials):
+    /// the tokenizer transforms the text, so these tables overstate its bytes.
+    pub transforms_text: bool,
 }
 
 impl ByteLut {
@@ -61,6 +108,7 @@ impl ByteLut {
             base: vec![0; n],
             space: vec![false; n],
             boundary: vec![true; n],
+            transforms_text: false,
         }
     }
 
@@ -94,6 +142,8 @@ impl ByteLut {
                 _ => {}
             })?;
             let text = std::str::from_utf8(text).map_err(|_| anyhow!("piece {id} is not UTF-8"))?;
+            let special = ["<pad>", "<s>", "</s>", "<unk>"].contains(&text);
+            lut.transforms_text |= kind == 4 || (kind == 3 && !special);
             match kind {
                 2 | 3 | 5 => continue,
                 6 => lut.base[id] = 1,

@@ -32,7 +32,7 @@ pub use artifact::{Artifact, DecodedTensor};
 pub use codec::Codec;
 pub use config::{Activation, ModelConfig, CONTROL_PATTERNS};
 pub use container::{Encoding, Scale, StoredTensor};
-pub use data::{read_shard, val_tokens, ByteLut};
+pub use data::{read_shard, val_target_bytes, val_tokens, ByteLut};
 pub use dtype::DType;
 pub use model::Model;
 pub use score::{bits_per_byte, flat, score, sliding, Sums, Window};

@@ -8,8 +8,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use pgolf_evaluator::{
-    flat, score, sliding, val_tokens, Artifact, ByteLut, Model, ARTIFACT_FILE, TOKENIZER_INFO_FILE,
-    TOKENIZER_MODEL_FILE,
+    flat, score, sliding, val_target_bytes, val_tokens, Artifact, ByteLut, Model, ARTIFACT_FILE,
+    TOKENIZER_INFO_FILE, TOKENIZER_MODEL_FILE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -41,10 +41,11 @@ fn run(args: Vec<String>) -> Result<()> {
         true => artifact.join(ARTIFACT_FILE),
         false => artifact,
     };
+    // The bytes first: data that cannot be scored honestly is refused before the model loads.
+    let tokens = val_tokens(&data)?;
+    let bytes = val_target_bytes(&data, &tokens, &lut(&data, tokenizer)?)?;
     let model = Model::from_artifact(&Artifact::read(&artifact)?)
         .with_context(|| format!("{}", artifact.display()))?;
-    let tokens = val_tokens(&data)?;
-    let bytes = lut(&data, tokenizer)?.target_bytes(&tokens)?;
     let seq_len = seq_len.unwrap_or(model.cfg.seq_len);
     let n = tokens.len().saturating_sub(1);
     let windows = match stride {

@@ -1,37 +1,37 @@
 //! The GPU check of pgolf-kernels: every fused op against its plain-tch reference under autograd,
 //! at the baseline's shapes (B·T = 65,536 rows, d 512, 8 heads, 4 kv heads, head_dim 64,
-//! hidden 1024, vocab 1024), forward and backward, with max errors and timings; then the ops
-//! inside a CUDA graph capture (pgolf-model's graph API, as the train stage uses it) and on a
-//! fresh thread. Prints one line per comparison and a summary; exits 1 on any failure.
+//! hidden 1024, vocab 1024), forward and backward, with max errors and timings; then an op on a
+//! fresh thread. Prints one line per comparison and a summary; exits 1 on any failure. The checks
+//! that need pgolf-model (the ops inside a CUDA graph capture, the whole model's formulations)
+//! are pgolf-model's `examples/check_model_gpu.rs`.
 //!
 //!     check_kernels [--device cuda|cpu] [--reps N] [--only NAME[,NAME...]]
 //!
 //! `--device cpu` runs the same comparisons at small shapes through the ops' CPU paths (tch
 //! formulas), to test this harness without a GPU; timings there mean nothing.
 //!
-//! Tolerances: outputs are bf16, so a fused result may differ from the reference by a rounding
-//! or two (relative 2⁻⁸ each); a comparison passes when every element has
+//! Tolerances ([`pgolf_kernels::check`]): outputs are bf16, so a fused result may differ from the
+//! reference by a rounding or two (relative 2⁻⁸ each); a comparison passes when every element has
 //! |Δ| ≤ atol + rtol·|ref|, with atol a fraction of the reference's largest magnitude.
 
+use std::ops::{Deref, DerefMut};
 use std::process::ExitCode;
-use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
+use pgolf_kernels::check::{
+    grad1, info_each, info_error, leaf, rope_tables, run_checks, trained_mix, Args, CheckFn,
+    Harness,
+};
 use pgolf_kernels::ops::{relu_square, softcap_cross_entropy};
 use tch::{Device, Kind, Tensor};
 
-/// One op's check: compares (via [`Ctx::compare`]) and times (via [`Ctx::time`]).
-type CheckFn = fn(&mut Ctx) -> Result<()>;
-
 /// The checks, in order. Each op adds one line here and one function below.
-const CHECKS: &[(&str, CheckFn)] = &[
+const CHECKS: &[(&str, CheckFn<Ctx>)] = &[
     ("relu_square", check_relu_square),
     ("softcap_cross_entropy", check_softcap_cross_entropy),
     ("qkv_norm_rope", check_qkv_norm_rope),
     ("mix_norm", check_mix_norm),
     ("rms_norm", check_rms_norm),
-    ("norms_cuda_graph", check_norms_in_cuda_graph),
-    ("cuda_graph", check_cuda_graph),
     ("fresh_thread", check_fresh_thread),
 ];
 
@@ -42,142 +42,29 @@ struct Shapes {
     vocab: i64,
 }
 
+/// The harness and the shapes of this device.
 struct Ctx {
-    device: Device,
-    reps: usize,
+    harness: Harness,
     shapes: Shapes,
-    failures: Vec<String>,
-    current: &'static str,
 }
 
-impl Ctx {
-    /// Compares `got` with `want` elementwise (in f32); records a failure when some element has
-    /// |Δ| > atol_frac·max|want| + rtol·|want|. Prints max |Δ|, max |Δ| relative to max|want|,
-    /// and the worst element's own relative error.
-    fn compare(
-        &mut self,
-        what: &str,
-        got: &Tensor,
-        want: &Tensor,
-        atol_frac: f64,
-        rtol: f64,
-    ) -> Result<bool> {
-        if got.size() != want.size() {
-            bail!(
-                "{what}: shape {:?}, reference {:?}",
-                got.size(),
-                want.size()
-            );
-        }
-        let (g, w) = (got.to_kind(Kind::Float), want.to_kind(Kind::Float));
-        let diff = (&g - &w).abs();
-        let scale = f64::try_from(w.abs().max())?;
-        let max_abs = f64::try_from(diff.max())?;
-        let finite = bool::try_from(g.isfinite().all())?;
-        let bound = w.abs() * rtol + atol_frac * scale;
-        let bad = i64::try_from(diff.gt_tensor(&bound).sum(Kind::Int64))?;
-        let worst = i64::try_from(diff.flatten(0, -1).argmax(0, false))?;
-        let worst_rel = f64::try_from(diff.flatten(0, -1).get(worst))?
-            / f64::try_from(w.flatten(0, -1).get(worst).abs())?.max(f64::MIN_POSITIVE);
-        let ok = finite && bad == 0;
-        println!(
-            "  {:<5} {what:<34} max|Δ| {max_abs:.3e}  max|Δ|/max|ref| {:.3e}  worst elem rel {worst_rel:.2e}  \
-             out of tol {bad}/{}{}",
-            if ok { "ok" } else { "FAIL" },
-            max_abs / scale.max(f64::MIN_POSITIVE),
-            g.numel(),
-            if finite { "" } else { "  (non-finite values!)" },
-        );
-        self.record(ok, what);
-        Ok(ok)
-    }
-
-    /// [`Ctx::compare`] of each `got[i]` with `want[i]`, named `names[i]`, within `tols[i]`
-    /// (atol_frac, rtol).
-    fn compare_each(
-        &mut self,
-        names: &[impl AsRef<str>],
-        tols: &[(f64, f64)],
-        got: &[Tensor],
-        want: &[Tensor],
-    ) -> Result<()> {
-        for ((name, &(atol, rtol)), (g, w)) in names.iter().zip(tols).zip(got.iter().zip(want)) {
-            self.compare(name.as_ref(), g, w, atol, rtol)?;
-        }
-        Ok(())
-    }
-
-    /// Records a failure unless two runs gave bitwise the same tensor.
-    fn bitwise_equal(&mut self, what: &str, a: &Tensor, b: &Tensor) -> Result<()> {
-        let same = bool::try_from(a.eq_tensor(b).all())?;
-        println!(
-            "  {:<5} {what:<34} {}",
-            if same { "ok" } else { "FAIL" },
-            if same { "bitwise equal" } else { "differs" }
-        );
-        self.record(same, what);
-        Ok(())
-    }
-
-    /// Notes a failed comparison of the current check (the run fails at the end).
-    fn record(&mut self, ok: bool, what: &str) {
-        if !ok {
-            self.failures.push(format!("{}: {what}", self.current));
-        }
-    }
-
-    /// Mean milliseconds of `f` over `reps` runs after 3 warm-ups, by a synchronised wall clock.
-    fn time(
-        &self,
-        what: &str,
-        bytes: Option<f64>,
-        mut f: impl FnMut() -> Result<()>,
-    ) -> Result<f64> {
-        for _ in 0..3 {
-            f()?;
-        }
-        self.sync();
-        let start = Instant::now();
-        for _ in 0..self.reps {
-            f()?;
-        }
-        self.sync();
-        let ms = start.elapsed().as_secs_f64() * 1e3 / self.reps as f64;
-        let bw = bytes.map_or(String::new(), |b| {
-            format!("  ({:.0} GB/s)", b / (ms * 1e-3) / 1e9)
-        });
-        println!("  time  {what:<34} {ms:8.3} ms{bw}");
-        Ok(ms)
-    }
-
-    fn sync(&self) {
-        if let Device::Cuda(i) = self.device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    }
-
-    /// `time` of the fused and the reference version of one phase, and their ratio.
-    fn time_pair(
-        &self,
-        phase: &str,
-        bytes: Option<f64>,
-        fused: impl FnMut() -> Result<()>,
-        reference: impl FnMut() -> Result<()>,
-    ) -> Result<()> {
-        let f = self.time(&format!("fused {phase}"), bytes, fused)?;
-        let r = self.time(&format!("reference {phase}"), None, reference)?;
-        println!("  speed {phase:<34} {:.2}× the reference", r / f);
-        Ok(())
+impl Deref for Ctx {
+    type Target = Harness;
+    fn deref(&self) -> &Harness {
+        &self.harness
     }
 }
 
-/// A leaf that requires grad.
-fn leaf(t: Tensor) -> Tensor {
-    t.set_requires_grad(true)
+impl DerefMut for Ctx {
+    fn deref_mut(&mut self) -> &mut Harness {
+        &mut self.harness
+    }
 }
 
-fn grad1(out: &Tensor, dout: &Tensor, input: &Tensor) -> Result<Tensor> {
-    Ok(pgolf_kernels::grad(&[out], &[dout], &[input])?.remove(0))
+impl AsMut<Harness> for Ctx {
+    fn as_mut(&mut self) -> &mut Harness {
+        &mut self.harness
+    }
 }
 
 fn check_relu_square(cx: &mut Ctx) -> Result<()> {
@@ -214,7 +101,7 @@ fn check_relu_square(cx: &mut Ctx) -> Result<()> {
         || grad1(&relu_square::relu_square(&a, 0.0)?, &dh, &a).map(drop),
         || grad1(&relu_square::reference(&ar, 0.0), &dh, &ar).map(drop),
     )?;
-    // The model's current formulation (bf16 ops, shared/model gpt.rs `activation`) for context.
+    // The literal formulation's (bf16 ops, shared/model gpt.rs `activation`) for context.
     let am = leaf(a0.copy());
     cx.time("model's bf16 relu().square() fwd+bwd", None, || {
         grad1(&am.relu().square(), &dh, &am).map(drop)
@@ -276,74 +163,6 @@ fn check_softcap_cross_entropy(cx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-/// One training-like step through the ops (or their references): returns (h, da, loss, dz).
-fn graph_step(fused: bool, a: &Tensor, dh: &Tensor, z: &Tensor, t: &Tensor) -> Result<Vec<Tensor>> {
-    let h = if fused {
-        relu_square::relu_square(a, 0.5)?
-    } else {
-        relu_square::reference(a, 0.5)
-    };
-    let da = grad1(&h, dh, a)?;
-    let nll = if fused {
-        softcap_cross_entropy::softcap_cross_entropy(z, t, 30.0)?
-    } else {
-        softcap_cross_entropy::reference(z, t, 30.0)
-    };
-    let loss = nll.mean(Kind::Float);
-    let dz = grad1(&loss, &Tensor::ones([], (Kind::Float, z.device())), z)?;
-    Ok(vec![h, da, loss, dz])
-}
-
-/// The ops' forward and backward captured in a CUDA graph (after a warm-up on the graph's side
-/// stream, as the train stage does), replayed on new input values, against the reference.
-fn check_cuda_graph(cx: &mut Ctx) -> Result<()> {
-    if cx.device == Device::Cpu {
-        println!("  (skipped on the CPU)");
-        return Ok(());
-    }
-    use pgolf_model::cuda::CudaGraph;
-    pgolf_kernels::ops::preload(cx.device).context("preloading every kernel")?;
-    let (n, hidden, v) = (cx.shapes.rows / 16, cx.shapes.hidden, cx.shapes.vocab);
-    let bf = (Kind::BFloat16, cx.device);
-    let a = leaf(Tensor::randn([n, hidden], bf));
-    let dh = Tensor::randn([n, hidden], bf) * 1e-3;
-    let z = leaf((Tensor::randn([n, v], (Kind::Float, cx.device)) * 0.3).to_kind(Kind::BFloat16));
-    let t = Tensor::randint(v, [n], (Kind::Int64, cx.device));
-    let mut graph = CudaGraph::new(cx.device)?;
-    graph.on_side_stream(|| graph_step(true, &a, &dh, &z, &t))??;
-    let captured = graph.capture(|| graph_step(true, &a, &dh, &z, &t))??;
-    // New values in the captured inputs: the replay must compute with them.
-    tch::no_grad(|| {
-        a.detach().copy_(&Tensor::randn([n, hidden], bf));
-        z.detach().copy_(
-            &(Tensor::randn([n, v], (Kind::Float, cx.device)) * 0.5).to_kind(Kind::BFloat16),
-        );
-    });
-    graph.replay()?;
-    cx.sync();
-    let [a_ref, z_ref] = [&a, &z].map(|t| leaf(t.detach().copy()));
-    let want = graph_step(false, &a_ref, &dh, &z_ref, &t)?;
-    let names = [
-        "replayed relu_square h",
-        "replayed relu_square da",
-        "replayed loss",
-        "replayed dz",
-    ];
-    let tols = [
-        (1e-6, 1.0 / 128.0),
-        (1e-6, 1.0 / 128.0),
-        (1e-6, 1e-5),
-        (1e-3, 1.0 / 64.0),
-    ];
-    cx.compare_each(&names, &tols, &captured, &want)?;
-    // Replay speed of the captured step (no launch overhead), for comparison with eager.
-    cx.time("graph replay of the step", None, || graph.replay())?;
-    cx.time("eager step", None, || {
-        graph_step(true, &a, &dh, &z, &t).map(drop)
-    })?;
-    Ok(())
-}
-
 /// The ops run from a thread that has never touched CUDA (no current context), with backward
 /// through tch's own `backward()` (accumulating into `.grad`).
 fn check_fresh_thread(cx: &mut Ctx) -> Result<()> {
@@ -375,8 +194,6 @@ fn check_fresh_thread(cx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
-// ---- Engineer D's ops: qkv_norm_rope, mix_norm, rms_norm -------------------------------------
-
 use pgolf_kernels::ops::{mix_norm, qkv_norm_rope, rms_norm};
 use pgolf_kernels::FusedFunction;
 
@@ -390,69 +207,9 @@ fn norm_shapes(cx: &Ctx) -> (i64, i64, i64, i64, i64, i64) {
     (cx.shapes.rows / t, t, h, hkv, hd, d)
 }
 
-/// Upstream's RoPE tables in f32 (REFERENCE.md §3.2): `[T, hd/2]` cos and sin of t·base^(−2i/hd).
-fn rope_tables(t: i64, hd: i64, device: Device) -> (Tensor, Tensor) {
-    let opts = (Kind::Float, device);
-    let inv_freq = Tensor::scalar_tensor(10_000.0, opts)
-        .pow(&(Tensor::arange_start_step(0, hd, 2, opts) / hd as f64))
-        .reciprocal();
-    let freqs = Tensor::arange(t, opts).outer(&inv_freq);
-    (freqs.cos(), freqs.sin())
-}
-
-/// A trained-looking residual mix `[2, d]` f32: m0 near 1, m1 small (init is exactly (1, 0)).
-fn trained_mix(d: i64, device: Device) -> Tensor {
-    let opts = (Kind::Float, device);
-    Tensor::stack(
-        &[
-            Tensor::randn([d], opts) * 0.2 + 1.0,
-            Tensor::randn([d], opts) * 0.2,
-        ],
-        0,
-    )
-}
-
-/// Prints (does not judge) how far another formulation is from the reference: for context.
-fn info_error(what: &str, got: &Tensor, want: &Tensor) -> Result<()> {
-    let (g, w) = (got.to_kind(Kind::Float), want.to_kind(Kind::Float));
-    let max_abs = f64::try_from((&g - &w).abs().max())?;
-    let scale = f64::try_from(w.abs().max())?.max(f64::MIN_POSITIVE);
-    println!(
-        "  info  {what:<34} max|Δ| {max_abs:.3e}  max|Δ|/max|ref| {:.3e}",
-        max_abs / scale
-    );
-    Ok(())
-}
-
-/// [`info_error`] of each `got[i]` against `want[i]`, labelled `{what}: {names[i]}`.
-fn info_each(what: &str, names: &[&str], got: &[Tensor], want: &[Tensor]) -> Result<()> {
-    for (name, (g, w)) in names.iter().zip(got.iter().zip(want)) {
-        info_error(&format!("{what}: {name}"), g, w)?;
-    }
-    Ok(())
-}
-
-/// An alternative to time: its full label and one run.
-type Alternative<'a> = (&'a str, Box<dyn FnMut() -> Result<()> + 'a>);
-
-/// Times the fused op and the alternatives for one phase; speed-ups against each.
-fn time_against(
-    cx: &Ctx,
-    phase: &str,
-    bytes: Option<f64>,
-    fused: impl FnMut() -> Result<()>,
-    others: Vec<Alternative<'_>>,
-) -> Result<()> {
-    let f = cx.time(&format!("fused {phase}"), bytes, fused)?;
-    for (label, g) in others {
-        let ms = cx.time(label, None, g)?;
-        println!("  speed fused {phase}: {:.2}× {label}", ms / f);
-    }
-    Ok(())
-}
-
-/// fused.rs's current attention prologue (bf16 tch ops: one rms_norm over the q and k heads,
-/// RoPE as x·C + rotate(x)·S with the gains folded into bf16 tables), for timing and context.
+/// The attention prologue in plain bf16 tch ops (one rms_norm over the q and k heads, RoPE as
+/// x·C + rotate(x)·S with the gains folded into bf16 tables: what the op replaced), for timing
+/// and context.
 fn qkv_current(
     qkv: &Tensor,
     cos: &Tensor,
@@ -579,8 +336,7 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
         gain0.shallow_clone(),
     ];
     let fwd = QKV_NORM_ROPE.forward(&inputs, &[eps])?;
-    time_against(
-        cx,
+    cx.time_against(
         "forward",
         Some(4.0 * elems),
         || QKV_NORM_ROPE.forward(&inputs, &[eps]).map(drop),
@@ -604,8 +360,7 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
         dkc.shallow_clone(),
         dvc.shallow_clone(),
     ];
-    time_against(
-        cx,
+    cx.time_against(
         "backward (SDPA-layout grads)",
         Some(6.0 * elems),
         || {
@@ -632,8 +387,7 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
         ],
     )?;
     let (qkv, gain) = (leaf(qkv0.copy()), leaf(gain0.copy()));
-    time_against(
-        cx,
+    cx.time_against(
         "forward+backward",
         Some(10.0 * elems),
         || {
@@ -670,7 +424,7 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
     let x00 = Tensor::randn([n, d], bf);
     let mix0 = trained_mix(d, cx.device);
     let (dxm, dn) = (Tensor::randn([n, d], bf), Tensor::randn([n, d], bf));
-    // fused.rs now: bf16 mix (x·m0 then addcmul), then libtorch's rms_norm.
+    // In plain bf16 tch ops (what the op replaced): x·m0 then addcmul, then libtorch's rms_norm.
     let current_fwd = |x: &Tensor, x0: &Tensor, mix: &Tensor| {
         let m = mix.to_kind(Kind::BFloat16);
         let xm = (x * m.get(0)).addcmul(&m.get(1), x0);
@@ -716,8 +470,7 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
     ];
     let fwd = MIX_NORM.forward(&inputs, &[eps])?;
     let grads = [dxm.shallow_clone(), dn.shallow_clone()];
-    time_against(
-        cx,
+    cx.time_against(
         "forward",
         Some(8.0 * elems),
         || MIX_NORM.forward(&inputs, &[eps]).map(drop),
@@ -739,8 +492,7 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
         MIX_NORM.backward(&fwd.saved, &grads, &[eps]).map(drop)
     })?;
     let (x, x0, mix) = (leaf(x0.copy()), leaf(x00.copy()), leaf(mix0.copy()));
-    time_against(
-        cx,
+    cx.time_against(
         "forward+backward",
         Some(20.0 * elems),
         || {
@@ -779,7 +531,7 @@ fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
         let y = match which {
             "fused" => rms_norm(&x, DEFAULT_EPS)?,
             "reference" => reference(&x, DEFAULT_EPS),
-            _ => x.rms_norm([d], None::<Tensor>, None), // libtorch's, as the model calls it now
+            _ => x.rms_norm([d], None::<Tensor>, None), // libtorch's, as the literal formulation calls it
         };
         let dx = grad1(&y, &dy, &x)?;
         Ok(vec![y, dx])
@@ -795,8 +547,7 @@ fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
     let inputs = [x0.shallow_clone()];
     let fwd = RMS_NORM.forward(&inputs, &[DEFAULT_EPS])?;
     let grads = [dy.shallow_clone()];
-    time_against(
-        cx,
+    cx.time_against(
         "forward",
         Some(4.0 * elems),
         || RMS_NORM.forward(&inputs, &[DEFAULT_EPS]).map(drop),
@@ -814,8 +565,7 @@ fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
             .map(drop)
     })?;
     let x = leaf(x0.copy());
-    time_against(
-        cx,
+    cx.time_against(
         "forward+backward",
         Some(10.0 * elems),
         || grad1(&rms_norm(&x, DEFAULT_EPS)?, &dy, &x).map(drop),
@@ -824,112 +574,6 @@ fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
             Box::new(|| grad1(&x.rms_norm([d], None::<Tensor>, None), &dy, &x).map(drop)),
         )],
     )?;
-    Ok(())
-}
-
-/// One step through the three norm ops (or their references): the block entry's mix_norm, an
-/// rms_norm of its xm, qkv_norm_rope; outputs, then the gradients of the inputs
-/// `[qkv, q_gain, x, x0, mix]` for the output gradients `seeds`.
-fn norms_step(
-    fused: bool,
-    (cos, sin): (&Tensor, &Tensor),
-    seeds: &[Tensor],
-    inputs: [&Tensor; 5],
-) -> Result<Vec<Tensor>> {
-    let eps = rms_norm::DEFAULT_EPS;
-    let [qkv, gain, x, x0, mix] = inputs;
-    let ((q, k, v), (xm, nn), y) = if fused {
-        let (xm, nn) = mix_norm::mix_norm(x, x0, mix, eps)?;
-        let y = rms_norm::rms_norm(&xm, eps)?;
-        (
-            qkv_norm_rope::qkv_norm_rope(qkv, cos, sin, gain, eps)?,
-            (xm, nn),
-            y,
-        )
-    } else {
-        let (xm, nn) = mix_norm::reference(x, x0, mix, eps)?;
-        let y = rms_norm::reference(&xm, eps);
-        (
-            qkv_norm_rope::reference(qkv, cos, sin, gain, eps)?,
-            (xm, nn),
-            y,
-        )
-    };
-    let seeds: Vec<&Tensor> = seeds.iter().collect();
-    let g = pgolf_kernels::grad(&[&q, &k, &v, &nn, &y, &xm], &seeds, &inputs)?;
-    Ok([q, k, v, xm, nn, y].into_iter().chain(g).collect())
-}
-
-/// The three norm ops' forward and backward captured in one CUDA graph and replayed on new
-/// input values, against the references.
-fn check_norms_in_cuda_graph(cx: &mut Ctx) -> Result<()> {
-    if cx.device == Device::Cpu {
-        println!("  (skipped on the CPU)");
-        return Ok(());
-    }
-    use pgolf_model::cuda::CudaGraph;
-    pgolf_kernels::ops::preload(cx.device).context("preloading every kernel")?;
-    let (b, t, h, hkv, hd, d) = norm_shapes(cx);
-    let b = (b / 8).max(1);
-    let bf = (Kind::BFloat16, cx.device);
-    let f32o = (Kind::Float, cx.device);
-    let (cos, sin) = rope_tables(t, hd, cx.device);
-    let qkv = leaf(Tensor::randn([b, t, (h + 2 * hkv) * hd], bf));
-    let gain = leaf(Tensor::randn([h], f32o) * 0.1 + 1.5);
-    let x = leaf(Tensor::randn([b * t, d], bf));
-    let x0 = leaf(Tensor::randn([b * t, d], bf));
-    let mix = leaf(trained_mix(d, cx.device));
-    // Output gradients for q, k, v, n, rms_norm(xm), xm.
-    let seeds = [
-        Tensor::randn([b, t, h, hd], bf),
-        Tensor::randn([b, t, hkv, hd], bf),
-        Tensor::randn([b, t, hkv, hd], bf),
-        Tensor::randn([b * t, d], bf),
-        Tensor::randn([b * t, d], bf),
-        Tensor::randn([b * t, d], bf),
-    ];
-    let tables = (&cos, &sin);
-    let inputs = [&qkv, &gain, &x, &x0, &mix];
-    let mut graph = CudaGraph::new(cx.device)?;
-    graph.on_side_stream(|| norms_step(true, tables, &seeds, inputs))??;
-    let captured = graph.capture(|| norms_step(true, tables, &seeds, inputs))??;
-    // New values in the captured inputs: the replay must compute with them.
-    tch::no_grad(|| {
-        qkv.detach().copy_(&(Tensor::randn(qkv.size(), bf) * 2.0));
-        x.detach().copy_(&Tensor::randn(x.size(), bf));
-        gain.detach().copy_(&(Tensor::randn([h], f32o) * 0.1 + 1.2));
-    });
-    graph.replay()?;
-    cx.sync();
-    let fresh = inputs.map(|t| leaf(t.detach().copy()));
-    let want = norms_step(
-        false,
-        tables,
-        &seeds,
-        [&fresh[0], &fresh[1], &fresh[2], &fresh[3], &fresh[4]],
-    )?;
-    let names = [
-        "q",
-        "k",
-        "v",
-        "xm",
-        "n",
-        "rms_norm(xm)",
-        "d qkv",
-        "d q_gain",
-        "dx",
-        "dx0",
-        "d mix",
-    ];
-    let tols = names.map(|name| {
-        if name.starts_with('d') {
-            (2e-3, 1.0 / 64.0)
-        } else {
-            (1e-3, 1.0 / 128.0)
-        }
-    });
-    let labels = names.map(|name| format!("replayed {name}"));
-    cx.compare_each(&labels, &tols, &captured, &want)?;
     Ok(())
 }
 
@@ -945,48 +589,17 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<bool> {
-    let mut device = Device::Cuda(0);
-    let mut reps = 50;
-    let mut only: Option<Vec<String>> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().with_context(|| format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--device" => {
-                device = match value()?.as_str() {
-                    "cuda" => Device::Cuda(0),
-                    "cpu" => Device::Cpu,
-                    d => bail!("--device: cuda or cpu, not {d}"),
-                }
-            }
-            "--reps" => reps = value()?.parse().context("--reps")?,
-            "--only" => only = Some(value()?.split(',').map(str::to_string).collect()),
-            a => bail!("unknown argument {a} (usage: check_kernels [--device cuda|cpu] [--reps N] [--only NAMES])"),
-        }
-    }
-    let shapes = match device {
-        Device::Cuda(i) => {
-            if !tch::Cuda::is_available() {
-                bail!(
-                    "libtorch sees no CUDA device (is LD_LIBRARY_PATH pointing at torch's lib/, and \
-                     libtorch_cuda linked?)"
-                );
-            }
-            let (major, minor) = pgolf_kernels::nvrtc::context(i)?
-                .compute_capability()
-                .map_err(|e| anyhow::anyhow!("compute capability: {e}"))?;
-            println!(
-                "device cuda:{i}: {} (sm_{major}{minor}); torch's CUDA devices: {}",
-                pgolf_model::cuda::gpu_name(device).unwrap_or_else(|| "unknown GPU".into()),
-                tch::Cuda::device_count()
-            );
+    let args = Args::parse("check_kernels", std::env::args().skip(1))?;
+    let shapes = match args.describe_gpu()? {
+        Some(gpu) => {
+            println!("device {gpu}");
             Shapes {
                 rows: 65_536,
                 hidden: 1024,
                 vocab: 1024,
             }
         }
-        _ => {
+        None => {
             println!("device cpu: small shapes, the ops' CPU paths (tests this harness; timings mean nothing)");
             Shapes {
                 rows: 512,
@@ -997,39 +610,8 @@ fn run() -> Result<bool> {
     };
     tch::manual_seed(1234);
     let mut cx = Ctx {
-        device,
-        reps,
+        harness: Harness::new(&args),
         shapes,
-        failures: Vec::new(),
-        current: "",
     };
-    let mut errors = Vec::new();
-    for (name, check) in CHECKS {
-        if only.as_ref().is_some_and(|o| !o.iter().any(|x| x == name)) {
-            continue;
-        }
-        println!("== {name}");
-        cx.current = name;
-        if let Err(e) = check(&mut cx) {
-            println!("  ERROR {e:#}");
-            errors.push(format!("{name}: {e:#}"));
-        }
-    }
-    println!("== summary");
-    for f in &cx.failures {
-        println!("  FAIL  {f}");
-    }
-    for e in &errors {
-        println!("  ERROR {e}");
-    }
-    let ok = cx.failures.is_empty() && errors.is_empty();
-    println!(
-        "  {}",
-        if ok {
-            "all checks passed"
-        } else {
-            "some checks FAILED"
-        }
-    );
-    Ok(ok)
+    Ok(run_checks(&mut cx, CHECKS, args.only.as_deref()))
 }

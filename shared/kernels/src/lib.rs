@@ -11,7 +11,7 @@
 //! - [`ops`]: the ops, each with a `reference` in plain tch ops (same math, differentiable by
 //!   autograd) that tests and `examples/check_kernels.rs` compare against.
 //!
-//! Using an op (e.g. in shared/model's fused formulation):
+//! Using an op (e.g. in shared/model's fast formulation):
 //! - call its function (`ops::relu_square::relu_square(&a, slope)?`, ...) where the tch ops were;
 //!   the result takes part in autograd like any tensor; under `no_grad` no node is recorded;
 //! - the kernels take bf16 on CUDA; other kinds and the CPU run the same formulas in tch ops (with
@@ -20,11 +20,14 @@
 //!   a CUDA graph capture): the warm-up before capturing does it, or call [`ops::preload`];
 //! - [`grad`] is `torch.autograd.grad` (a backward seeded with given output gradients), which tch
 //!   lacks; tests and `examples/check_kernels.rs` use it.
+//! - [`check`]: the comparison and timing harness of the GPU checks (`examples/check_kernels.rs`
+//!   for the ops, pgolf-model's `examples/check_model_gpu.rs` for CUDA graphs and the model).
 //!
 //! libnvrtc is found beside torch (the pip `nvidia/cu13/lib`, see [`nvrtc`]); libcuda comes with
 //! the driver. Without them an op on CUDA fails with an error saying so.
 
 pub mod autograd;
+pub mod check;
 pub mod launch;
 pub mod nvrtc;
 pub mod ops;

@@ -1,24 +1,29 @@
 //! Writes our model's logits and per-token NLL for the first sequences of a token shard, for the
 //! cross-check against the Python reference (bench/check_model_vs_reference.py):
 //!
-//!     logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fused]
+//!     logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fast]
 //!
-//! Runs on the CPU in f32, with the fused block formulation unless `literal` is given.
+//! Runs on the CPU in f32, in the fast formulation unless `literal` is given.
 
 use anyhow::{bail, Context, Result};
 use pgolf_data::Shard;
-use pgolf_model::{build, load_safetensors, save_tensors, ModelConfig};
+use pgolf_model::{build, load_safetensors, save_tensors, Formulation, ModelConfig};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if !(6..=7).contains(&args.len()) {
-        bail!("usage: logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fused]");
+        bail!("usage: logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fast]");
     }
     let cfg = ModelConfig::read(Path::new(&args[1]))?;
     let (mut vs, mut gpt) = build(&cfg, Device::Cpu)?;
-    gpt.set_fused(args.get(6).map(String::as_str) != Some("literal"));
+    let formulation = match args.get(6).map(String::as_str) {
+        None | Some("fast") => Formulation::Fast,
+        Some("literal") => Formulation::Literal,
+        Some(other) => bail!("formulation: literal or fast, not {other}"),
+    };
+    gpt.set_formulation(formulation, Device::Cpu)?;
     load_safetensors(&mut vs, Path::new(&args[2]))?;
     let shard = Shard::open(Path::new(&args[3]))?;
     let n: usize = args[4].parse().context("N_SEQS")?;

@@ -5,8 +5,13 @@
 //! Weights are kept in fp32 (the embedding may be bf16, as upstream) and cast to the compute
 //! dtype at each matmul, as upstream's `CastedLinear` under bf16 autocast: f32 on the CPU (exact
 //! comparisons with the reference), bf16 on CUDA. The logits are always fp32.
+//!
+//! Two formulations of the same function ([`Formulation`]): the literal one in this file, the
+//! readable oracle, and the fast one of `gpt/fast.rs` (fused GEMMs and pgolf-kernels' fused ops).
+//! The U-Net, the head and the loss are written once, here, for both.
 
 use anyhow::{Context, Result};
+use pgolf_kernels::ops::softcap_cross_entropy::softcap_cross_entropy;
 use std::cell::RefCell;
 use tch::{nn, Kind, Tensor};
 
@@ -14,8 +19,7 @@ use crate::config::{Activation, ModelConfig};
 use crate::hooks::{Hooks, Site};
 use crate::rope::Rope;
 
-mod fused;
-mod kernels;
+mod fast;
 
 /// One transformer block's parameters (names under `blocks.{i}.`).
 pub(crate) struct Block {
@@ -41,31 +45,42 @@ pub struct Gpt {
     params: Vec<(String, Tensor)>,
     pub(crate) compute: Kind,
     rope: RefCell<Rope>,
-    /// Use the fused formulation of each block (`fused.rs`); same function, fewer memory passes.
-    fused: bool,
-    /// Run the fused formulation on pgolf-kernels' fused ops (`gpt/kernels.rs`).
-    kernels: bool,
+    /// The chosen formulation ([`Gpt::formulation`] is the one that runs).
+    formulation: Formulation,
     numerics: Numerics,
 }
 
-/// How the blocks are written: the same function each time (tested), different memory traffic.
+/// How the model is written: the same function either way (tested to rounding), different memory
+/// traffic. Both share the U-Net trunk, the head weight and its tap, the soft-cap and the loss's
+/// shape (this file); they differ in the blocks, the norms and how the head's `1/c` is applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Formulation {
-    /// The literal transcription of REFERENCE.md §3.2 (`gpt.rs`): upstream's ATen ops, one by one.
+    /// The readable oracle (this file): the literal transcription of REFERENCE.md §3.2, one line
+    /// of math per line of code, upstream's ATen ops one by one.
     Literal,
-    /// Fewer memory passes with the same ATen ops (`gpt/fused.rs`).
-    Fused,
-    /// The fused formulation on pgolf-kernels' fused ops (`gpt/kernels.rs`).
+    /// Fewer passes over activation memory (`gpt/fast.rs`): fused GEMMs, and pgolf-kernels' fused
+    /// ops for the norm, RoPE, activation and loss chains (NVRTC kernels on CUDA, their reference
+    /// formulas in tch ops on the CPU).
     #[default]
-    Kernels,
+    Fast,
+}
+
+impl Formulation {
+    /// The name params use (`literal`, `fast`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Formulation::Literal => "literal",
+            Formulation::Fast => "fast",
+        }
+    }
 }
 
 /// A forward-pass precision policy (evaluation picks one; training keeps [`Numerics::Native`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Numerics {
-    /// Activations in the compute kind, RoPE tables computed in f32 then cast, the logits
-    /// soft-capped in f32; fused or literal blocks as chosen.
+    /// Activations in the compute kind, RoPE tables computed in f32 (then cast, literal), the
+    /// logits soft-capped in f32; the formulation as chosen.
     #[default]
     Native,
     /// Upstream `train_gpt.py` as it evaluates (REFERENCE.md §3.5, §4.5: the model built in bf16,
@@ -221,8 +236,8 @@ impl Gpt {
             params,
             compute: Kind::Float,
             rope: RefCell::new(rope),
-            fused: true,
-            kernels: false,
+            // Nothing compiled or loaded unasked: `Fast` preloads its kernels when chosen.
+            formulation: Formulation::Literal,
             numerics: Numerics::Native,
         })
     }
@@ -245,37 +260,24 @@ impl Gpt {
         self.compute = kind;
     }
 
-    /// Chooses the block formulation: `true` (default) the fused one of `fused.rs`, `false` the
-    /// literal transcription of REFERENCE.md §3.2 in this file. Both compute the same function.
-    pub fn set_fused(&mut self, fused: bool) {
-        self.fused = fused;
-    }
-
-    pub fn is_fused(&self) -> bool {
-        self.fused
-    }
-
-    /// Runs the fused formulation on the fused ops of `pgolf-kernels` (`gpt/kernels.rs`: one pass
-    /// each way for the norm, RoPE, activation and loss chains; NVRTC-compiled kernels on CUDA,
-    /// their reference formulas on the CPU). Compiles and loads the kernels for `device` now, so a
-    /// missing NVRTC or driver is an error here, not later (and not inside a CUDA graph capture).
-    /// Applies with the fused formulation and native numerics only.
-    pub fn set_kernels(&mut self, on: bool, device: tch::Device) -> Result<()> {
-        if on {
+    /// Chooses the formulation (a new model is [`Formulation::Literal`]). `Fast` compiles and
+    /// loads its kernels for `device` now, so a missing NVRTC or driver is an error here, not
+    /// later (and not inside a CUDA graph capture); on the CPU it loads nothing.
+    pub fn set_formulation(&mut self, formulation: Formulation, device: tch::Device) -> Result<()> {
+        if formulation == Formulation::Fast {
             pgolf_kernels::ops::preload(device).context("fused kernels")?;
         }
-        self.kernels = on;
+        self.formulation = formulation;
         Ok(())
     }
 
-    /// Sets the formulation ([`Gpt::set_fused`] and [`Gpt::set_kernels`] in one).
-    pub fn set_formulation(&mut self, formulation: Formulation, device: tch::Device) -> Result<()> {
-        self.set_fused(formulation != Formulation::Literal);
-        self.set_kernels(formulation == Formulation::Kernels, device)
-    }
-
-    pub fn uses_kernels(&self) -> bool {
-        self.kernels && self.fused && self.numerics == Numerics::Native
+    /// The formulation the forward pass runs: the chosen one, except that
+    /// [`Numerics::UpstreamBf16`] always runs the literal one (upstream's ops in its dtypes).
+    pub fn formulation(&self) -> Formulation {
+        match self.numerics {
+            Numerics::Native => self.formulation,
+            Numerics::UpstreamBf16 => Formulation::Literal,
+        }
     }
 
     /// Sets the precision policy. [`Numerics::UpstreamBf16`] also sets the compute kind and the
@@ -301,42 +303,85 @@ impl Gpt {
 
     /// Soft-capped logits `[B, T, V]` in f32 for token ids `x: [B, T]` (i64).
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
-        if self.uses_kernels() {
-            return self.forward_kernels(x, hooks);
+        let z = self.head(x, hooks);
+        self.soft_cap(&z)
+    }
+
+    /// The trunk of the running formulation, then the head (both formulations): the head
+    /// weight's tap and adapter delta, and `z = logits / c`, the soft-cap's input (the logits
+    /// are `c·tanh(z)`, [`Gpt::soft_cap`]).
+    ///
+    /// Literal, step by step as upstream: the GEMM in the compute kind, upcast to the kind the
+    /// cap runs in, the delta added, then `/ c`. Fast: `1/c` folded into the weight (`h (W/c)ᵀ`,
+    /// no pass over the `[N, V]` logits), `z` left in the compute kind, which the fused loss
+    /// reads. The two round differently, hence two lines.
+    fn head(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
+        let formulation = self.formulation();
+        let h = match formulation {
+            Formulation::Literal => self.trunk(x, hooks),
+            Formulation::Fast => self.trunk_fast(x, hooks),
+        };
+        let (head_name, head) = match &self.lm_head {
+            Some(w) => ("lm_head.weight", w),
+            None => ("tok_emb.weight", &self.tok_emb),
+        };
+        hooks.tap(|| head_name.to_string(), &h);
+        let (ck, cap) = (self.compute, self.cfg.logit_softcap);
+        match formulation {
+            Formulation::Literal => {
+                let cap_kind = self.cap_kind();
+                let mut logits = h
+                    .linear(&head.to_kind(ck), None::<Tensor>)
+                    .to_kind(cap_kind);
+                if let Some(delta) = hooks.delta(Site::Head, self.cfg.num_layers, &h) {
+                    logits = &logits + delta.to_kind(cap_kind); // not `+=` (in place)
+                }
+                logits / cap
+            }
+            Formulation::Fast => {
+                let z = h.linear(&(head / cap).to_kind(ck), None::<Tensor>);
+                match hooks.delta(Site::Head, self.cfg.num_layers, &h) {
+                    Some(delta) => z + (delta / cap).to_kind(ck),
+                    None => z,
+                }
+            }
         }
+    }
+
+    /// The kind the soft-cap runs in: f32 (Native); the GEMM's bf16 under UpstreamBf16, upcast
+    /// after (as upstream).
+    fn cap_kind(&self) -> Kind {
+        match self.numerics {
+            Numerics::Native => Kind::Float,
+            Numerics::UpstreamBf16 => self.compute,
+        }
+    }
+
+    /// The soft-capped f32 logits `c·tanh(z)` of the head's `z` ([`Gpt::head`]).
+    fn soft_cap(&self, z: &Tensor) -> Tensor {
+        let cap = self.cfg.logit_softcap;
+        (z.to_kind(self.cap_kind()).tanh() * cap).to_kind(Kind::Float)
+    }
+
+    /// The embedding rows of token ids `x`, in the compute kind (before the embedding norm).
+    pub(crate) fn embed(&self, x: &Tensor) -> Tensor {
+        Tensor::embedding(&self.tok_emb, x, -1, false, false).to_kind(self.compute)
+    }
+
+    /// The literal trunk: the normed embedding, the U-Net of [`Gpt::block`]s, the final norm.
+    fn trunk(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
         let ck = self.compute;
         let (_, t) = x.size2().expect("forward expects token ids [B, T]");
         let upstream = self.numerics == Numerics::UpstreamBf16;
         let (cos, sin) = self.rope.borrow_mut().tables(t, ck, x.device(), upstream);
-        if self.fused && !upstream {
-            return self.forward_fused(x, &cos, &sin, hooks);
-        }
-        let mut h = rms(&Tensor::embedding(&self.tok_emb, x, -1, false, false).to_kind(ck));
+        let mut h = rms(&self.embed(x));
         let x0 = h.shallow_clone();
         h = self.unet(
             h,
             |i, h| self.block(i, h, &x0, &cos, &sin, hooks),
             |h, w, skip| &h + w * skip, // not `+=` (in place)
         );
-        let h = rms(&h);
-        let (head_name, head) = match &self.lm_head {
-            Some(w) => ("lm_head.weight", w),
-            None => ("tok_emb.weight", &self.tok_emb),
-        };
-        hooks.tap(|| head_name.to_string(), &h);
-        // Native: soft-cap in f32. UpstreamBf16: in the GEMM's bf16, upcast after (as upstream).
-        let cap_kind = match self.numerics {
-            Numerics::Native => Kind::Float,
-            Numerics::UpstreamBf16 => ck,
-        };
-        let mut logits = h
-            .linear(&head.to_kind(ck), None::<Tensor>)
-            .to_kind(cap_kind);
-        if let Some(delta) = hooks.delta(Site::Head, self.cfg.num_layers, &h) {
-            logits = &logits + delta.to_kind(cap_kind); // not `+=` (in place)
-        }
-        let cap = self.cfg.logit_softcap;
-        ((logits / cap).tanh() * cap).to_kind(Kind::Float)
+        rms(&h)
     }
 
     /// The U-Net trunk (REFERENCE.md §3.2): blocks `0..enc` push their outputs as skips; before
@@ -369,19 +414,27 @@ impl Gpt {
         self.forward(x, &mut Hooks::default())
     }
 
-    /// Mean cross-entropy over all positions (what training minimises), f32 scalar.
+    /// Mean cross-entropy over all positions (what training minimises), f32 scalar. Fast: through
+    /// the fused soft-cap + cross-entropy op, so the `[N, V]` f32 logits and their gradient are
+    /// never materialised.
     pub fn loss(&self, x: &Tensor, y: &Tensor) -> Tensor {
-        if self.uses_kernels() {
-            return self.loss_kernels(x, y);
-        }
         let v = self.cfg.vocab_size as i64;
-        self.logits(x).view([-1, v]).cross_entropy_loss(
-            &y.view([-1]),
-            None::<Tensor>,
-            tch::Reduction::Mean,
-            -100,
-            0.0,
-        )
+        let z = self.head(x, &mut Hooks::default());
+        match self.formulation() {
+            Formulation::Literal => self.soft_cap(&z).view([-1, v]).cross_entropy_loss(
+                &y.view([-1]),
+                None::<Tensor>,
+                tch::Reduction::Mean,
+                -100,
+                0.0,
+            ),
+            Formulation::Fast => fast::must(softcap_cross_entropy(
+                &z.view([-1, v]),
+                &y.view([-1]),
+                self.cfg.logit_softcap,
+            ))
+            .mean(Kind::Float),
+        }
     }
 
     /// Per-token NLL `[B, T]` (f32, natural log) of targets `y` given inputs `x`.
@@ -533,6 +586,8 @@ mod tests {
         }
     }
 
+    const BOTH: [Formulation; 2] = [Formulation::Literal, Formulation::Fast];
+
     /// Perturbs every weight so zero-initialised projections take part.
     fn perturbed(cfg: &ModelConfig) -> (nn::VarStore, Gpt) {
         tch::manual_seed(3);
@@ -634,48 +689,63 @@ mod tests {
         assert!(diff < 1e-6, "{diff}");
     }
 
-    /// Causality: changing a later token leaves earlier logits unchanged.
+    /// Causality: changing a later token leaves earlier logits unchanged (both formulations).
     #[test]
     fn attention_is_causal() {
-        let (_vs, gpt) = perturbed(&tiny());
+        let (_vs, mut gpt) = perturbed(&tiny());
         let x = Tensor::randint(64, [1, 16], (Kind::Int64, Device::Cpu));
         let x2 = x.copy();
         let _ = x2.get(0).get(10).fill_((x.int64_value(&[0, 10]) + 1) % 64);
-        let (a, b) = (gpt.logits(&x), gpt.logits(&x2));
-        assert!(a.narrow(1, 0, 10).equal(&b.narrow(1, 0, 10)));
-        assert!(!a.narrow(1, 10, 6).equal(&b.narrow(1, 10, 6)));
+        for formulation in BOTH {
+            gpt.set_formulation(formulation, Device::Cpu).unwrap();
+            let (a, b) = (gpt.logits(&x), gpt.logits(&x2));
+            assert!(
+                a.narrow(1, 0, 10).equal(&b.narrow(1, 0, 10)),
+                "{formulation:?}"
+            );
+            assert!(
+                !a.narrow(1, 10, 6).equal(&b.narrow(1, 10, 6)),
+                "{formulation:?}"
+            );
+        }
     }
 
+    /// Both formulations tap the same names, in the same order, with the same shapes.
     #[test]
     fn taps_see_every_linear_input() {
-        let (_vs, gpt) = perturbed(&tiny());
+        let (_vs, mut gpt) = perturbed(&tiny());
         let x = Tensor::randint(64, [2, 8], (Kind::Int64, Device::Cpu));
-        let mut seen: Vec<(String, Vec<i64>)> = vec![];
-        let mut tap = |name: &str, input: &Tensor| seen.push((name.to_string(), input.size()));
-        let with = gpt.forward(&x, &mut Hooks::with_taps(&mut tap));
-        assert!(
-            with.equal(&gpt.logits(&x)),
-            "taps must not change the output"
-        );
-        assert_eq!(seen.len(), 3 * 6 + 1);
-        assert_eq!(
-            seen[0],
-            ("blocks.0.attn.c_q.weight".to_string(), vec![16, 32])
-        );
-        assert_eq!(seen[2].0, "blocks.0.attn.c_v.weight");
-        assert_eq!(
-            seen[3],
-            ("blocks.0.attn.proj.weight".to_string(), vec![16, 32])
-        );
-        assert_eq!(
-            seen[5],
-            ("blocks.0.mlp.proj.weight".to_string(), vec![16, 64])
-        );
-        assert_eq!(seen[18], ("tok_emb.weight".to_string(), vec![16, 32]));
+        for formulation in BOTH {
+            gpt.set_formulation(formulation, Device::Cpu).unwrap();
+            let mut seen: Vec<(String, Vec<i64>)> = vec![];
+            let mut tap = |name: &str, input: &Tensor| seen.push((name.to_string(), input.size()));
+            let with = gpt.forward(&x, &mut Hooks::with_taps(&mut tap));
+            assert!(
+                with.equal(&gpt.logits(&x)),
+                "{formulation:?}: taps must not change the output"
+            );
+            assert_eq!(seen.len(), 3 * 6 + 1);
+            assert_eq!(
+                seen[0],
+                ("blocks.0.attn.c_q.weight".to_string(), vec![16, 32])
+            );
+            assert_eq!(seen[2].0, "blocks.0.attn.c_v.weight");
+            assert_eq!(
+                seen[3],
+                ("blocks.0.attn.proj.weight".to_string(), vec![16, 32])
+            );
+            assert_eq!(seen[4].0, "blocks.0.mlp.fc.weight");
+            assert_eq!(
+                seen[5],
+                ("blocks.0.mlp.proj.weight".to_string(), vec![16, 64])
+            );
+            assert_eq!(seen[18], ("tok_emb.weight".to_string(), vec![16, 32]));
+        }
     }
 
-    /// `UpstreamBf16`: bf16 embedding and compute, the literal blocks whatever `fused` says, and
-    /// logits soft-capped in bf16 (so every logit is a bf16 value upcast), unlike `Native` bf16.
+    /// `UpstreamBf16`: bf16 embedding and compute, the literal formulation whatever was chosen,
+    /// and logits soft-capped in bf16 (so every logit is a bf16 value upcast), unlike `Native`
+    /// bf16.
     #[test]
     fn upstream_numerics_follow_upstreams_dtypes() {
         let (_vs, mut gpt) = perturbed(&tiny());
@@ -685,14 +755,26 @@ mod tests {
         let native = gpt.logits(&x);
         assert_eq!(native.kind(), Kind::Float);
         assert!(!is_bf16_valued(&native));
+        gpt.set_formulation(Formulation::Fast, Device::Cpu).unwrap();
+        assert_eq!(gpt.formulation(), Formulation::Fast);
+        let fast = gpt.logits(&x);
         gpt.set_numerics(Numerics::UpstreamBf16);
+        assert_eq!(gpt.formulation(), Formulation::Literal);
         assert_eq!(gpt.compute_kind(), Kind::BFloat16);
         assert_eq!(gpt.named_parameters()[0].1.kind(), Kind::BFloat16); // tok_emb
         let upstream = gpt.logits(&x);
         assert_eq!(upstream.kind(), Kind::Float);
         assert!(is_bf16_valued(&upstream));
-        gpt.set_fused(false);
-        assert!(gpt.logits(&x).equal(&upstream), "fused must not matter");
+        assert!(
+            !upstream.equal(&fast),
+            "fast must not run under upstream numerics"
+        );
+        gpt.set_formulation(Formulation::Literal, Device::Cpu)
+            .unwrap();
+        assert!(
+            gpt.logits(&x).equal(&upstream),
+            "the choice must not matter"
+        );
         let diff = (&upstream - &native).abs().max().double_value(&[]);
         assert!(diff > 0.0 && diff < 0.1, "{diff}");
     }
@@ -712,14 +794,23 @@ mod tests {
 
     #[test]
     fn an_adapter_delta_reaches_the_logits_before_the_cap() {
-        let (_vs, gpt) = perturbed(&tiny());
+        let (_vs, mut gpt) = perturbed(&tiny());
         let x = Tensor::randint(64, [1, 4], (Kind::Int64, Device::Cpu));
-        let logits = gpt.forward(&x, &mut Hooks::with_adapter(&HeadBias));
-        // +1000 before the cap saturates id 5 at the cap (30); the others are unchanged.
-        assert!((logits.double_value(&[0, 0, 5]) - 30.0).abs() < 1e-4);
-        assert!(logits
-            .narrow(2, 0, 5)
-            .equal(&gpt.logits(&x).narrow(2, 0, 5)));
+        for formulation in BOTH {
+            gpt.set_formulation(formulation, Device::Cpu).unwrap();
+            let logits = gpt.forward(&x, &mut Hooks::with_adapter(&HeadBias));
+            // +1000 before the cap saturates id 5 at the cap (30); the others are unchanged.
+            assert!(
+                (logits.double_value(&[0, 0, 5]) - 30.0).abs() < 1e-4,
+                "{formulation:?}"
+            );
+            assert!(
+                logits
+                    .narrow(2, 0, 5)
+                    .equal(&gpt.logits(&x).narrow(2, 0, 5)),
+                "{formulation:?}"
+            );
+        }
     }
 
     struct QvShift {
@@ -742,11 +833,11 @@ mod tests {
         }
     }
 
-    /// The fused formulation, alone and on the fused ops of pgolf-kernels (their reference
-    /// formulas on the CPU), computes the same function and gradients as the literal one (f32),
-    /// with and without adapters, for GQA and plain multi-head attention.
+    /// The fast formulation (pgolf-kernels' fused ops: their reference formulas on the CPU)
+    /// computes the same function, loss and gradients as the literal one (f32), with and without
+    /// adapters, for GQA and plain multi-head attention, tied and untied heads.
     #[test]
-    fn fused_kernel_and_literal_blocks_agree() {
+    fn literal_and_fast_formulations_agree() {
         for cfg in [
             tiny(),
             ModelConfig {
@@ -760,13 +851,14 @@ mod tests {
             let x = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
             let y = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
             let mut outputs = vec![];
-            for (fused, kernels) in [(false, false), (true, false), (true, true)] {
-                gpt.set_fused(fused);
-                gpt.set_kernels(kernels, Device::Cpu).unwrap();
+            for formulation in BOTH {
+                gpt.set_formulation(formulation, Device::Cpu).unwrap();
+                assert_eq!(gpt.formulation(), formulation);
                 for (_, p) in gpt.named_parameters() {
                     p.shallow_clone().zero_grad();
                 }
-                gpt.loss(&x, &y).backward();
+                let loss = gpt.loss(&x, &y);
+                loss.backward();
                 let grads: Vec<Tensor> = gpt
                     .named_parameters()
                     .iter()
@@ -780,37 +872,43 @@ mod tests {
                         }),
                     )
                 });
-                outputs.push((tch::no_grad(|| gpt.logits(&x)), grads, adapted));
+                let logits = tch::no_grad(|| gpt.logits(&x));
+                outputs.push((logits, grads, adapted, loss.detach()));
             }
-            let plain = &outputs[0];
-            for fused in &outputs[1..] {
-                let max = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+            let [literal, fast] = &outputs[..] else {
+                unreachable!("one output per formulation")
+            };
+            let max = |a: &Tensor, b: &Tensor| (a - b).abs().max().double_value(&[]);
+            assert!(
+                max(&literal.0, &fast.0) < 1e-5,
+                "logits differ by {}",
+                max(&literal.0, &fast.0)
+            );
+            assert!(
+                max(&literal.3, &fast.3) < 1e-5,
+                "losses differ by {}",
+                max(&literal.3, &fast.3)
+            );
+            assert!(
+                max(&literal.2, &fast.2) < 1e-5,
+                "adapted logits differ by {}",
+                max(&literal.2, &fast.2)
+            );
+            assert!(
+                max(&literal.2, &literal.0) > 1e-3,
+                "the adapter must change the logits"
+            );
+            for ((name, _), (g1, g2)) in gpt
+                .named_parameters()
+                .iter()
+                .zip(literal.1.iter().zip(&fast.1))
+            {
+                let scale = g1.abs().max().double_value(&[]).max(1e-8);
                 assert!(
-                    max(&plain.0, &fused.0) < 1e-5,
-                    "logits differ by {}",
-                    max(&plain.0, &fused.0)
+                    max(g1, g2) / scale < 1e-4,
+                    "{name}: gradients differ by {} (scale {scale})",
+                    max(g1, g2)
                 );
-                assert!(
-                    max(&plain.2, &fused.2) < 1e-5,
-                    "adapted logits differ by {}",
-                    max(&plain.2, &fused.2)
-                );
-                assert!(
-                    max(&plain.2, &plain.0) > 1e-3,
-                    "the adapter must change the logits"
-                );
-                for ((name, _), (g1, g2)) in gpt
-                    .named_parameters()
-                    .iter()
-                    .zip(plain.1.iter().zip(&fused.1))
-                {
-                    let scale = g1.abs().max().double_value(&[]).max(1e-8);
-                    assert!(
-                        max(g1, g2) / scale < 1e-4,
-                        "{name}: gradients differ by {} (scale {scale})",
-                        max(g1, g2)
-                    );
-                }
             }
         }
     }

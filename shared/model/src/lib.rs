@@ -23,11 +23,13 @@
 //!   projection's output ([`Site`]: Q, K, V, O, MlpIn, MlpOut, Head — Head before the soft-cap).
 //! - Precision: [`Gpt::set_compute_kind`] (`Float` default; `BFloat16` on CUDA as upstream's
 //!   autocast), [`Gpt::set_embedding_kind`] (upstream trains `tok_emb` in bf16).
-//! - Formulation: [`Gpt::set_formulation`]`(`[`Formulation`]`, device)`: `literal`, `fused` or
-//!   `kernels` (`gpt/kernels.rs`: the fused blocks on pgolf-kernels' fused CUDA ops with their own
-//!   backward; their reference formulas on the CPU). [`Gpt::set_fused`] (default `true`: `gpt/fused.rs`, fewer memory passes;
-//!   `false`: the literal transcription in `gpt.rs`). Same function (tested to rounding, and both
-//!   against the Python reference: bench/train.md); taps and adapters behave the same.
+//! - Formulation: [`Gpt::set_formulation`]`(`[`Formulation`]`, device)`: `literal` (a new
+//!   model's: the transcription of REFERENCE.md §3.2 in `gpt.rs`, the oracle) or `fast`
+//!   (`gpt/fast.rs`: fused GEMMs and pgolf-kernels' fused ops with their own backward, NVRTC
+//!   kernels on CUDA, their reference formulas on the CPU; choosing it preloads the kernels).
+//!   [`Gpt::formulation`] is the one that runs (`literal` under [`Numerics::UpstreamBf16`]). Same
+//!   function (tested to rounding, and against the Python reference: bench/train.md); taps and
+//!   adapters behave the same.
 //! - [`load_safetensors`]`(&mut VarStore, path)` strict (missing/unexpected/shape → error naming
 //!   file and tensor), [`save_safetensors`]`(&VarStore, path)`; [`read_tensors`],
 //!   [`save_tensors`], [`load_into`] for tensors outside a VarStore (EMA shadows).

@@ -104,6 +104,7 @@ impl MarkovSource {
                 token_offset: offset as u64,
                 token_count: count as u64,
                 raw_bytes: Some(count as u64 - 1),
+                raw_bytes_source: Some(pgolf_data::RawBytesSource::Text),
                 lut_bytes: count as u64 - 1,
                 source_bits: Some(bits),
             });

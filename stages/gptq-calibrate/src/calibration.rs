@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use pgolf_data::{list_shards, Shard, Split, TokenStream};
+use pgolf_model::Formulation;
 use pgolf_store::Precision;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -33,6 +34,9 @@ pub struct Params {
     pub offset: usize,
     /// `auto` (bf16 on CUDA, as upstream's autocast; f32 on the CPU), `f32` or `bf16`.
     pub precision: Precision,
+    /// How the model is written (pgolf-model `Formulation`): `fast` (default) or `literal`; the
+    /// same function, so the same Hessians up to rounding.
+    pub formulation: Formulation,
     /// Self-generation: sampling temperature, RNG seed, sequences generated together.
     pub temperature: f64,
     pub seed: i64,
@@ -48,6 +52,7 @@ impl Default for Params {
             batch_sequences: 16,
             offset: 0,
             precision: Precision::Auto,
+            formulation: Formulation::Fast,
             temperature: 0.8,
             seed: 42,
             gen_batch: 8,
@@ -149,6 +154,7 @@ pub struct Record<'a> {
     pub offset: usize,
     pub tokens: usize,
     pub compute: String,
+    pub formulation: &'static str,
     /// Rows (token positions) each Hessian was accumulated over.
     pub rows: BTreeMap<String, usize>,
     /// How H was normalised.
@@ -163,6 +169,7 @@ impl<'a> Record<'a> {
         tokens: usize,
         sums: &Sums,
         compute: Kind,
+        formulation: Formulation,
     ) -> Record<'a> {
         Record {
             origin,
@@ -173,6 +180,7 @@ impl<'a> Record<'a> {
             offset: p.offset,
             tokens,
             compute: format!("{compute:?}"),
+            formulation: formulation.name(),
             rows: sums.rows.clone(),
             normalisation: "H = (sum over batches of X^T X) / batches",
         }
@@ -183,6 +191,25 @@ impl<'a> Record<'a> {
 mod tests {
     use super::*;
     use pgolf_data::write_shard;
+
+    /// `fast` (the default) and `literal`; the old formulation names are refused.
+    #[test]
+    fn formulation_is_literal_or_fast() {
+        assert_eq!(Params::default().formulation, Formulation::Fast);
+        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
+        assert_eq!(p.formulation, Formulation::Literal);
+        for old in [
+            r#"{"formulation": "kernels"}"#,
+            r#"{"formulation": "fused"}"#,
+            r#"{"fused": true}"#,
+        ] {
+            let e = serde_json::from_str::<Params>(old)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("unknown"), "{old}: {e}");
+        }
+    }
 
     #[test]
     fn train_sequences_take_the_stream_after_the_offset_and_check_the_vocab() {

@@ -33,6 +33,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     load_safetensors(&mut vs, &weights.join(files::WEIGHTS))?;
     let compute = precision_kind(p.precision, device);
     gpt.set_compute_kind(compute);
+    gpt.set_formulation(p.formulation, device)?;
     let seq_len = p.seq_len.unwrap_or(cfg.seq_len);
 
     let clock = Instant::now();
@@ -57,7 +58,15 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
 
     let tokens = sequences.numel();
     let layers = sums.write(&stage.out_path(files::HESSIANS))?;
-    let record = calibration::Record::new(p, &origin, seq_len, tokens, &sums, compute);
+    let record = calibration::Record::new(
+        p,
+        &origin,
+        seq_len,
+        tokens,
+        &sums,
+        compute,
+        gpt.formulation(),
+    );
     std::fs::write(
         stage.out_path(files::CALIBRATION),
         serde_json::to_vec_pretty(&record)?,

@@ -20,8 +20,8 @@ use pgolf_eval::ngram::{diagnose_pass, mix_pass, HashedCache, KneserNey};
 use pgolf_eval::pass::PassOptions;
 use pgolf_eval::report::{summarize, write_doc_results, write_summary, Denominator};
 use pgolf_eval::schedule::{check_single_pass, flat, sliding};
-use pgolf_eval::torch::load_artifact_for_vocab;
-use pgolf_eval::{bpb::bits_per_byte, Ledger, ValSet};
+use pgolf_eval::torch::{load_artifact_for_vocab, Net};
+use pgolf_eval::{bpb::bits_per_byte, Ledger, ValSet, Window};
 use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::progress::bar;
 use pgolf_store::{files, Stage};
@@ -51,6 +51,13 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         p.compute,
         val.lut.vocab_size(),
     )?;
+    net.gpt.set_formulation(p.formulation, device)?;
+    // How it computes (not the device: that is the manifest's device record).
+    let numerics = format!(
+        "{:?} compute, {} formulation",
+        net.gpt.compute_kind(),
+        net.gpt.formulation().name()
+    );
 
     // 2. The network's windows, proved single-pass.
     let seq_len = p.seq_len.unwrap_or(cfg.seq_len);
@@ -73,79 +80,23 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let clock = Instant::now();
     let mut extra = Map::new();
     extra.insert("seq_len".into(), json!(seq_len));
-    // How it computed (not the device: that is the manifest's device record).
-    extra.insert(
-        "numerics".into(),
-        json!(format!("{:?} compute", net.gpt.compute_kind())),
-    );
+    extra.insert("numerics".into(), json!(numerics));
     extra.insert("windows".into(), json!(p.windows));
     if p.windows == Windows::Sliding {
         extra.insert("stride".into(), json!(p.stride));
     }
+    let mut pass = Pass {
+        ledger: &mut ledger,
+        windows: &windows,
+        net: &mut net,
+        opts,
+        norm: &mut norm,
+        progress: &|k| progress.inc(k as u64),
+        extra: &mut extra,
+    };
     let side = match p.mode {
-        Mode::Mix => {
-            let mut kn = KneserNey::new(p.order, cfg.vocab_size, val.bos_id)?;
-            if p.train_tokens > 0 {
-                learn_train_tokens(&mut kn, &data_dir, p.train_tokens, val.bos_id)?;
-            }
-            let stats = mix_pass(
-                &mut ledger,
-                &windows,
-                &mut net,
-                &mut kn,
-                p.weight,
-                &opts,
-                &mut norm,
-                |k| progress.inc(k as u64),
-            )?;
-            extra.insert("ngram_order".into(), json!(p.order));
-            extra.insert("ngram_weight".into(), serde_json::to_value(p.weight)?);
-            extra.insert("ngram_mean_weight".into(), json!(stats.mean_lambda));
-            extra.insert("ngram_entries".into(), json!(kn.size()));
-            extra.insert("train_tokens".into(), json!(p.train_tokens));
-            extra.insert(
-                "validity".into(),
-                json!(if p.train_tokens > 0 {
-                    "not a valid 16 MB score: the n-gram model counted train tokens whose bits are not paid for in the artifact"
-                } else {
-                    "valid: the n-gram model holds only already-scored val tokens"
-                }),
-            );
-            Side::Mix(stats.network.nll)
-        }
-        Mode::Diagnose => {
-            let h = &p.hashed;
-            let mut cache = HashedCache::new(
-                h.max_order,
-                h.bucket_bits,
-                h.min_count,
-                cfg.vocab_size,
-                val.bos_id,
-            )?;
-            let opts = PassOptions {
-                probes: p.probes.max(1),
-                ..opts
-            };
-            let d = diagnose_pass(
-                &mut ledger,
-                &windows,
-                &mut net,
-                &mut cache,
-                h.alpha,
-                &opts,
-                &mut norm,
-                |k| progress.inc(k as u64),
-            )?;
-            extra.insert("hashed_cache".into(), serde_json::to_value(h)?);
-            extra.insert("cache_hits".into(), json!(d.cache_hits));
-            extra.insert("implied_mass_probes".into(), json!(d.mass_probes));
-            extra.insert("implied_mass_mean".into(), json!(d.mass_mean));
-            extra.insert("implied_mass_min".into(), json!(d.mass_min));
-            extra.insert("implied_mass_max".into(), json!(d.mass_max));
-            extra.insert("probe_claimed_nll".into(), json!(d.probe_claimed_nll));
-            extra.insert("probe_normalized_nll".into(), json!(d.probe_normalized_nll));
-            Side::Diagnose(d.claimed.nll)
-        }
+        Mode::Mix => score_mixed(&mut pass, &p, cfg.vocab_size, val.bos_id, &data_dir)?,
+        Mode::Diagnose => diagnose_hashed_cache(&mut pass, &p, cfg.vocab_size, val.bos_id)?,
     };
     let seconds = clock.elapsed().as_secs_f64();
     progress.finish_and_clear();
@@ -184,6 +135,83 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// One pass over the val windows, shared by both modes: the ledger every target is recorded in,
+/// the network, the guards, and the summary's extra fields.
+struct Pass<'a, 'v> {
+    ledger: &'a mut Ledger<'v>,
+    windows: &'a [Window],
+    net: &'a mut Net,
+    opts: PassOptions,
+    norm: &'a mut Normalization,
+    progress: &'a dyn Fn(usize),
+    extra: &'a mut Map<String, Value>,
+}
+
+/// `mix`: the network mixed with a Kneser–Ney model of the already-scored val tokens (plus, if
+/// asked, paid-for train tokens); the ledger records the mixture.
+fn score_mixed(pass: &mut Pass, p: &Params, vocab: usize, bos: u16, data: &Path) -> Result<Side> {
+    let mut kn = KneserNey::new(p.order, vocab, bos)?;
+    if p.train_tokens > 0 {
+        learn_train_tokens(&mut kn, data, p.train_tokens, bos)?;
+    }
+    let stats = mix_pass(
+        pass.ledger,
+        pass.windows,
+        pass.net,
+        &mut kn,
+        p.weight,
+        &pass.opts,
+        pass.norm,
+        pass.progress,
+    )?;
+    let extra = &mut *pass.extra;
+    extra.insert("ngram_order".into(), json!(p.order));
+    extra.insert("ngram_weight".into(), serde_json::to_value(p.weight)?);
+    extra.insert("ngram_mean_weight".into(), json!(stats.mean_lambda));
+    extra.insert("ngram_entries".into(), json!(kn.size()));
+    extra.insert("train_tokens".into(), json!(p.train_tokens));
+    extra.insert(
+        "validity".into(),
+        json!(if p.train_tokens > 0 {
+            "not a valid 16 MB score: the n-gram model counted train tokens whose bits are not paid for in the artifact"
+        } else {
+            "valid: the n-gram model holds only already-scored val tokens"
+        }),
+    );
+    Ok(Side::Mix(stats.network.nll))
+}
+
+/// `diagnose`: the network alone in the ledger; what the hashed two-table cache would claim,
+/// and the mass of its implied distribution, measured beside it.
+fn diagnose_hashed_cache(pass: &mut Pass, p: &Params, vocab: usize, bos: u16) -> Result<Side> {
+    let h = &p.hashed;
+    let mut cache = HashedCache::new(h.max_order, h.bucket_bits, h.min_count, vocab, bos)?;
+    let opts = PassOptions {
+        probes: p.probes.max(1),
+        ..pass.opts
+    };
+    let d = diagnose_pass(
+        pass.ledger,
+        pass.windows,
+        pass.net,
+        &mut cache,
+        h.alpha,
+        &opts,
+        pass.norm,
+        pass.progress,
+    )?;
+    let extra = &mut *pass.extra;
+    extra.insert("hashed_cache".into(), serde_json::to_value(h)?);
+    extra.insert("cache_hits".into(), json!(d.cache_hits));
+    extra.insert("implied_mass_probes".into(), json!(d.mass_probes));
+    extra.insert("implied_mass_mean".into(), json!(d.mass_mean));
+    extra.insert("implied_mass_min".into(), json!(d.mass_min));
+    extra.insert("implied_mass_max".into(), json!(d.mass_max));
+    extra.insert("probe_claimed_nll".into(), json!(d.probe_claimed_nll));
+    extra.insert("probe_normalized_nll".into(), json!(d.probe_normalized_nll));
+    Ok(Side::Diagnose(d.claimed.nll))
 }
 
 /// What the side computation reports beside the ledger: Σ NLL of the network alone (mix) or of

@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use pgolf_eval::ngram::MixWeight;
 use pgolf_eval::torch::check_numerics;
+use pgolf_model::Formulation;
 use pgolf_store::{Compute, Precision};
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +61,9 @@ pub struct Params {
     pub precision: Precision,
     /// `native` (ours, at `precision`) or `upstream` (upstream's eval numerics op for op).
     pub compute: Compute,
+    /// How the network is written (pgolf-model `Formulation`): `fast` (default) or `literal`;
+    /// `compute: upstream` always runs the literal one.
+    pub formulation: Formulation,
     /// Kneser–Ney order (1..=8).
     pub order: usize,
     /// The n-gram weight λ: fixed, or from the network's predictive entropy.
@@ -81,6 +85,7 @@ impl Default for Params {
             probes: 64,
             precision: Precision::Auto,
             compute: Compute::Native,
+            formulation: Formulation::Fast,
             order: 4,
             weight: MixWeight::Entropy {
                 min: 0.02,
@@ -107,5 +112,22 @@ impl Params {
             bail!("params: seq_len must be positive (leave it out for the model's)");
         }
         check_numerics(self.precision, self.compute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fast` (the default) and `literal`; the old formulation names are refused.
+    #[test]
+    fn formulation_is_literal_or_fast() {
+        assert_eq!(Params::default().formulation, Formulation::Fast);
+        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
+        assert_eq!(p.formulation, Formulation::Literal);
+        for old in [r#"{"formulation": "kernels"}"#, r#"{"fused": true}"#] {
+            let e = serde_json::from_str::<Params>(old).unwrap_err().to_string();
+            assert!(e.contains("unknown"), "{old}: {e}");
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! `shard_tokens` (a document may straddle two shards); val shards are complete before train starts.
 
 use anyhow::{bail, Result};
-use pgolf_data::{write_shard, DocRecord, Split};
+use pgolf_data::{write_shard, DocRecord, RawBytesSource, Split};
 use std::path::{Path, PathBuf};
 
 /// A document after tokenization.
@@ -54,6 +54,7 @@ impl CorpusWriter {
             token_offset,
             token_count: doc.tokens.len() as u64,
             raw_bytes: doc.raw_bytes,
+            raw_bytes_source: doc.raw_bytes.map(|_| RawBytesSource::Text),
             lut_bytes: doc.lut_bytes,
             source_bits: doc.source_bits,
         });

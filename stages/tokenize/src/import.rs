@@ -1,9 +1,16 @@
 //! Imports a folder of official `fineweb_*.bin` shards: every shard is validated (header, size,
-//! token ids), documents are found at BOS positions for the doc table (their raw bytes are unknown,
-//! their lookup-table bytes come from the tokenizer), and the shards are linked into the output.
+//! token ids), documents are found at BOS positions for the doc table (their lookup-table bytes
+//! come from the tokenizer), and the shards are linked into the output.
+//!
+//! A val shard's byte sidecar (`fineweb_val_bytes_*.bin`, made with a text-transforming tokenizer
+//! such as CaseOps) is validated against its shard, gives the documents their raw bytes (the
+//! original text's) and is linked beside it; either every val shard has one or none does. Without
+//! sidecars the raw bytes are unknown, and evaluation of shards whose tokenizer stands pieces for
+//! no text refuses to score (pgolf-data `refuse_lookup_table_bytes`).
 
 use anyhow::{bail, Context, Result};
-use pgolf_data::{list_shards, DocRecord, Shard, Split};
+use pgolf_data::sidecar::{read_sidecar, sidecar_path, val_sidecars};
+use pgolf_data::{list_shards, DocRecord, RawBytesSource, Shard, Split};
 use std::path::Path;
 
 use crate::tokenizer::Tokenizer;
@@ -21,10 +28,26 @@ pub fn import_shards(dir: &Path, tokenizer: &Tokenizer, out: &Path) -> Result<Ve
         if split == Split::Val && paths.is_empty() {
             bail!("{}: no fineweb_val_*.bin shards", dir.display());
         }
+        let sidecars = match split {
+            Split::Val => val_sidecars(&paths)?,
+            Split::Train => None,
+        };
         let mut index = DocIndex::new(split, tokenizer);
         for (n, path) in paths.iter().enumerate() {
             let shard = Shard::open(path)?;
-            index.scan(&shard)?;
+            let counts = match &sidecars {
+                Some(sidecars) => {
+                    let counts = read_sidecar(&sidecars[n], &shard, tokenizer.bos())?;
+                    let name = out.join(split.shard_name(n));
+                    link_or_copy(
+                        &sidecars[n],
+                        &sidecar_path(&name).expect("a val shard name"),
+                    )?;
+                    Some(counts)
+                }
+                None => None,
+            };
+            index.scan(&shard, counts.as_deref())?;
             link_or_copy(path, &out.join(split.shard_name(n)))?;
         }
         docs.extend(index.finish());
@@ -53,7 +76,8 @@ impl<'a> DocIndex<'a> {
         }
     }
 
-    fn scan(&mut self, shard: &Shard) -> Result<()> {
+    /// Indexes one shard; `sidecar` (one count per token) gives the documents their raw bytes.
+    fn scan(&mut self, shard: &Shard, sidecar: Option<&[u32]>) -> Result<()> {
         let (bos, vocab) = (self.tokenizer.bos(), self.tokenizer.info.vocab_size);
         for (i, &token) in shard.tokens().iter().enumerate() {
             if token as u32 >= vocab {
@@ -69,12 +93,16 @@ impl<'a> DocIndex<'a> {
                     split: self.split,
                     token_offset: self.offset + i as u64,
                     token_count: 0,
-                    raw_bytes: None,
+                    raw_bytes: sidecar.map(|_| 0),
+                    raw_bytes_source: sidecar.map(|_| RawBytesSource::Sidecar),
                     lut_bytes: 0,
                     source_bits: None,
                 });
             } else if let Some(doc) = self.docs.last_mut() {
                 doc.lut_bytes += self.tokenizer.lut.bytes(self.prev, token) as u64;
+                if let (Some(raw), Some(counts)) = (doc.raw_bytes.as_mut(), sidecar) {
+                    *raw += counts[i] as u64;
+                }
             } else {
                 bail!(
                     "{}: the {} stream does not start with BOS (id {bos}); found id {token}",

@@ -98,6 +98,7 @@ fn record_headline(stage: &mut Stage<Params>, tokenizer: &Tokenizer, summary: &S
     stage.headline("train_tokens", summary.train_tokens);
     stage.headline("val_tokens", summary.val_tokens);
     stage.headline("val_raw_bytes", summary.val_raw_bytes);
+    stage.headline("val_raw_bytes_source", summary.val_raw_bytes_source);
     stage.headline("val_lut_bytes", summary.val_lut_bytes);
     if let Some(bpb) = summary.source_entropy_bpb {
         stage.headline("source_entropy_bpb", bpb);

@@ -10,6 +10,8 @@ pub struct Summary {
     pub val_tokens: u64,
     /// UTF-8 bytes of the val text; `None` when some val document's text is unknown.
     pub val_raw_bytes: Option<u64>,
+    /// Where the val raw bytes came from (`text` or `sidecar`), when every val document has them.
+    pub val_raw_bytes_source: Option<&'static str>,
     pub val_lut_bytes: u64,
     /// Σ source bits / Σ raw bytes over val: the val text's code length under the true source.
     pub source_entropy_bpb: Option<f64>,
@@ -27,6 +29,10 @@ impl Summary {
             train_tokens: train.map(|d| d.token_count).sum(),
             val_tokens: val.iter().map(|d| d.token_count).sum(),
             val_raw_bytes,
+            val_raw_bytes_source: val_raw_bytes
+                .and(val.first().and_then(|d| d.raw_bytes_source))
+                .filter(|s| val.iter().all(|d| d.raw_bytes_source == Some(*s)))
+                .map(|s| s.name()),
             val_lut_bytes: val.iter().map(|d| d.lut_bytes).sum(),
             source_entropy_bpb: match (val_bits, val_raw_bytes) {
                 (Some(bits), Some(bytes)) if bytes > 0 && !val.is_empty() => {
@@ -55,6 +61,7 @@ mod tests {
             token_offset: 0,
             token_count: tokens,
             raw_bytes: raw,
+            raw_bytes_source: raw.map(|_| pgolf_data::RawBytesSource::Text),
             lut_bytes: lut,
             source_bits: bits,
         }

@@ -6,7 +6,10 @@
 //! `y = span[1:]`, both `[local/T, T]`. Validation follows `load_validation_tokens` (§1.4).
 
 use anyhow::{bail, Context, Result};
-use pgolf_data::{list_shards, ByteLut, Shard, Split, TokenStream, TokenizerInfo};
+use pgolf_data::sidecar::{read_sidecar, val_sidecars};
+use pgolf_data::{
+    list_shards, refuse_lookup_table_bytes, ByteLut, Shard, Split, TokenStream, TokenizerInfo,
+};
 use std::path::{Path, PathBuf};
 use tch::{Device, Tensor};
 
@@ -106,7 +109,8 @@ pub struct ValTokens {
     pub seq_len: usize,
     /// Number of scored targets: `usable = floor((N − 1)/T)·T`.
     pub targets: u64,
-    /// Bytes charged to those targets by the tokenizer's tables (REFERENCE.md §2.2).
+    /// Bytes of those targets: from the byte sidecars when the data has them (REFERENCE.md §2.4),
+    /// else charged by the tokenizer's tables (§2.2), which a text-transforming tokenizer refuses.
     pub bytes: u64,
 }
 
@@ -147,7 +151,21 @@ impl ValTokens {
                 dir.display()
             );
         }
-        let bytes = lut.sequence_bytes(&tokens);
+        let bytes = match val_sidecars(&paths)? {
+            Some(sidecars) => {
+                let bos = TokenizerInfo::read(dir)?.bos_id as u16;
+                let mut counts = Vec::with_capacity(tokens.len());
+                for (shard, side) in paths.iter().zip(&sidecars) {
+                    let shard = Shard::open(shard)?;
+                    counts.extend(read_sidecar(side, &shard, bos)?);
+                }
+                counts[1..=usable].iter().map(|&c| c as u64).sum()
+            }
+            None => {
+                refuse_lookup_table_bytes(dir)?;
+                lut.sequence_bytes(&tokens)
+            }
+        };
         let as_i64: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
         let tokens = Tensor::from_slice(&as_i64).to_device(device);
         Ok(ValTokens {

@@ -66,8 +66,8 @@ pub struct Params {
     pub precision: Precision,
     /// CPU threads for libtorch; 0 = its default.
     pub threads: usize,
-    /// How the blocks are written (pgolf-model `Formulation`): `literal`, `fused` (fewer memory
-    /// passes) or `kernels` (the fused blocks on pgolf-kernels' fused CUDA ops); same function.
+    /// How the model is written (pgolf-model `Formulation`): `fast` (fused GEMMs and
+    /// pgolf-kernels' fused ops) or `literal` (the readable oracle); same function.
     pub formulation: Formulation,
     /// On CUDA, replay each micro-batch's forward and backward as a captured CUDA graph.
     pub cuda_graphs: bool,
@@ -111,7 +111,7 @@ impl Default for Params {
             swa_lr_threshold: 0.4,
             precision: Precision::Auto,
             threads: 0,
-            formulation: Formulation::Kernels,
+            formulation: Formulation::Fast,
             cuda_graphs: true,
             phase_timing: false,
         }
@@ -226,6 +226,22 @@ mod tests {
             ..Params::default()
         };
         assert!(format!("{:#}", odd.batch_plan(1).unwrap_err()).contains("not a positive multiple"));
+    }
+
+    /// `fast` (the default) and `literal`; the three-formulation names of before are refused.
+    #[test]
+    fn formulation_is_literal_or_fast() {
+        assert_eq!(Params::default().formulation, Formulation::Fast);
+        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
+        assert_eq!(p.formulation, Formulation::Literal);
+        for old in [
+            r#"{"formulation": "kernels"}"#,
+            r#"{"formulation": "fused"}"#,
+            r#"{"fused": true}"#,
+        ] {
+            let e = serde_json::from_str::<Params>(old).unwrap_err().to_string();
+            assert!(e.contains("unknown"), "{old}: {e}");
+        }
     }
 
     #[test]

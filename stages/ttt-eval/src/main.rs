@@ -12,7 +12,7 @@ use anyhow::Result;
 use pgolf_eval::report::{summarize, write_chunk_results, write_doc_results, write_summary};
 use pgolf_eval::torch::{dump_activations, load_artifact_for_vocab};
 use pgolf_eval::ValSet;
-use pgolf_model::{save_tensors, Numerics};
+use pgolf_model::save_tensors;
 use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::progress::bar;
 use pgolf_store::{files, Stage};
@@ -44,17 +44,13 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         val.lut.vocab_size(),
     )?;
     let mut net = net;
-    net.gpt.set_fused(p.fused);
-    // How it computed (not the device: that is the manifest's device record).
+    net.gpt.set_formulation(p.formulation, device)?;
+    // How it computes (not the device: that is the manifest's device record).
     let numerics = format!(
-        "{:?} compute, {:?} numerics{}",
+        "{:?} compute, {:?} numerics, {} formulation",
         net.gpt.compute_kind(),
         net.gpt.numerics(),
-        if net.gpt.is_fused() && net.gpt.numerics() == Numerics::Native {
-            ", fused blocks"
-        } else {
-            ", literal blocks"
-        }
+        net.gpt.formulation().name()
     );
     if p.export_decoded {
         save_tensors(

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use pgolf_eval::torch::{check_numerics, FullTttConfig, LoraConfig};
+use pgolf_model::Formulation;
 use pgolf_store::{Compute, Precision};
 use serde::{Deserialize, Serialize};
 
@@ -58,9 +59,9 @@ pub struct Params {
     /// Numerics diagnostic: also write `activations.safetensors` (every linear layer's input,
     /// logits and NLL) for the first this many flat windows; 0 = off.
     pub dump_activations: usize,
-    /// The fused block formulation (default) or the literal one (`false`); `compute: upstream`
-    /// always runs the literal one.
-    pub fused: bool,
+    /// How the model is written (pgolf-model `Formulation`): `fast` (default) or `literal`;
+    /// `compute: upstream` always runs the literal one.
+    pub formulation: Formulation,
 }
 
 impl Default for Params {
@@ -79,7 +80,7 @@ impl Default for Params {
             lora: LoraConfig::default(),
             export_decoded: false,
             dump_activations: 0,
-            fused: true,
+            formulation: Formulation::Fast,
         }
     }
 }
@@ -99,5 +100,27 @@ impl Params {
             bail!("params: seq_len must be positive (leave it out for the model's)");
         }
         check_numerics(self.precision, self.compute)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `fast` (the default) and `literal`; the old `fused` switch and names are refused.
+    #[test]
+    fn formulation_is_literal_or_fast() {
+        assert_eq!(Params::default().formulation, Formulation::Fast);
+        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
+        assert_eq!(p.formulation, Formulation::Literal);
+        for old in [
+            r#"{"fused": true}"#,
+            r#"{"fused": false}"#,
+            r#"{"formulation": "kernels"}"#,
+            r#"{"formulation": "fused"}"#,
+        ] {
+            let e = serde_json::from_str::<Params>(old).unwrap_err().to_string();
+            assert!(e.contains("unknown"), "{old}: {e}");
+        }
     }
 }

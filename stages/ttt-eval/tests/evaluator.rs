@@ -5,7 +5,7 @@
 //! pgolf-data's on the way.
 
 use pgolf_eval::torch::load_artifact;
-use pgolf_model::{Activation, ModelConfig};
+use pgolf_model::{Activation, Formulation, ModelConfig};
 use pgolf_quant::{
     encode_artifact, quantize_all, Compression, DType, GptqSettings, Method, QuantInputs, Routing,
     Rule, Weight,
@@ -87,7 +87,10 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
     let ours = pgolf_evaluator::Model::from_artifact(&art).unwrap();
     let (mut net, _) =
         load_artifact(&art_dir, Device::Cpu, Precision::F32, Compute::Native).unwrap();
-    net.gpt.set_fused(false); // the literal formulation: the oracle
+    // The literal formulation: the oracle.
+    net.gpt
+        .set_formulation(Formulation::Literal, Device::Cpu)
+        .unwrap();
 
     // Per-token NLL, window by window, against the literal forward.
     let t = cfg.seq_len;

@@ -145,6 +145,7 @@ fn full_ttt_scores_each_chunk_before_training_on_it() {
         token_offset: 0,
         token_count: 200,
         raw_bytes: Some(199),
+        raw_bytes_source: Some(pgolf_data::RawBytesSource::Text),
         lut_bytes: 199,
         source_bits: None,
     }];
@@ -279,6 +280,7 @@ fn lora_ttt_is_doc_isolated_and_score_first() {
                 token_offset: d.bos as u64,
                 token_count: count as u64,
                 raw_bytes: None,
+                raw_bytes_source: None,
                 lut_bytes: val.lut.sequence_bytes(&tokens[d.bos..d.bos + count]),
                 source_bits: None,
             }

@@ -2,7 +2,7 @@
 //! RMSNorm (no weight) of the q and k heads, half-split RoPE, the per-head q gain, and v copied
 //! through — with a one-pass backward that writes the whole d(qkv) and d(q_gain).
 //!
-//! Upstream (REFERENCE.md §3.2) and fused.rs run `rms_norm`, the rotation and the gain as separate
+//! Upstream (REFERENCE.md §3.2) and the literal formulation run `rms_norm`, the rotation and the gain as separate
 //! ops, each a pass over q and k (and their backwards as many more); here each direction reads
 //! and writes every element once. Math in f32, one rounding per output (`cuda/qkv_norm_rope.cu`
 //! derives the backward). Saves only its inputs (`qkv` is what the norm's autograd keeps alive

@@ -1,6 +1,6 @@
 //! `softcap_cross_entropy`: per-token NLL of soft-capped logits `y = c·tanh(z)`, from the head
 //! GEMM's bf16 output `z [N, V]` (the soft-cap's `1/c` folded into the head's weight, as
-//! shared/model's fused formulation does) and `targets [N]` (int64):
+//! shared/model's fast formulation does) and `targets [N]` (int64):
 //! `nll_i = lse_i − y_i,tᵢ`, `lse_i = log Σ_j exp(y_ij)` (f32 `[N]`). The training loss is
 //! `nll.mean()`; evaluation takes the per-token NLL (without grad, no node is recorded).
 //!

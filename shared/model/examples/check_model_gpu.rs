@@ -1,0 +1,493 @@
+//! The GPU checks that need pgolf-model (pgolf-kernels' own, op by op, are its
+//! `examples/check_kernels.rs`): the fused ops inside a CUDA graph capture (this crate's
+//! [`CudaGraph`], as the train stage uses it); the whole model in its two formulations at the
+//! baseline's shapes (9×512, vocab 1024, T 1024), literal and fast in bf16 against the f32 literal
+//! model; the fast model's training micro-step captured and replayed; and the time of a forward
+//! and backward in each formulation. Prints one line per comparison and a summary; exits 1 on any
+//! failure.
+//!
+//!     check_model_gpu [--device cuda|cpu] [--reps N] [--only NAME[,NAME...]]
+//!
+//! `--device cpu` runs the model checks on a tiny model through the ops' CPU paths (tch
+//! formulas), to test this harness without a GPU (the CUDA graph checks are skipped); timings
+//! there mean nothing.
+//!
+//! The formulations' judge: in bf16 both differ from the f32 function by roundings; fast passes
+//! when its relative error (max|Δ|/max|ref| against the f32 literal model) is at most twice the
+//! literal formulation's, or below 2⁻⁸ (one bf16 rounding).
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use pgolf_kernels::check::{
+    grad1, leaf, rope_tables, run_checks, trained_mix, Args, CheckFn, Harness,
+};
+use pgolf_kernels::ops::{mix_norm, qkv_norm_rope, relu_square, rms_norm, softcap_cross_entropy};
+use pgolf_model::cuda::CudaGraph;
+use pgolf_model::{build, Formulation, Gpt, ModelConfig};
+use tch::{nn, Device, Kind, Tensor};
+
+/// The checks, in order.
+const CHECKS: &[(&str, CheckFn<Harness>)] = &[
+    ("ops_cuda_graph", check_ops_in_cuda_graph),
+    ("norm_ops_cuda_graph", check_norm_ops_in_cuda_graph),
+    ("model_formulations", check_model_formulations),
+    ("model_cuda_graph", check_model_in_cuda_graph),
+    ("model_timing", time_model),
+];
+
+/// The baseline's shapes for the op checks (REFERENCE.md §3): rows = B·T of one micro-batch.
+struct OpShapes {
+    rows: i64,
+    hidden: i64,
+    vocab: i64,
+    t: i64,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    dim: i64,
+}
+
+const OPS: OpShapes = OpShapes {
+    rows: 65_536,
+    hidden: 1024,
+    vocab: 1024,
+    t: 1024,
+    heads: 8,
+    kv_heads: 4,
+    head_dim: 64,
+    dim: 512,
+};
+
+/// One training-like step through the ops (or their references): returns (h, da, loss, dz).
+fn graph_step(fused: bool, a: &Tensor, dh: &Tensor, z: &Tensor, t: &Tensor) -> Result<Vec<Tensor>> {
+    let h = if fused {
+        relu_square::relu_square(a, 0.5)?
+    } else {
+        relu_square::reference(a, 0.5)
+    };
+    let da = grad1(&h, dh, a)?;
+    let nll = if fused {
+        softcap_cross_entropy::softcap_cross_entropy(z, t, 30.0)?
+    } else {
+        softcap_cross_entropy::reference(z, t, 30.0)
+    };
+    let loss = nll.mean(Kind::Float);
+    let dz = grad1(&loss, &Tensor::ones([], (Kind::Float, z.device())), z)?;
+    Ok(vec![h, da, loss, dz])
+}
+
+/// The ops' forward and backward captured in a CUDA graph (after a warm-up on the graph's side
+/// stream, as the train stage does), replayed on new input values, against the reference.
+fn check_ops_in_cuda_graph(cx: &mut Harness) -> Result<()> {
+    if cx.device == Device::Cpu {
+        println!("  (skipped on the CPU)");
+        return Ok(());
+    }
+    pgolf_kernels::ops::preload(cx.device).context("preloading every kernel")?;
+    let (n, hidden, v) = (OPS.rows / 16, OPS.hidden, OPS.vocab);
+    let bf = (Kind::BFloat16, cx.device);
+    let a = leaf(Tensor::randn([n, hidden], bf));
+    let dh = Tensor::randn([n, hidden], bf) * 1e-3;
+    let z = leaf((Tensor::randn([n, v], (Kind::Float, cx.device)) * 0.3).to_kind(Kind::BFloat16));
+    let t = Tensor::randint(v, [n], (Kind::Int64, cx.device));
+    let mut graph = CudaGraph::new(cx.device)?;
+    graph.on_side_stream(|| graph_step(true, &a, &dh, &z, &t))??;
+    let captured = graph.capture(|| graph_step(true, &a, &dh, &z, &t))??;
+    // New values in the captured inputs: the replay must compute with them.
+    tch::no_grad(|| {
+        a.detach().copy_(&Tensor::randn([n, hidden], bf));
+        z.detach().copy_(
+            &(Tensor::randn([n, v], (Kind::Float, cx.device)) * 0.5).to_kind(Kind::BFloat16),
+        );
+    });
+    graph.replay()?;
+    cx.sync();
+    let [a_ref, z_ref] = [&a, &z].map(|t| leaf(t.detach().copy()));
+    let want = graph_step(false, &a_ref, &dh, &z_ref, &t)?;
+    let names = [
+        "replayed relu_square h",
+        "replayed relu_square da",
+        "replayed loss",
+        "replayed dz",
+    ];
+    let tols = [
+        (1e-6, 1.0 / 128.0),
+        (1e-6, 1.0 / 128.0),
+        (1e-6, 1e-5),
+        (1e-3, 1.0 / 64.0),
+    ];
+    cx.compare_each(&names, &tols, &captured, &want)?;
+    // Replay speed of the captured step (no launch overhead), for comparison with eager.
+    cx.time("graph replay of the step", None, || graph.replay())?;
+    cx.time("eager step", None, || {
+        graph_step(true, &a, &dh, &z, &t).map(drop)
+    })?;
+    Ok(())
+}
+
+/// One step through the three norm ops (or their references): the block entry's mix_norm, an
+/// rms_norm of its xm, qkv_norm_rope; outputs, then the gradients of the inputs
+/// `[qkv, q_gain, x, x0, mix]` for the output gradients `seeds`.
+fn norms_step(
+    fused: bool,
+    (cos, sin): (&Tensor, &Tensor),
+    seeds: &[Tensor],
+    inputs: [&Tensor; 5],
+) -> Result<Vec<Tensor>> {
+    let eps = rms_norm::DEFAULT_EPS;
+    let [qkv, gain, x, x0, mix] = inputs;
+    let ((q, k, v), (xm, nn), y) = if fused {
+        let (xm, nn) = mix_norm::mix_norm(x, x0, mix, eps)?;
+        let y = rms_norm::rms_norm(&xm, eps)?;
+        (
+            qkv_norm_rope::qkv_norm_rope(qkv, cos, sin, gain, eps)?,
+            (xm, nn),
+            y,
+        )
+    } else {
+        let (xm, nn) = mix_norm::reference(x, x0, mix, eps)?;
+        let y = rms_norm::reference(&xm, eps);
+        (
+            qkv_norm_rope::reference(qkv, cos, sin, gain, eps)?,
+            (xm, nn),
+            y,
+        )
+    };
+    let seeds: Vec<&Tensor> = seeds.iter().collect();
+    let g = pgolf_kernels::grad(&[&q, &k, &v, &nn, &y, &xm], &seeds, &inputs)?;
+    Ok([q, k, v, xm, nn, y].into_iter().chain(g).collect())
+}
+
+/// The three norm ops' forward and backward captured in one CUDA graph and replayed on new
+/// input values, against the references.
+fn check_norm_ops_in_cuda_graph(cx: &mut Harness) -> Result<()> {
+    if cx.device == Device::Cpu {
+        println!("  (skipped on the CPU)");
+        return Ok(());
+    }
+    pgolf_kernels::ops::preload(cx.device).context("preloading every kernel")?;
+    let (t, h, hkv, hd, d) = (OPS.t, OPS.heads, OPS.kv_heads, OPS.head_dim, OPS.dim);
+    let b = (OPS.rows / t / 8).max(1);
+    let bf = (Kind::BFloat16, cx.device);
+    let f32o = (Kind::Float, cx.device);
+    let (cos, sin) = rope_tables(t, hd, cx.device);
+    let qkv = leaf(Tensor::randn([b, t, (h + 2 * hkv) * hd], bf));
+    let gain = leaf(Tensor::randn([h], f32o) * 0.1 + 1.5);
+    let x = leaf(Tensor::randn([b * t, d], bf));
+    let x0 = leaf(Tensor::randn([b * t, d], bf));
+    let mix = leaf(trained_mix(d, cx.device));
+    // Output gradients for q, k, v, n, rms_norm(xm), xm.
+    let seeds = [
+        Tensor::randn([b, t, h, hd], bf),
+        Tensor::randn([b, t, hkv, hd], bf),
+        Tensor::randn([b, t, hkv, hd], bf),
+        Tensor::randn([b * t, d], bf),
+        Tensor::randn([b * t, d], bf),
+        Tensor::randn([b * t, d], bf),
+    ];
+    let tables = (&cos, &sin);
+    let inputs = [&qkv, &gain, &x, &x0, &mix];
+    let mut graph = CudaGraph::new(cx.device)?;
+    graph.on_side_stream(|| norms_step(true, tables, &seeds, inputs))??;
+    let captured = graph.capture(|| norms_step(true, tables, &seeds, inputs))??;
+    // New values in the captured inputs: the replay must compute with them.
+    tch::no_grad(|| {
+        qkv.detach().copy_(&(Tensor::randn(qkv.size(), bf) * 2.0));
+        x.detach().copy_(&Tensor::randn(x.size(), bf));
+        gain.detach().copy_(&(Tensor::randn([h], f32o) * 0.1 + 1.2));
+    });
+    graph.replay()?;
+    cx.sync();
+    let fresh = inputs.map(|t| leaf(t.detach().copy()));
+    let want = norms_step(
+        false,
+        tables,
+        &seeds,
+        [&fresh[0], &fresh[1], &fresh[2], &fresh[3], &fresh[4]],
+    )?;
+    let names = [
+        "q",
+        "k",
+        "v",
+        "xm",
+        "n",
+        "rms_norm(xm)",
+        "d qkv",
+        "d q_gain",
+        "dx",
+        "dx0",
+        "d mix",
+    ];
+    let tols = names.map(|name| {
+        if name.starts_with('d') {
+            (2e-3, 1.0 / 64.0)
+        } else {
+            (1e-3, 1.0 / 128.0)
+        }
+    });
+    let labels = names.map(|name| format!("replayed {name}"));
+    cx.compare_each(&labels, &tols, &captured, &want)?;
+    Ok(())
+}
+
+/// The model of the checks and its batch sizes: the baseline on CUDA (compared on 16 sequences,
+/// timed on a micro-batch of 64, as one GPU trains), a tiny model on the CPU.
+fn model_setup(device: Device) -> (ModelConfig, i64, i64) {
+    match device {
+        Device::Cpu => (
+            ModelConfig {
+                vocab_size: 64,
+                num_layers: 3,
+                model_dim: 32,
+                num_heads: 4,
+                num_kv_heads: 2,
+                seq_len: 16,
+                ..Default::default()
+            },
+            2,
+            2,
+        ),
+        _ => (ModelConfig::default(), 16, 64),
+    }
+}
+
+/// The model with every weight perturbed (so the zero-initialised projections take part), fp32
+/// weights (the embedding too, so the f32 reference sees the same values), seeded.
+fn perturbed_model(cfg: &ModelConfig, device: Device) -> Result<(nn::VarStore, Gpt)> {
+    tch::manual_seed(7);
+    let (vs, gpt) = build(cfg, device)?;
+    tch::no_grad(|| {
+        for (_, t) in gpt.named_parameters() {
+            let _ = t.shallow_clone().g_add_(&(t.randn_like() * 0.02));
+        }
+    });
+    Ok((vs, gpt))
+}
+
+fn tokens(cfg: &ModelConfig, rows: i64, device: Device) -> (Tensor, Tensor) {
+    let shape = [rows, cfg.seq_len as i64];
+    let v = cfg.vocab_size as i64;
+    (
+        Tensor::randint(v, shape, (Kind::Int64, device)),
+        Tensor::randint(v, shape, (Kind::Int64, device)),
+    )
+}
+
+fn zero_grads(gpt: &Gpt) {
+    for (_, p) in gpt.named_parameters() {
+        p.shallow_clone().zero_grad();
+    }
+}
+
+/// The logits (no grad), the loss and every parameter's gradient in the model's current setting.
+fn outputs(gpt: &Gpt, x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor, Vec<Tensor>)> {
+    let logits = tch::no_grad(|| gpt.logits(x));
+    zero_grads(gpt);
+    let loss = gpt.loss(x, y);
+    loss.f_backward()?;
+    let grads = gpt
+        .named_parameters()
+        .iter()
+        // A copy: `.grad` is zeroed and refilled in place by the next run.
+        .map(|(_, p)| p.grad().to_kind(Kind::Float).copy())
+        .collect();
+    Ok((logits, loss.detach(), grads))
+}
+
+/// max|got − want| / max|want|, in f32.
+fn rel_error(got: &Tensor, want: &Tensor) -> Result<f64> {
+    let (g, w) = (got.to_kind(Kind::Float), want.to_kind(Kind::Float));
+    let scale = f64::try_from(w.abs().max())?.max(f64::MIN_POSITIVE);
+    Ok(f64::try_from((&g - &w).abs().max())? / scale)
+}
+
+/// Judges fast against literal by their distances to the f32 reference (the module's rule).
+/// Prints failures and, with `verbose`, passes too; returns the ratio fast/literal.
+fn judge(
+    cx: &mut Harness,
+    what: &str,
+    (literal, fast, reference): (&Tensor, &Tensor, &Tensor),
+    verbose: bool,
+) -> Result<f64> {
+    let (l, f) = (rel_error(literal, reference)?, rel_error(fast, reference)?);
+    let finite = bool::try_from(fast.isfinite().all())?;
+    let ok = finite && (f <= 2.0 * l || f <= 1.0 / 256.0);
+    if verbose || !ok {
+        println!(
+            "  {:<5} {what:<34} rel err vs f32: literal {l:.3e}  fast {f:.3e}{}",
+            if ok { "ok" } else { "FAIL" },
+            if finite { "" } else { "  (non-finite values!)" }
+        );
+    }
+    cx.record(ok, what);
+    Ok(f / l.max(f64::MIN_POSITIVE))
+}
+
+/// The whole model, literal and fast in bf16, against the f32 literal model: logits, loss and
+/// every gradient (one line for the worst gradient, one per failing one).
+fn check_model_formulations(cx: &mut Harness) -> Result<()> {
+    let device = cx.device;
+    let (cfg, rows, _) = model_setup(device);
+    let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
+    let (x, y) = tokens(&cfg, rows, device);
+    gpt.set_compute_kind(Kind::Float);
+    gpt.set_formulation(Formulation::Literal, device)?;
+    let reference = outputs(&gpt, &x, &y)?;
+    gpt.set_compute_kind(Kind::BFloat16);
+    let literal = outputs(&gpt, &x, &y)?;
+    gpt.set_formulation(Formulation::Fast, device)?;
+    let fast = outputs(&gpt, &x, &y)?;
+    println!(
+        "  info  loss: f32 literal {:.6}  bf16 literal {:.6}  bf16 fast {:.6}",
+        f64::try_from(&reference.1)?,
+        f64::try_from(&literal.1)?,
+        f64::try_from(&fast.1)?
+    );
+    judge(cx, "logits", (&literal.0, &fast.0, &reference.0), true)?;
+    judge(cx, "loss", (&literal.1, &fast.1, &reference.1), true)?;
+    let mut worst = (0.0, String::new());
+    for (i, (name, _)) in gpt.named_parameters().iter().enumerate() {
+        let ratio = judge(
+            cx,
+            &format!("grad {name}"),
+            (&literal.2[i], &fast.2[i], &reference.2[i]),
+            false,
+        )?;
+        if ratio > worst.0 {
+            worst = (ratio, name.clone());
+        }
+    }
+    println!(
+        "  info  {} gradients judged; the worst fast/literal error ratio {:.2} ({})",
+        literal.2.len(),
+        worst.0,
+        worst.1
+    );
+    Ok(())
+}
+
+/// One training micro-step as the train stage graphs it: forward, backward into `.grad`.
+fn micro_step(gpt: &Gpt, x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let loss = gpt.loss(x, y);
+    loss.f_backward()?;
+    Ok(loss.detach())
+}
+
+/// The fast model's micro-step captured as a CUDA graph (after a warm-up on the side stream, as
+/// the train stage does), replayed on new tokens, against the same step run eagerly.
+fn check_model_in_cuda_graph(cx: &mut Harness) -> Result<()> {
+    if cx.device == Device::Cpu {
+        println!("  (skipped on the CPU)");
+        return Ok(());
+    }
+    let device = cx.device;
+    let (cfg, rows, _) = model_setup(device);
+    let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
+    gpt.set_compute_kind(Kind::BFloat16);
+    gpt.set_formulation(Formulation::Fast, device)?;
+    let (x, y) = tokens(&cfg, rows, device);
+    let mut graph = CudaGraph::new(device)?;
+    graph.on_side_stream(|| (0..2).try_for_each(|_| micro_step(&gpt, &x, &y).map(drop)))??;
+    zero_grads(&gpt);
+    let loss = graph.capture(|| micro_step(&gpt, &x, &y))??;
+    let (x2, y2) = tokens(&cfg, rows, device);
+    x.shallow_clone().copy_(&x2);
+    y.shallow_clone().copy_(&y2);
+    zero_grads(&gpt);
+    graph.replay()?;
+    cx.sync();
+    let replayed: Vec<Tensor> = gpt
+        .named_parameters()
+        .iter()
+        .map(|(_, p)| p.grad().copy())
+        .collect();
+    let replayed_loss = loss.copy();
+    zero_grads(&gpt);
+    let eager_loss = micro_step(&gpt, &x2, &y2)?;
+    cx.compare("replayed loss", &replayed_loss, &eager_loss, 1e-6, 1e-5)?;
+    let mut worst = (0.0, String::new());
+    let mut passed = 0;
+    for ((name, p), g) in gpt.named_parameters().iter().zip(&replayed) {
+        let e = rel_error(g, &p.grad())?;
+        if e > worst.0 {
+            worst = (e, name.clone());
+        }
+        // Silent when within tolerance: one line per parameter would bury the rest.
+        let (g, want) = (g.to_kind(Kind::Float), p.grad().to_kind(Kind::Float));
+        let scale = f64::try_from(want.abs().max())?;
+        let bound = want.abs() * (1.0 / 64.0) + 1e-3 * scale;
+        let bad = i64::try_from((&g - &want).abs().gt_tensor(&bound).sum(Kind::Int64))?;
+        if bad > 0 {
+            cx.compare(
+                &format!("replayed grad {name}"),
+                &g,
+                &want,
+                1e-3,
+                1.0 / 64.0,
+            )?;
+        } else {
+            passed += 1;
+        }
+    }
+    println!(
+        "  info  {passed} of {} replayed gradients within tolerance of eager; the largest max|Δ|/max|ref| {:.3e} ({})",
+        replayed.len(),
+        worst.0,
+        worst.1
+    );
+    cx.time("graph replay of the micro-step", None, || graph.replay())?;
+    Ok(())
+}
+
+/// Forward + backward of one micro-batch, and the forward alone without grad (evaluation), in
+/// each formulation (bf16, eager); the fast formulation's speed-up.
+fn time_model(cx: &mut Harness) -> Result<()> {
+    let device = cx.device;
+    let (cfg, _, rows) = model_setup(device);
+    let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
+    gpt.set_compute_kind(Kind::BFloat16);
+    let (x, y) = tokens(&cfg, rows, device);
+    let mut ms = vec![];
+    for formulation in [Formulation::Literal, Formulation::Fast] {
+        gpt.set_formulation(formulation, device)?;
+        let name = formulation.name();
+        let train = cx.time(&format!("{name} forward+backward"), None, || {
+            micro_step(&gpt, &x, &y).map(drop)
+        })?;
+        let eval = cx.time(&format!("{name} forward (no grad)"), None, || {
+            drop(tch::no_grad(|| gpt.logits(&x)));
+            Ok(())
+        })?;
+        ms.push((train, eval));
+    }
+    println!(
+        "  speed fast over literal: forward+backward {:.2}×, forward {:.2}× ({rows} × {} tokens)",
+        ms[0].0 / ms[1].0,
+        ms[0].1 / ms[1].1,
+        cfg.seq_len
+    );
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("check_model_gpu: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<bool> {
+    let args = Args::parse("check_model_gpu", std::env::args().skip(1))?;
+    match args.describe_gpu()? {
+        Some(gpu) => println!("device {gpu}"),
+        None => println!("device cpu: a tiny model, the ops' CPU paths (tests this harness; timings mean nothing)"),
+    }
+    tch::manual_seed(1234);
+    let mut cx = Harness::new(&args);
+    Ok(run_checks(&mut cx, CHECKS, args.only.as_deref()))
+}

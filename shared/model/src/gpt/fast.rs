@@ -1,0 +1,164 @@
+//! The fast formulation: the trunk of `gpt.rs` (same function, same parameters, same taps and
+//! adapter sites) written for fewer passes over activation memory — on a GPU the eager step is
+//! bound by memory traffic and kernel launches, not by the matmuls:
+//!
+//! - q, k and v come from one GEMM (their weights concatenated), plus the adapter's deltas;
+//! - q/k RMSNorm, RoPE and the q gain, with v passed through → pgolf-kernels' `qkv_norm_rope`
+//!   (its backward writes the whole d(qkv) at once, so no narrow/zero-fill/add passes);
+//! - a block's entry, `resid_mix` then RMSNorm → `mix_norm` (returns the mixed stream too);
+//! - the embedding's, the MLP's and the final RMSNorm → `rms_norm`;
+//! - relu² / LeakyReLU² → `relu_square`;
+//! - each branch's output projection, its scale (`attn_scale`, `mlp_scale`) and the residual add
+//!   are one GEMM: `x + s ⊙ (y Wᵀ) = addmm(x, y, (s ⊙ W)ᵀ)`, the scale folded into W's rows;
+//! - the U-Net skips use `addcmul`.
+//!
+//! The head (with `1/c` folded into its weight) and the loss (the fused `softcap_cross_entropy`:
+//! the `[N, V]` f32 logits and their gradient are never materialised) are `gpt.rs`'s
+//! [`Gpt::head`] and [`Gpt::loss`]. On CUDA the ops run NVRTC-compiled kernels; on the CPU their
+//! reference formulas in tch ops, so the formulation is testable here: in f32 it agrees with the
+//! literal one to rounding (tested). RoPE tables are f32 (the literal formulation rounds them to
+//! the compute kind), so on CUDA the two agree to bf16 rounding, not bit for bit.
+
+use pgolf_kernels::ops::{
+    mix_norm::mix_norm,
+    qkv_norm_rope::qkv_norm_rope,
+    relu_square::relu_square,
+    rms_norm::{rms_norm, DEFAULT_EPS},
+};
+use tch::{Kind, Tensor};
+
+use super::Gpt;
+use crate::config::Activation;
+use crate::hooks::{Hooks, Site};
+
+/// The kernel ops fail only on misuse (shapes, kinds) or a broken CUDA set-up, both checked when
+/// the formulation is chosen ([`Gpt::set_formulation`]); the model's API returns tensors, so a
+/// failure here is a bug and panics with the op's message.
+pub(super) fn must<T>(r: anyhow::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("fused kernels: {e:#}"))
+}
+
+impl Gpt {
+    /// The fast trunk: the normed embedding, the U-Net of fast blocks, the final norm.
+    pub(super) fn trunk_fast(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
+        let t = x.size()[1];
+        // f32 [T, hd/2] tables, as the kernel reads them.
+        let (cos, sin) = self
+            .rope
+            .borrow_mut()
+            .tables(t, Kind::Float, x.device(), false);
+        let (cos, sin) = (cos.view([t, -1]), sin.view([t, -1]));
+        let mut h = must(rms_norm(&self.embed(x), DEFAULT_EPS));
+        let x0 = h.shallow_clone();
+        h = self.unet(
+            h,
+            |i, h| self.block_fast(i, h, &x0, &cos, &sin, hooks),
+            |h, w, skip| h.addcmul(w, skip),
+        );
+        must(rms_norm(&h, DEFAULT_EPS))
+    }
+
+    fn block_fast(
+        &self,
+        i: usize,
+        x: &Tensor,
+        x0: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Tensor {
+        let blk = &self.blocks[i];
+        let (x, n) = must(mix_norm(x, x0, &blk.resid_mix, DEFAULT_EPS));
+        let y = self.attention_fast(i, &n, cos, sin, hooks);
+        hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
+        let x =
+            self.residual_projection(&x, &y, &blk.attn_proj, &blk.attn_scale, Site::O, i, hooks);
+        let u = must(rms_norm(&x, DEFAULT_EPS));
+        hooks.tap(|| format!("blocks.{i}.mlp.fc.weight"), &u);
+        let pre = self.project(&u, &blk.fc, Site::MlpIn, i, hooks);
+        let slope = match self.cfg.activation {
+            Activation::Relu2 => 0.0,
+            Activation::LeakyRelu2(slope) => slope,
+        };
+        let act = must(relu_square(&pre, slope));
+        hooks.tap(|| format!("blocks.{i}.mlp.proj.weight"), &act);
+        self.residual_projection(
+            &x,
+            &act,
+            &blk.mlp_proj,
+            &blk.mlp_scale,
+            Site::MlpOut,
+            i,
+            hooks,
+        )
+    }
+
+    /// `x + scale ⊙ (y Wᵀ + δ)` with the scale folded into W's rows and the residual as the GEMM's
+    /// addend.
+    #[allow(clippy::too_many_arguments)]
+    fn residual_projection(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        w: &Tensor,
+        scale: &Tensor,
+        site: Site,
+        layer: usize,
+        hooks: &Hooks,
+    ) -> Tensor {
+        let ck = self.compute;
+        let size = x.size();
+        let d = size[2];
+        let inner = *y.size().last().expect("projection input has a last dim");
+        let w_scaled = (w * scale.unsqueeze(1)).to_kind(ck);
+        let out = x
+            .view([-1, d])
+            .addmm(&y.reshape([-1, inner]), &w_scaled.tr())
+            .view(size.as_slice());
+        match hooks.delta(site, layer, y) {
+            Some(delta) => out + delta.to_kind(ck) * scale.to_kind(ck),
+            None => out,
+        }
+    }
+
+    /// q, k and v of block `i` from one GEMM on the concatenated weights, plus the adapter's
+    /// deltas: `[B, T, d + 2·kv]` (q heads, k heads, v heads). Taps see `u` for each name.
+    fn qkv_projection(&self, i: usize, u: &Tensor, hooks: &mut Hooks) -> Tensor {
+        let ck = self.compute;
+        let blk = &self.blocks[i];
+        let (b, t, d) = u.size3().expect("attention input [B, T, d]");
+        let kv = (self.cfg.num_kv_heads * self.cfg.head_dim()) as i64;
+        for name in ["c_q", "c_k", "c_v"] {
+            hooks.tap(|| format!("blocks.{i}.attn.{name}.weight"), u);
+        }
+        let w = Tensor::cat(&[&blk.c_q, &blk.c_k, &blk.c_v], 0).to_kind(ck);
+        let qkv = u.linear(&w, None::<Tensor>);
+        if hooks.adapter.is_none() {
+            return qkv;
+        }
+        let deltas = [(Site::Q, d), (Site::K, kv), (Site::V, kv)].map(|(site, width)| {
+            hooks
+                .delta(site, i, u)
+                .map(|t| t.to_kind(ck))
+                .unwrap_or_else(|| Tensor::zeros([b, t, width], (ck, u.device())))
+        });
+        qkv + Tensor::cat(&deltas, 2) // not `+=` (in place)
+    }
+
+    /// Causal GQA attention of block `i` up to its output projection: `[B, T, d]`.
+    fn attention_fast(
+        &self,
+        i: usize,
+        u: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        hooks: &mut Hooks,
+    ) -> Tensor {
+        let blk = &self.blocks[i];
+        let (b, t, d) = u.size3().expect("attention input [B, T, d]");
+        let qkv = self.qkv_projection(i, u, hooks);
+        let (q, k, v) = must(qkv_norm_rope(&qkv, cos, sin, &blk.q_gain, DEFAULT_EPS));
+        let y = self.causal_attention(&q.transpose(1, 2), &k.transpose(1, 2), &v.transpose(1, 2));
+        y.transpose(1, 2).reshape([b, t, d])
+    }
+}

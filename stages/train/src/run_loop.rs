@@ -1,0 +1,171 @@
+//! The training loop (REFERENCE.md §3.9–3.10): validate at step 0, every `val_loss_every` and at
+//! the end; stop at `iterations` or just past the wall-clock cap, which excludes validation. After
+//! each step the EMA and SWA averages take the new weights.
+
+use anyhow::{bail, Result};
+use pgolf_model::Gpt;
+use pgolf_optim::{muon_momentum, Collective, Ema, Warmdown};
+use pgolf_store::progress;
+use std::time::Instant;
+
+use crate::data::{BatchLoader, ValTokens};
+use crate::graphed::GraphedMicroStep;
+use crate::log::RunLog;
+use crate::metrics::{Metrics, Row};
+use crate::optimizers::Optimizers;
+use crate::params::Params;
+use crate::profile::ProfileWindow;
+use crate::step::{train_step, StepSettings};
+use crate::swa::Swa;
+use crate::validate::{validate, ValResult};
+
+/// What the loop trains with, borrowed from the stage's setup.
+pub struct Training<'a> {
+    pub p: &'a Params,
+    pub gpt: &'a Gpt,
+    pub loader: &'a mut BatchLoader,
+    pub opt: &'a mut Optimizers,
+    pub graphed: Option<&'a mut GraphedMicroStep>,
+    pub val_set: &'a ValTokens,
+    pub val_batch_seqs: usize,
+    pub comm: &'a dyn Collective,
+    pub log: &'a mut RunLog,
+}
+
+/// What the loop leaves: the step count and train time, the metrics, the last validation, and
+/// the weight averages.
+pub struct Finished {
+    pub steps: u64,
+    pub train_ms: f64,
+    pub metrics: Metrics,
+    pub val: ValResult,
+    pub ema: Option<Ema>,
+    pub swa: Option<Swa>,
+}
+
+pub fn run(t: Training) -> Result<Finished> {
+    let Training {
+        p,
+        gpt,
+        loader,
+        opt,
+        mut graphed,
+        val_set,
+        val_batch_seqs,
+        comm,
+        log,
+    } = t;
+    let mut ema = (p.ema_decay > 0.0).then(|| Ema::new(gpt.named_parameters(), p.ema_decay));
+    let mut swa = Swa::new(p.swa_every, p.swa_lr_threshold);
+    let schedule = Warmdown {
+        iterations: p.iterations,
+        warmdown_iters: p.warmdown_iters,
+        max_wallclock_ms: (p.max_wallclock_seconds > 0.0).then_some(p.max_wallclock_seconds * 1e3),
+    };
+    let bar = progress::bar(p.iterations, "train");
+    let mut metrics = Metrics::default();
+    let mut train_ms = 0.0;
+    let mut step: u64 = 0;
+    let mut stop_after: Option<u64> = None;
+    let mut last_val = None;
+    let mut profile = ProfileWindow::from_env()?;
+    loop {
+        let last = step == p.iterations || stop_after.is_some_and(|s| step >= s);
+        if last || (p.val_loss_every > 0 && step.is_multiple_of(p.val_loss_every)) {
+            let r = validate(gpt, val_set, val_batch_seqs, comm)?;
+            metrics.record_val(step, r.loss, r.bpb, schedule.lr_mul(step, train_ms));
+            log.line(&format!(
+                "step:{step}/{} val_loss:{:.4} val_bpb:{:.4} train_time:{train_ms:.0}ms step_avg:{:.2}ms",
+                p.iterations,
+                r.loss,
+                r.bpb,
+                train_ms / step.max(1) as f64
+            ))?;
+            last_val = Some(r);
+        }
+        if last {
+            if stop_after.is_some() && step < p.iterations {
+                log.line(&format!(
+                    "stopping_early: wallclock_cap train_time:{train_ms:.0}ms step:{step}/{}",
+                    p.iterations
+                ))?;
+            }
+            break;
+        }
+
+        let lr_mul = schedule.lr_mul(step, train_ms);
+        let settings = StepSettings {
+            lr_mul,
+            muon_momentum: muon_momentum(
+                step,
+                p.muon_momentum_warmup_start,
+                p.muon_momentum,
+                p.muon_momentum_warmup_steps,
+            ),
+            phase_timing: p.phase_timing,
+        };
+        profile.at_step(step)?;
+        let started = Instant::now();
+        let out = train_step(gpt, loader, opt, graphed.as_deref_mut(), settings, comm)?;
+        if !out.loss.is_finite() {
+            bail!(
+                "step {}: the train loss is {} (diverged); stopping",
+                step + 1,
+                out.loss
+            );
+        }
+        if let Some(ema) = ema.as_mut() {
+            ema.update(gpt.named_parameters());
+        }
+        if let Some(swa) = swa.as_mut() {
+            if swa.after_step(step + 1, lr_mul, gpt.named_parameters()) && swa.count() == 1 {
+                log.line(&format!("swa:start step:{}", step + 1))?;
+            }
+        }
+        let step_ms = started.elapsed().as_secs_f64() * 1e3;
+        train_ms += step_ms;
+        step += 1;
+
+        metrics.rows.push(Row {
+            step,
+            train_loss: Some(out.loss),
+            lr_mul,
+            tokens_seen: loader.tokens_taken,
+            step_ms,
+            elapsed_ms: train_ms,
+            val_loss: None,
+            val_bpb: None,
+        });
+        let tokens_per_s = p.train_batch_tokens as f64 * step as f64 / (train_ms / 1e3);
+        bar.set_position(step);
+        bar.set_message(format!(
+            "loss {:.4} · {:.0}k tok/s",
+            out.loss,
+            tokens_per_s / 1e3
+        ));
+        if p.train_log_every > 0 && (step <= 10 || step.is_multiple_of(p.train_log_every)) {
+            let phases = out.phases_ms.map_or(String::new(), |[d, m, o]| {
+                format!(" data_ms:{d:.1} micro_ms:{m:.1} optim_ms:{o:.1}")
+            });
+            log.line(&format!(
+                "step:{step}/{} train_loss:{:.4} train_time:{train_ms:.0}ms step_avg:{:.2}ms host_ms:{:.1} lr_mul:{lr_mul:.4}{phases}",
+                p.iterations,
+                out.loss,
+                train_ms / step as f64,
+                out.host_ms
+            ))?;
+        }
+        if stop_after.is_none() && schedule.max_wallclock_ms.is_some_and(|cap| train_ms >= cap) {
+            stop_after = Some(step);
+        }
+    }
+    bar.finish_and_clear();
+    Ok(Finished {
+        steps: step,
+        train_ms,
+        metrics,
+        val: last_val.expect("the loop validates before it ends"),
+        ema,
+        swa,
+    })
+}
