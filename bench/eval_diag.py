@@ -174,7 +174,10 @@ def main():
         if h.get("scored_targets") != val_tokens.numel() - 1:
             sys.exit(f"error: eval_diag: {run}: scored {h.get('scored_targets')} targets, upstream {val_tokens.numel() - 1}")
         ours.append((label, Path(run), h["val_bpb"]))
-        desc = m.get("device", {}).get("description", "") if isinstance(m.get("device"), dict) else m.get("device", "")
+        # The numerics are a headline figure; the device a record (older manifests: free text).
+        dev = m.get("device")
+        on = ", ".join(dev.get("device_names", [])) if isinstance(dev, dict) else str(dev or "")
+        desc = f"{h.get('numerics', '')} on {on}" if h.get("numerics") else on
         our_rows.append(f"| {label} | {desc} | {h['val_bpb']:.8f} | {h['eval_seconds']:.2f} | " + " | ".join(f"{h['val_bpb'] - bpb[v]:+.2e}" for v in variants) + " |")
 
     # Layer by layer, on the windows each of ours dumped, against the target variant (and the

@@ -38,7 +38,7 @@ run_eval() {  # name extra-params-json
 run_eval upstream ', "compute": "upstream"'
 run_eval native ', "export_decoded": true'
 run_eval native_literal ', "formulation": "literal"'
-run_eval f32 ', "compute": "f32"'
+run_eval f32 ', "precision": "f32"'
 
 compile=(); [ "${COMPILE:-1}" = 1 ] && [ "$device" != cpu ] && compile=(--compile)
 status=0

@@ -26,12 +26,13 @@ const LIBRARY_EDGES: &[(&str, &str, &[&str])] = &[
     ("pgolf-data",      NORMAL, &["pgolf-store"]),
     // The counted evaluator: config, artifact decode, CPU forward, BPB. Self-contained.
     ("pgolf-evaluator", NORMAL, &[]),
-    // libtorch/device glue and the device record.
+    // libtorch/device glue (device parsing, the CUDA probe and shims, the profiler) and the
+    // device record; its build compiles the C++ shims.
     ("pgolf-runtime",   NORMAL, &["pgolf-store"]),
+    ("pgolf-runtime",   BUILD,  &["pgolf-buildid"]),
     ("pgolf-kernels",   NORMAL, &["pgolf-runtime"]),
     ("pgolf-kernels",   BUILD,  &["pgolf-buildid"]),
     ("pgolf-model",     NORMAL, &["pgolf-kernels", "pgolf-runtime", "pgolf-evaluator"]),
-    ("pgolf-model",     BUILD,  &["pgolf-buildid"]),
     ("pgolf-model",     DEV,    &["pgolf-data", "pgolf-testkit"]),
     ("pgolf-optim",     NORMAL, &[]),
     // c10d process groups behind pgolf-optim's Collective.

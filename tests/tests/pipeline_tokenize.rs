@@ -3,6 +3,7 @@
 
 use pgolf_e2e::project::{line_of, status_of, TestProject};
 use pgolf_e2e::workspace_root;
+use pgolf_store::files;
 use pgolf_store::Manifest;
 
 #[test]
@@ -20,8 +21,8 @@ fn cpu_smoke_tokenize_runs_through_the_driver_and_is_then_reused() {
     for file in [
         "fineweb_val_000000.bin",
         "fineweb_train_000000.bin",
-        "docs.parquet",
-        "tokenizer.json",
+        files::DOC_TABLE,
+        files::TOKENIZER_INFO,
     ] {
         assert!(
             manifest.outputs.iter().any(|o| o.path == file),

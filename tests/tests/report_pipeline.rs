@@ -4,6 +4,7 @@
 //! manifest in the store.
 
 use pgolf_e2e::{bin, workspace_root};
+use pgolf_store::files;
 use serde_json::Value;
 use std::fs;
 use std::path::Path;
@@ -47,9 +48,9 @@ fn default_pipeline_run_ends_with_the_report_made_from_its_runs() {
     assert_eq!(dir.parent().unwrap().file_name().unwrap(), "report");
     let store = dir.parent().unwrap().parent().unwrap();
     for f in [
-        "report.md",
-        "submission.json",
-        "provenance.json",
+        files::REPORT_MD,
+        files::SUBMISSION,
+        files::PROVENANCE,
         "plots/bpb_by_stage.svg",
         "plots/training.svg",
     ] {
@@ -57,7 +58,7 @@ fn default_pipeline_run_ends_with_the_report_made_from_its_runs() {
     }
 
     // submission.json: the scored evaluation's own numbers, read from its manifest in the store.
-    let sub = read_json(&dir.join("submission.json"));
+    let sub = read_json(&dir.join(files::SUBMISSION));
     let (_, result) = sub["seed_results"]
         .as_object()
         .unwrap()
@@ -71,19 +72,19 @@ fn default_pipeline_run_ends_with_the_report_made_from_its_runs() {
     let eval_dir = fs::read_dir(store)
         .unwrap()
         .map(|e| e.unwrap().path().join(eval_key))
-        .find(|p| p.join("manifest.json").is_file())
+        .find(|p| p.join(files::MANIFEST).is_file())
         .unwrap_or_else(|| panic!("run {eval_key} not in the store"));
-    let eval = read_json(&eval_dir.join("manifest.json"));
+    let eval = read_json(&eval_dir.join(files::MANIFEST));
     assert_eq!(sub["val_bpb"], eval["headline"]["val_bpb"]);
     assert_eq!(sub["val_loss"], eval["headline"]["val_loss"]);
-    let report_manifest = read_json(&dir.join("manifest.json"));
+    let report_manifest = read_json(&dir.join(files::MANIFEST));
     assert_eq!(
         report_manifest["headline"]["val_bpb"],
         eval["headline"]["val_bpb"]
     );
 
     // Provenance: every link in report.md opens a manifest in the store.
-    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     let links: Vec<&str> = md
         .split("](")
         .skip(1)

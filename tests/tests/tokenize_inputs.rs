@@ -5,6 +5,7 @@ mod tokenize_support;
 
 use arrow::array::{ArrayRef, LargeStringArray};
 use pgolf_data::Split;
+use pgolf_store::files;
 use serde_json::json;
 use std::fs;
 use std::sync::Arc;
@@ -44,13 +45,13 @@ fn jsonl_and_text_files_in_order_with_their_ids() {
     assert_eq!(raw, [Some(6), Some(3), Some(11)]);
     assert_eq!((docs[2].token_offset, docs[2].token_count), (4, 12));
     let info: serde_json::Value =
-        serde_json::from_str(&fs::read_to_string(run.out().join("tokenizer.json")).unwrap())
+        serde_json::from_str(&fs::read_to_string(run.out().join(files::TOKENIZER_INFO)).unwrap())
             .unwrap();
     assert_eq!(
         info,
         json!({"kind": "byte260", "vocab_size": 260, "bos_id": 1})
     );
-    assert!(!run.out().join("tokenizer.model").exists());
+    assert!(!run.out().join(files::TOKENIZER_MODEL).exists());
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod tokenize_support;
 
 use pgolf_data::{ByteLut, Split};
+use pgolf_store::files;
 use serde_json::json;
 use tokenize_support::*;
 
@@ -131,15 +132,16 @@ fn wiki_documents_match_python_sentencepiece() {
         run.headline("source_entropy_bpb").is_null(),
         "real text has no source entropy"
     );
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.out().join("tokenizer.json")).unwrap())
-            .unwrap();
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.out().join(files::TOKENIZER_INFO)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         info,
         json!({"kind": "sentencepiece", "vocab_size": 1024, "bos_id": 1})
     );
     assert_eq!(
-        std::fs::read(run.out().join("tokenizer.model")).unwrap(),
+        std::fs::read(run.out().join(files::TOKENIZER_MODEL)).unwrap(),
         std::fs::read(sp1024()).unwrap()
     );
 }

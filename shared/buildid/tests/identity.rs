@@ -131,8 +131,33 @@ fn cpp_shims_and_build_scripts_are_part_of_the_identity() {
     );
     let after_cpp = identity(ws, "train").unwrap();
     assert_ne!(before, after_cpp);
-    append(&ws.join("shared/model/build.rs"), "\n// edited\n");
+    append(&ws.join("shared/runtime/build.rs"), "\n// edited\n");
     assert_ne!(after_cpp, identity(ws, "train").unwrap());
+}
+
+#[test]
+fn a_model_edit_rekeys_the_model_stages_and_not_quantize_pack() {
+    let tmp = copy_workspace();
+    let ws = tmp.path();
+    let before = identities(ws);
+    append(&ws.join("shared/model/src/lib.rs"), "\n// edited\n");
+    let rekeyed = changed(&before, &identities(ws));
+    for stage in ["train", "gptq-calibrate", "ttt-eval", "ngram-eval"] {
+        assert!(rekeyed.contains(&stage.to_string()), "{stage}: {rekeyed:?}");
+    }
+    // quantize-pack needs a device, not the model: it reaches libtorch through pgolf-runtime.
+    for stage in [
+        "quantize-pack",
+        "ema-finalize",
+        "tokenize",
+        "report",
+        "pipeline",
+    ] {
+        assert!(
+            !rekeyed.contains(&stage.to_string()),
+            "{stage}: {rekeyed:?}"
+        );
+    }
 }
 
 #[test]
@@ -186,7 +211,8 @@ fn closure_sources_lists_every_kind_of_file_and_no_test_file() {
     for suffix in [
         "shared/kernels/cuda/common.cuh",
         "shared/kernels/csrc/current_stream.cpp",
-        "shared/model/build.rs",
+        "shared/runtime/build.rs",
+        "shared/runtime/csrc/cuda_graph.cpp",
         "shared/store/Cargo.toml",
         "shared/buildid/src/lib.rs",
         "stages/train/src/main.rs",

@@ -14,8 +14,6 @@ use std::sync::Arc;
 
 use crate::shard::Split;
 
-pub const DOC_TABLE_FILE: &str = "docs.parquet";
-
 /// One document of a tokenized corpus.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DocRecord {
@@ -234,6 +232,7 @@ fn column<'a, A: Array + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgolf_store::files;
 
     fn sample() -> Vec<DocRecord> {
         vec![
@@ -273,7 +272,7 @@ mod tests {
     #[test]
     fn round_trips_with_nulls_and_leaves_no_partial_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DOC_TABLE_FILE);
+        let path = dir.path().join(files::DOC_TABLE);
         write_doc_table(&path, &sample()).unwrap();
         assert_eq!(read_doc_table(&path).unwrap(), sample());
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -334,7 +333,7 @@ mod tests {
     #[test]
     fn a_table_from_before_the_source_column_reads_its_raw_bytes_as_from_text() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DOC_TABLE_FILE);
+        let path = dir.path().join(files::DOC_TABLE);
         let full = to_batch(&sample()).unwrap();
         let old = full
             .project(&(0..full.num_columns() - 1).collect::<Vec<_>>())
@@ -356,7 +355,7 @@ mod tests {
     #[test]
     fn rejects_an_unknown_split_and_a_non_parquet_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(DOC_TABLE_FILE);
+        let path = dir.path().join(files::DOC_TABLE);
         let full = to_batch(&sample()).unwrap();
         let mut columns = full.columns().to_vec();
         columns[1] = Arc::new(StringArray::from(vec!["val", "test", "train"]));
@@ -370,7 +369,7 @@ mod tests {
         fs::write(&path, b"doc_id,split\n").unwrap();
         let err = format!("{:#}", read_doc_table(&path).unwrap_err());
         assert!(
-            err.contains("docs.parquet") && err.contains("not a Parquet file"),
+            err.contains(files::DOC_TABLE) && err.contains("not a Parquet file"),
             "{err}"
         );
     }

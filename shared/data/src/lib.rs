@@ -16,11 +16,8 @@ pub mod sidecar;
 pub mod sp_model;
 pub mod tokenizer_info;
 
-pub use doc_table::{read_doc_table, write_doc_table, DocRecord, RawBytesSource, DOC_TABLE_FILE};
+pub use doc_table::{read_doc_table, write_doc_table, DocRecord, RawBytesSource};
 pub use lut::ByteLut;
 pub use rng::Rng;
 pub use shard::{list_shards, write_shard, Shard, Split, TokenStream};
-pub use tokenizer_info::{
-    refuse_lookup_table_bytes, TokenizerInfo, TokenizerKind, TOKENIZER_INFO_FILE,
-    TOKENIZER_MODEL_FILE,
-};
+pub use tokenizer_info::{refuse_lookup_table_bytes, TokenizerInfo, TokenizerKind};

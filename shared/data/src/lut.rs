@@ -2,10 +2,11 @@
 //! Built from a SentencePiece `.model` or for the built-in `byte260` tokenizer.
 
 use anyhow::{bail, Context, Result};
+use pgolf_store::files;
 use std::path::Path;
 
 use crate::sp_model::{ModelProto, PieceType};
-use crate::tokenizer_info::{TokenizerInfo, TokenizerKind, TOKENIZER_MODEL_FILE};
+use crate::tokenizer_info::{TokenizerInfo, TokenizerKind};
 
 /// SentencePiece's whitespace marker U+2581.
 pub const SPACE_MARKER: char = '\u{2581}';
@@ -78,7 +79,7 @@ impl ByteLut {
         let lut = match info.kind {
             TokenizerKind::Byte260 => ByteLut::byte260(),
             TokenizerKind::Sentencepiece => {
-                ByteLut::from_model_file(&dir.join(TOKENIZER_MODEL_FILE))?
+                ByteLut::from_model_file(&dir.join(files::TOKENIZER_MODEL))?
             }
         };
         if lut.vocab_size() != info.vocab_size as usize {
@@ -265,7 +266,7 @@ mod tests {
         }
         .write(dir.path())
         .unwrap();
-        std::fs::copy(sp1024_path(), dir.path().join(TOKENIZER_MODEL_FILE)).unwrap();
+        std::fs::copy(sp1024_path(), dir.path().join(files::TOKENIZER_MODEL)).unwrap();
         assert_eq!(
             ByteLut::from_tokenize_output(dir.path()).unwrap(),
             sp1024().1

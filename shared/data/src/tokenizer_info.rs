@@ -2,12 +2,9 @@
 //! the byte lookup tables and check vocab sizes without guessing.
 
 use anyhow::{bail, Context, Result};
+use pgolf_store::files;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
-
-pub const TOKENIZER_INFO_FILE: &str = "tokenizer.json";
-/// The copy of the SentencePiece model beside the shards (absent for `byte260`).
-pub const TOKENIZER_MODEL_FILE: &str = "tokenizer.model";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -35,7 +32,7 @@ pub fn refuse_lookup_table_bytes(dir: &Path) -> Result<()> {
     if info.kind != TokenizerKind::Sentencepiece {
         return Ok(());
     }
-    let model = crate::sp_model::ModelProto::read(&dir.join(TOKENIZER_MODEL_FILE))?;
+    let model = crate::sp_model::ModelProto::read(&dir.join(files::TOKENIZER_MODEL))?;
     let pieces = model.non_text_pieces()?;
     if let Some((id, text)) = pieces.first() {
         bail!(
@@ -59,7 +56,7 @@ impl TokenizerInfo {
 
     /// Reads `dir/tokenizer.json`.
     pub fn read(dir: &Path) -> Result<TokenizerInfo> {
-        let path = dir.join(TOKENIZER_INFO_FILE);
+        let path = dir.join(files::TOKENIZER_INFO);
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let info: TokenizerInfo = serde_json::from_str(&text)
@@ -77,7 +74,7 @@ impl TokenizerInfo {
 
     /// Writes `dir/tokenizer.json`.
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(TOKENIZER_INFO_FILE);
+        let path = dir.join(files::TOKENIZER_INFO);
         std::fs::write(&path, serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("{}: cannot write", path.display()))
     }
@@ -96,7 +93,7 @@ mod tests {
             bos_id: 1,
         };
         info.write(dir.path()).unwrap();
-        let text = std::fs::read_to_string(dir.path().join(TOKENIZER_INFO_FILE)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(files::TOKENIZER_INFO)).unwrap();
         assert!(text.contains("\"sentencepiece\""), "{text}");
         assert_eq!(TokenizerInfo::read(dir.path()).unwrap(), info);
     }
@@ -104,11 +101,11 @@ mod tests {
     #[test]
     fn rejects_unknown_kind_and_bad_bos() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(TOKENIZER_INFO_FILE);
+        let path = dir.path().join(files::TOKENIZER_INFO);
         std::fs::write(&path, r#"{"kind":"wordpiece","vocab_size":10,"bos_id":1}"#).unwrap();
         let err = format!("{:#}", TokenizerInfo::read(dir.path()).unwrap_err());
         assert!(
-            err.contains("tokenizer.json") && err.contains("wordpiece"),
+            err.contains(files::TOKENIZER_INFO) && err.contains("wordpiece"),
             "{err}"
         );
         std::fs::write(&path, r#"{"kind":"byte260","vocab_size":260,"bos_id":260}"#).unwrap();

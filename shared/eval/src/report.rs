@@ -19,10 +19,6 @@ use crate::guards::{bytes_check, entropy_guard, BytesCheck, EntropyCheck, Normal
 use crate::ledger::LedgerReport;
 use crate::valset::ValSet;
 
-pub const RESULTS_FILE: &str = "results.parquet";
-pub const CHUNKS_FILE: &str = "chunks.parquet";
-pub const SUMMARY_FILE: &str = "summary.json";
-
 /// Which byte count the scored number divides by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Denominator {
@@ -262,6 +258,7 @@ mod tests {
     use crate::ledger::Ledger;
     use crate::valset::tests::{tiny, tiny_parts};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use pgolf_store::files;
 
     #[test]
     fn raw_bytes_are_the_denominator_and_a_disagreement_is_flagged() {
@@ -313,7 +310,7 @@ mod tests {
         assert!(s.byte_denominator.starts_with("lut (upstream"));
         assert!(s.guard_bytes.starts_with("n/a"));
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(RESULTS_FILE);
+        let path = dir.path().join(files::RESULTS);
         write_doc_results(&path, &val, &r).unwrap();
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
             .unwrap()

@@ -7,9 +7,8 @@
 //! the raw UTF-8 bytes of the documents are exactly the bytes of the scored text.
 
 use anyhow::{bail, Context, Result};
-use pgolf_data::{
-    list_shards, read_doc_table, ByteLut, DocRecord, Shard, Split, TokenizerInfo, DOC_TABLE_FILE,
-};
+use pgolf_data::{list_shards, read_doc_table, ByteLut, DocRecord, Shard, Split, TokenizerInfo};
+use pgolf_store::files;
 use std::ops::Range;
 use std::path::Path;
 
@@ -53,7 +52,7 @@ impl ValSet {
         for p in &paths {
             tokens.extend_from_slice(Shard::open(p)?.tokens());
         }
-        let table = dir.join(DOC_TABLE_FILE);
+        let table = dir.join(files::DOC_TABLE);
         let docs: Vec<DocRecord> = read_doc_table(&table)?
             .into_iter()
             .filter(|d| d.split == Split::Val)

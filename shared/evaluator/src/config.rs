@@ -8,9 +8,6 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-/// The file name of the config beside a checkpoint.
-pub const CONFIG_FILE: &str = "config.json";
-
 /// Upstream's control-tensor name patterns: parameters whose name contains one are kept f32 in the
 /// artifact and given to Adam even when 2-D (one list for the model and the quantizer).
 pub const CONTROL_PATTERNS: [&str; 9] = [

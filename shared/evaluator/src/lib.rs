@@ -36,3 +36,10 @@ pub use data::{read_shard, val_target_bytes, val_tokens, ByteLut};
 pub use dtype::DType;
 pub use model::Model;
 pub use score::{bits_per_byte, flat, score, sliding, Sums, Window};
+
+// The names it opens in quantize-pack's and tokenize's outputs. The stage contract spells them in
+// pgolf-store (`files`), which this crate, built alone from its tar, cannot depend on; a workspace
+// test (tests/tests/files_agree.rs) holds the copies equal.
+pub const ARTIFACT_FILE: &str = "artifact.pgq";
+pub const TOKENIZER_MODEL_FILE: &str = "tokenizer.model";
+pub const TOKENIZER_INFO_FILE: &str = "tokenizer.json";

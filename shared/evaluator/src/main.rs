@@ -8,7 +8,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use pgolf_evaluator::{
-    flat, score, sliding, val_target_bytes, val_tokens, Artifact, ByteLut, Model,
+    flat, score, sliding, val_target_bytes, val_tokens, Artifact, ByteLut, Model, ARTIFACT_FILE,
+    TOKENIZER_INFO_FILE, TOKENIZER_MODEL_FILE,
 };
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -37,7 +38,7 @@ fn run(args: Vec<String>) -> Result<()> {
         anyhow!("usage: pgolf-evaluate ARTIFACT DATA [--tokenizer FILE|byte260] [--seq-len N] [--stride S]")
     })?;
     let artifact = match artifact.is_dir() {
-        true => artifact.join("artifact.pgq"),
+        true => artifact.join(ARTIFACT_FILE),
         false => artifact,
     };
     // The bytes first: data that cannot be scored honestly is refused before the model loads.
@@ -75,13 +76,13 @@ fn lut(data: &Path, tokenizer: Option<String>) -> Result<ByteLut> {
     let model = match tokenizer {
         Some(t) if t == "byte260" => return Ok(ByteLut::byte260()),
         Some(t) => PathBuf::from(t),
-        None => data.join("tokenizer.model"),
+        None => data.join(TOKENIZER_MODEL_FILE),
     };
     if model.is_file() {
         let bytes = std::fs::read(&model)?;
         return ByteLut::sentencepiece(&bytes).with_context(|| format!("{}", model.display()));
     }
-    let info = data.join("tokenizer.json");
+    let info = data.join(TOKENIZER_INFO_FILE);
     let kind = std::fs::read(&info)
         .ok()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())

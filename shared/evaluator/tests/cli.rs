@@ -39,7 +39,7 @@ fn prints_the_librarys_bpb_and_refuses_bad_input_in_one_line() {
         "{err}"
     );
     std::fs::write(
-        data.path().join("tokenizer.json"),
+        data.path().join(TOKENIZER_INFO_FILE),
         r#"{"kind": "byte260", "vocab_size": 260, "bos_id": 1}"#,
     )
     .unwrap();
@@ -61,7 +61,7 @@ fn prints_the_librarys_bpb_and_refuses_bad_input_in_one_line() {
     assert!(!ok && err.contains("usage: pgolf-evaluate"), "{err}");
     let (ok, _, err) = run(&[data.path(), data.path()]);
     assert!(
-        !ok && err.lines().count() == 1 && err.contains("artifact.pgq"),
+        !ok && err.lines().count() == 1 && err.contains(ARTIFACT_FILE),
         "{err}"
     );
 }

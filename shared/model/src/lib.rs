@@ -33,25 +33,21 @@
 //! - [`load_safetensors`]`(&mut VarStore, path)` strict (missing/unexpected/shape → error naming
 //!   file and tensor), [`save_safetensors`]`(&VarStore, path)`; [`read_tensors`],
 //!   [`save_tensors`], [`load_into`] for tensors outside a VarStore (EMA shadows).
-//! - [`device_from_str`]`("cpu"|"cuda"|"cuda:N") -> Result<Device>`.
-//! - [`cuda`]: what libtorch has and tch lacks, through the C++ shims in `csrc/`: peak allocator
-//!   memory, `empty_cache`, and [`cuda::CudaGraph`] (capture / replay); [`profiler`]: Kineto
-//!   traces (`profiler::start()?.save(path)`).
+//! - The device glue (`device_from_str`, `cuda`, `profiler`) lives in `pgolf-runtime`; it is
+//!   re-exported here only for code that reached it through the model before (kernels' GPU
+//!   check). Stages use `pgolf_runtime` directly.
 //! - [`param_role`]: the optimizer group of a parameter name (Muon matrices, Adam controls, ...).
 
 pub mod checkpoint;
 /// The config lives in the counted evaluator (which rebuilds the model from an artifact alone).
 pub use pgolf_evaluator::config;
-pub mod cuda;
-pub mod device;
 pub mod gpt;
 pub mod hooks;
-pub mod profiler;
 mod rope;
+pub use pgolf_runtime::{cuda, device_from_str, profiler};
 
 pub use checkpoint::{load_into, load_safetensors, read_tensors, save_safetensors, save_tensors};
-pub use config::{Activation, ModelConfig, CONFIG_FILE};
-pub use device::device_from_str;
+pub use config::{Activation, ModelConfig};
 pub use gpt::{build, param_role, Formulation, Gpt, Numerics, ParamRole, CONTROL_PATTERNS};
 pub use hooks::{Adapter, Hooks, Site};
 pub use tch;

@@ -1,5 +1,5 @@
 //! `manifest.json`: the last file a stage writes, and the only proof that a run is complete.
-//! The schema is documented in docs/MANIFEST.md; bump [`MANIFEST_SCHEMA`] on any incompatible change.
+//! The schema is documented in docs/CONTRACT.md; bump [`MANIFEST_SCHEMA`] on any incompatible change.
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -8,10 +8,14 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::device::DeviceRecord;
+use crate::files::MANIFEST;
 use crate::hashing::hash_file;
 
-pub const MANIFEST_FILE: &str = "manifest.json";
-pub const MANIFEST_SCHEMA: u32 = 1;
+/// Written by this code. 2: `device` is a [`DeviceRecord`] (1: free text).
+pub const MANIFEST_SCHEMA: u32 = 2;
+/// Read by this code: schema 1 still reads, its device text as an unknown record.
+pub const READ_SCHEMAS: [u32; 2] = [1, 2];
 
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct Manifest {
@@ -33,7 +37,10 @@ pub struct Manifest {
     pub finished: String,
     pub wall_seconds: f64,
     pub host: String,
-    pub device: String,
+    /// What the run computed on, by field; an older manifest's free-form string reads as an
+    /// unknown record (see [`DeviceRecord`]).
+    #[serde(default)]
+    pub device: DeviceRecord,
     /// The stage's headline figures (e.g. `val_bpb`, `artifact_bytes`), for status lines and reports.
     pub headline: BTreeMap<String, Value>,
 }
@@ -64,7 +71,7 @@ pub struct OutputFile {
 impl Manifest {
     /// Reads and parses `dir/manifest.json`.
     pub fn read(dir: &Path) -> Result<Manifest> {
-        let path = dir.join(MANIFEST_FILE);
+        let path = dir.join(MANIFEST);
         let bytes = fs::read(&path).with_context(|| {
             format!(
                 "{}: no manifest (not a finished stage output)",
@@ -73,12 +80,12 @@ impl Manifest {
         })?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a valid pgolf manifest", path.display()))?;
-        if manifest.schema != MANIFEST_SCHEMA {
+        if !READ_SCHEMAS.contains(&manifest.schema) {
             bail!(
-                "{}: manifest schema {} is not the supported {}",
+                "{}: manifest schema {} is not one this build reads ({:?})",
                 path.display(),
                 manifest.schema,
-                MANIFEST_SCHEMA
+                READ_SCHEMAS
             );
         }
         Ok(manifest)
@@ -148,7 +155,7 @@ pub fn list_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
                     .unwrap()
                     .to_string_lossy()
                     .replace('\\', "/");
-                if rel != MANIFEST_FILE {
+                if rel != MANIFEST {
                     out.push((rel, path));
                 }
             }
@@ -174,4 +181,49 @@ pub fn describe_outputs(dir: &Path) -> Result<Vec<OutputFile>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Backend;
+
+    fn write(dir: &Path, schema: u32, device: Value) {
+        let m = serde_json::json!({
+            "schema": schema, "stage": "train", "identity": "train@1", "key": "k",
+            "params": {}, "inputs": {}, "outputs": [], "started": "", "finished": "",
+            "wall_seconds": 1.0, "host": "h", "device": device, "headline": {}
+        });
+        fs::write(dir.join(MANIFEST), m.to_string()).unwrap();
+    }
+
+    #[test]
+    fn schema_1_manifests_with_free_form_devices_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            1,
+            serde_json::json!("cuda:0 NVIDIA H100 80GB HBM3"),
+        );
+        let m = Manifest::read(dir.path()).unwrap();
+        assert_eq!(m.device.backend, Backend::Unknown);
+        assert_eq!(
+            m.device.description.as_deref(),
+            Some("cuda:0 NVIDIA H100 80GB HBM3")
+        );
+
+        let record = serde_json::to_value(DeviceRecord::cpu()).unwrap();
+        write(dir.path(), MANIFEST_SCHEMA, record);
+        assert_eq!(
+            Manifest::read(dir.path()).unwrap().device,
+            DeviceRecord::cpu()
+        );
+
+        write(dir.path(), 9, serde_json::json!("cpu"));
+        let err = format!("{:#}", Manifest::read(dir.path()).unwrap_err());
+        assert!(
+            err.contains("manifest schema 9 is not one this build reads"),
+            "{err}"
+        );
+    }
 }

@@ -19,11 +19,12 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::device::DeviceRecord;
+use crate::files::MANIFEST;
 use crate::hashing::{hash_file, write_atomic, HashCache};
-use crate::key::{canonical_json, raw_input_key, run_key, runs_key};
-use crate::manifest::{
-    describe_outputs, list_files, InputRef, Manifest, MANIFEST_FILE, MANIFEST_SCHEMA,
-};
+use crate::inputs::{input_key, Keyed};
+use crate::key::{canonical_json, run_key};
+use crate::manifest::{describe_outputs, list_files, InputRef, Manifest, MANIFEST_SCHEMA};
 
 /// Marks an output directory as being written; a directory holding it may be cleared by a rerun.
 pub const INCOMPLETE_MARKER: &str = ".pgolf-incomplete";
@@ -104,7 +105,7 @@ pub struct Stage<P> {
     pub key: String,
     inputs: BTreeMap<String, Input>,
     headline: BTreeMap<String, Value>,
-    device_description: Option<String>,
+    device_record: Option<DeviceRecord>,
 }
 
 impl<P> Stage<P> {
@@ -142,9 +143,10 @@ impl<P> Stage<P> {
         );
     }
 
-    /// A human description of the device actually used (e.g. `cuda:0 NVIDIA H100 80GB HBM3`).
-    pub fn set_device_description(&mut self, description: impl Into<String>) {
-        self.device_description = Some(description.into());
+    /// Records the device the run computed on (`pgolf_runtime::describe` fills it); a stage that
+    /// never calls this computed on the CPU ([`DeviceRecord::cpu`]).
+    pub fn set_device(&mut self, record: DeviceRecord) {
+        self.device_record = Some(record);
     }
 }
 
@@ -296,7 +298,7 @@ where
         key,
         inputs,
         headline: BTreeMap::new(),
-        device_description: None,
+        device_record: None,
     };
     body(&mut stage)?;
     if role != RunAs::Stage {
@@ -337,15 +339,12 @@ where
         wall_seconds: clock.elapsed().as_secs_f64(),
         host: host_description(),
         device: stage
-            .device_description
+            .device_record
             .clone()
-            .unwrap_or_else(|| stage.device.clone()),
+            .unwrap_or_else(DeviceRecord::cpu),
         headline: stage.headline.clone(),
     };
-    write_atomic(
-        &out.join(MANIFEST_FILE),
-        &serde_json::to_vec_pretty(&manifest)?,
-    )?;
+    write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
     Ok(())
 }
 
@@ -380,53 +379,13 @@ fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
     let cache = std::env::var_os(HASH_CACHE_ENV).map(|p| HashCache::open(Path::new(&p)));
     let mut inputs = BTreeMap::new();
     for (name, paths) in grouped {
-        for p in &paths {
-            if !p.exists() {
-                bail!("--in {name}={}: not found", p.display());
-            }
-        }
-        let with_manifest = paths
-            .iter()
-            .filter(|p| p.join(MANIFEST_FILE).is_file())
-            .count();
-        let input = if with_manifest == paths.len() {
-            let mut manifests = Vec::new();
-            for p in &paths {
-                let manifest = Manifest::read(p).with_context(|| format!("--in {name}"))?;
-                manifest
-                    .verify_sizes(p)
-                    .with_context(|| format!("--in {name}"))?;
-                manifests.push(manifest);
-            }
-            let key = runs_key(&manifests.iter().map(|m| m.key.clone()).collect::<Vec<_>>());
-            Input {
-                name: name.clone(),
-                key,
-                paths,
-                manifests,
-            }
-        } else if with_manifest > 0 {
-            bail!("--in {name}: mixes stage outputs and raw files");
-        } else {
-            if paths
-                .iter()
-                .any(|p| p.is_dir() && p.join(INCOMPLETE_MARKER).exists())
-            {
-                bail!(
-                    "--in {name}: {} is an unfinished stage output (no manifest)",
-                    paths[0].display()
-                );
-            }
-            let mut hashes = Vec::new();
-            for p in &paths {
-                hashes.push(content_hash(p, cache.as_ref())?);
-            }
-            Input {
-                name: name.clone(),
-                key: raw_input_key(&hashes),
-                paths,
-                manifests: vec![],
-            }
+        let Keyed { key, manifests } =
+            input_key(&paths, cache.as_ref()).with_context(|| format!("--in {name}"))?;
+        let input = Input {
+            name: name.clone(),
+            key,
+            paths,
+            manifests,
         };
         inputs.insert(name, input);
     }
@@ -457,7 +416,7 @@ pub fn content_hash(path: &Path, cache: Option<&HashCache>) -> Result<String> {
 }
 
 fn prepare_out(out: &Path) -> Result<()> {
-    if out.join(MANIFEST_FILE).exists() {
+    if out.join(MANIFEST).exists() {
         bail!(
             "--out {}: already holds a finished run (remove it or choose another directory)",
             out.display()

@@ -5,18 +5,16 @@
 //! `tiny_artifact` example writes such a directory for benchmarks).
 
 use anyhow::Result;
-use pgolf_data::{write_doc_table, write_shard, DocRecord, Split, TokenizerInfo, DOC_TABLE_FILE};
+use pgolf_data::{write_doc_table, write_shard, DocRecord, Split, TokenizerInfo};
 use pgolf_model::{build, ModelConfig};
 use pgolf_quant::{encode_artifact, Compression, DType, Encoding, StoredTensor};
+use pgolf_store::files;
 use pgolf_store::manifest::describe_outputs;
-use pgolf_store::{Manifest, MANIFEST_FILE, MANIFEST_SCHEMA};
+use pgolf_store::{DeviceRecord, Manifest, MANIFEST_SCHEMA};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
 pub use pgolf_data::Rng;
-
-/// What quantize-pack names its artifact (ttt-eval and ngram-eval read this name).
-pub const ARTIFACT_FILE: &str = "artifact.pgq";
 
 pub const VOCAB: usize = 260;
 pub const BOS: u16 = 1;
@@ -129,11 +127,11 @@ pub fn seal(dir: &Path, stage: &str) -> Result<()> {
         finished: String::new(),
         wall_seconds: 0.0,
         host: String::new(),
-        device: "cpu".into(),
+        device: DeviceRecord::cpu(),
         headline: Default::default(),
     };
     std::fs::write(
-        dir.join(MANIFEST_FILE),
+        dir.join(files::MANIFEST),
         serde_json::to_vec_pretty(&manifest)?,
     )?;
     Ok(())
@@ -143,7 +141,7 @@ pub fn seal(dir: &Path, stage: &str) -> Result<()> {
 pub fn write_data_dir(dir: &Path, tokens: &[u16], docs: &[DocRecord]) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     write_shard(&dir.join(Split::Val.shard_name(0)), tokens)?;
-    write_doc_table(&dir.join(DOC_TABLE_FILE), docs)?;
+    write_doc_table(&dir.join(files::DOC_TABLE), docs)?;
     TokenizerInfo::byte260().write(dir)?;
     seal(dir, "tokenize")
 }
@@ -206,7 +204,7 @@ pub fn write_artifact_dir(
         &stored,
         &Compression::default(),
     )?;
-    std::fs::write(dir.join(ARTIFACT_FILE), bytes)?;
+    std::fs::write(dir.join(files::ARTIFACT), bytes)?;
     seal(dir, "quantize-pack")?;
     Ok(named)
 }

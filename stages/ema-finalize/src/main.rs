@@ -12,10 +12,9 @@ mod sources;
 
 use anyhow::Result;
 use pgolf_quant::{read_safetensors, write_safetensors};
+use pgolf_store::files;
 use pgolf_store::Stage;
 use sources::{Params, Sources, TrainFacts};
-
-const LOG_FILE: &str = "finalize.log";
 
 fn main() {
     pgolf_store::run_stage::<Params, _>("ema-finalize", env!("PGOLF_STAGE_IDENTITY"), run);
@@ -28,7 +27,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         [m] => Some(m),
         _ => None,
     });
-    let raw = read_safetensors(&dir.join("model.safetensors"))?;
+    let raw = read_safetensors(&dir.join(files::WEIGHTS))?;
     let sources = Sources::new(&dir, facts);
     let chosen = sources.finalize(&stage.params, &raw)?;
 
@@ -37,11 +36,11 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     for line in &log {
         eprintln!("ema-finalize: {line}");
     }
-    std::fs::write(stage.out_path(LOG_FILE), log.join("\n") + "\n")?;
+    std::fs::write(stage.out_path(files::FINALIZE_LOG), log.join("\n") + "\n")?;
 
-    write_safetensors(&stage.out_path("model.safetensors"), &chosen.weights)?;
-    let config = dir.join("config.json");
-    std::fs::copy(&config, stage.out_path("config.json"))
+    write_safetensors(&stage.out_path(files::WEIGHTS), &chosen.weights)?;
+    let config = dir.join(files::MODEL_CONFIG);
+    std::fs::copy(&config, stage.out_path(files::MODEL_CONFIG))
         .map_err(|e| anyhow::anyhow!("{}: cannot copy ({e})", config.display()))?;
 
     let delta: f64 = raw

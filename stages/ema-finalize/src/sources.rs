@@ -17,6 +17,7 @@
 
 use anyhow::{bail, Context, Result};
 use pgolf_quant::{read_safetensors, Weight};
+use pgolf_store::files;
 use pgolf_store::Manifest;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -129,11 +130,11 @@ impl Sources {
     }
 
     fn ema_path(&self) -> PathBuf {
-        self.dir.join("ema.safetensors")
+        self.dir.join(files::EMA_WEIGHTS)
     }
 
     fn swa_path(&self) -> PathBuf {
-        self.dir.join("swa.safetensors")
+        self.dir.join(files::SWA_WEIGHTS)
     }
 
     fn has_updated_ema(&self) -> bool {
@@ -348,7 +349,7 @@ mod tests {
             w("a", DType::F32, vec![1.0, 2.0]),
             w("tok_emb.weight", DType::Bf16, vec![0.5, -0.5]),
         ];
-        write_safetensors(&dir.path().join("model.safetensors"), &raw).unwrap();
+        write_safetensors(&dir.path().join(files::WEIGHTS), &raw).unwrap();
         if ema {
             let e = vec![
                 w(
@@ -358,14 +359,14 @@ mod tests {
                 ),
                 w("a", DType::F32, vec![3.0, 4.0]),
             ];
-            write_safetensors(&dir.path().join("ema.safetensors"), &e).unwrap();
+            write_safetensors(&dir.path().join(files::EMA_WEIGHTS), &e).unwrap();
         }
         if swa {
             let set = vec![
                 w("a", DType::F32, vec![1.0, 1.0]),
                 w("tok_emb.weight", DType::F32, vec![1.0, -1.0]),
             ];
-            write_safetensors(&dir.path().join("swa.safetensors"), &set).unwrap();
+            write_safetensors(&dir.path().join(files::SWA_WEIGHTS), &set).unwrap();
         }
         (dir, raw)
     }
@@ -523,7 +524,7 @@ mod tests {
     fn mismatched_sources_are_refused() {
         let (dir, raw) = train_dir(false, false);
         write_safetensors(
-            &dir.path().join("ema.safetensors"),
+            &dir.path().join(files::EMA_WEIGHTS),
             &[w("a", DType::F32, vec![1.0, 2.0, 3.0])],
         )
         .unwrap();

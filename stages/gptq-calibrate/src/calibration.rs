@@ -3,6 +3,7 @@
 use anyhow::{bail, Result};
 use pgolf_data::{list_shards, Shard, Split, TokenStream};
 use pgolf_model::Formulation;
+use pgolf_store::Precision;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -19,15 +20,6 @@ pub enum Source {
     SelfGenerated,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Compute {
-    /// bf16 on CUDA (as upstream's autocast), f32 on the CPU.
-    Auto,
-    F32,
-    Bf16,
-}
-
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Params {
@@ -40,7 +32,8 @@ pub struct Params {
     pub batch_sequences: usize,
     /// Tokens of the training stream to skip first.
     pub offset: usize,
-    pub compute: Compute,
+    /// `auto` (bf16 on CUDA, as upstream's autocast; f32 on the CPU), `f32` or `bf16`.
+    pub precision: Precision,
     /// How the model is written (pgolf-model `Formulation`): `fast` (default) or `literal`; the
     /// same function, so the same Hessians up to rounding.
     pub formulation: Formulation,
@@ -58,7 +51,7 @@ impl Default for Params {
             seq_len: None,
             batch_sequences: 16,
             offset: 0,
-            compute: Compute::Auto,
+            precision: Precision::Auto,
             formulation: Formulation::Fast,
             temperature: 0.8,
             seed: 42,
@@ -83,13 +76,6 @@ impl Params {
             );
         }
         Ok(())
-    }
-
-    pub fn compute_kind(&self, device: Device) -> Kind {
-        match (self.compute, device) {
-            (Compute::F32, _) | (Compute::Auto, Device::Cpu) => Kind::Float,
-            _ => Kind::BFloat16,
-        }
     }
 }
 

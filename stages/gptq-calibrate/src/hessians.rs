@@ -97,6 +97,7 @@ impl Sums {
 mod tests {
     use super::*;
     use pgolf_model::{build, ModelConfig};
+    use pgolf_store::files;
 
     fn tiny() -> (tch::nn::VarStore, Gpt) {
         tch::manual_seed(5);
@@ -161,7 +162,7 @@ mod tests {
         let ids = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
         let sums = collect(&gpt, &ids, 1, Device::Cpu).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hessians.safetensors");
+        let path = dir.path().join(files::HESSIANS);
         assert_eq!(sums.write(&path).unwrap(), 13);
         let back = pgolf_quant::read_safetensors_map(&path).unwrap();
         let proj = &back["blocks.0.mlp.proj.weight"];

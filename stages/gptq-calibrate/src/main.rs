@@ -12,7 +12,9 @@ mod hessians;
 
 use anyhow::{Context, Result};
 use calibration::{Params, Source};
-use pgolf_model::{build, device_from_str, load_safetensors, ModelConfig};
+use pgolf_model::{build, load_safetensors, ModelConfig};
+use pgolf_runtime::{describe, device_from_str, precision_kind};
+use pgolf_store::files;
 use pgolf_store::Stage;
 use std::time::Instant;
 use tch::{Kind, Tensor};
@@ -26,10 +28,10 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     p.validate()?;
     let device = device_from_str(&stage.device)?;
     let weights = stage.input_dir("weights")?.to_path_buf();
-    let cfg = ModelConfig::read(&weights.join("config.json"))?;
+    let cfg = ModelConfig::read(&weights.join(files::MODEL_CONFIG))?;
     let (mut vs, mut gpt) = build(&cfg, device)?;
-    load_safetensors(&mut vs, &weights.join("model.safetensors"))?;
-    let compute = p.compute_kind(device);
+    load_safetensors(&mut vs, &weights.join(files::WEIGHTS))?;
+    let compute = precision_kind(p.precision, device);
     gpt.set_compute_kind(compute);
     gpt.set_formulation(p.formulation, device)?;
     let seq_len = p.seq_len.unwrap_or(cfg.seq_len);
@@ -55,7 +57,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let collect_seconds = clock.elapsed().as_secs_f64();
 
     let tokens = sequences.numel();
-    let layers = sums.write(&stage.out_path("hessians.safetensors"))?;
+    let layers = sums.write(&stage.out_path(files::HESSIANS))?;
     let record = calibration::Record::new(
         p,
         &origin,
@@ -66,12 +68,12 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         gpt.formulation(),
     );
     std::fs::write(
-        stage.out_path("calibration.json"),
+        stage.out_path(files::CALIBRATION),
         serde_json::to_vec_pretty(&record)?,
     )
     .context("writing calibration.json")?;
 
-    stage.set_device_description(format!("{device:?}"));
+    stage.set_device(describe(device, 1));
     stage.headline("calibration_tokens", tokens);
     stage.headline("layers", layers);
     stage.headline("source", origin.source.clone());

@@ -18,15 +18,13 @@ use pgolf_data::{list_shards, Split, TokenStream};
 use pgolf_eval::guards::Normalization;
 use pgolf_eval::ngram::{diagnose_pass, mix_pass, HashedCache, KneserNey};
 use pgolf_eval::pass::PassOptions;
-use pgolf_eval::report::{
-    summarize, write_doc_results, write_summary, Denominator, RESULTS_FILE, SUMMARY_FILE,
-};
+use pgolf_eval::report::{summarize, write_doc_results, write_summary, Denominator};
 use pgolf_eval::schedule::{check_single_pass, flat, sliding};
 use pgolf_eval::torch::{load_artifact_for_vocab, Net};
 use pgolf_eval::{bpb::bits_per_byte, Ledger, ValSet, Window};
-use pgolf_model::device_from_str;
+use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::progress::bar;
-use pgolf_store::Stage;
+use pgolf_store::{files, Stage};
 use serde_json::{json, Map, Value};
 use std::path::Path;
 use std::time::Instant;
@@ -41,6 +39,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.validate()?;
     let device = device_from_str(&stage.device)?;
+    stage.set_device(describe(device, 1));
     let data_dir = stage.input_dir("data")?.to_path_buf();
 
     // 1. The val stream and the network exactly as the artifact decodes.
@@ -48,23 +47,20 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let (mut net, cfg) = load_artifact_for_vocab(
         stage.input_dir("artifact")?,
         device,
+        p.precision,
         p.compute,
         val.lut.vocab_size(),
     )?;
     net.gpt.set_formulation(p.formulation, device)?;
-    stage.set_device_description(format!(
-        "{} ({:?} compute, {} formulation)",
-        stage.device,
+    // How it computes (not the device: that is the manifest's device record).
+    let numerics = format!(
+        "{:?} compute, {} formulation",
         net.gpt.compute_kind(),
         net.gpt.formulation().name()
-    ));
+    );
 
     // 2. The network's windows, proved single-pass.
-    let seq_len = if p.seq_len == 0 {
-        cfg.seq_len
-    } else {
-        p.seq_len
-    };
+    let seq_len = p.seq_len.unwrap_or(cfg.seq_len);
     let n = val.n_targets();
     let windows = match p.windows {
         Windows::Flat => flat(n, seq_len)?,
@@ -84,6 +80,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let clock = Instant::now();
     let mut extra = Map::new();
     extra.insert("seq_len".into(), json!(seq_len));
+    extra.insert("numerics".into(), json!(numerics));
     extra.insert("windows".into(), json!(p.windows));
     if p.windows == Windows::Sliding {
         extra.insert("stride".into(), json!(p.stride));
@@ -129,9 +126,9 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
             );
         }
     }
-    write_doc_results(&stage.out_path(RESULTS_FILE), &val, &report)?;
+    write_doc_results(&stage.out_path(files::RESULTS), &val, &report)?;
     let summary = summary.to_json(extra)?;
-    write_summary(&stage.out_path(SUMMARY_FILE), &summary)?;
+    write_summary(&stage.out_path(files::SUMMARY), &summary)?;
     for (k, v) in summary {
         if !matches!(v, Value::Object(_)) {
             stage.headline(&k, v);

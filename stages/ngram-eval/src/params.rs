@@ -2,8 +2,9 @@
 
 use anyhow::{bail, Result};
 use pgolf_eval::ngram::MixWeight;
-use pgolf_eval::torch::Compute;
+use pgolf_eval::torch::check_numerics;
 use pgolf_model::Formulation;
+use pgolf_store::{Compute, Precision};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,11 +52,14 @@ pub struct Params {
     pub mode: Mode,
     /// How the network scores: `sliding` (stride below) or `flat` windows.
     pub windows: Windows,
-    /// Window length; 0 = the model config's `seq_len`.
-    pub seq_len: usize,
+    /// Window length; default the model config's `seq_len`.
+    pub seq_len: Option<usize>,
     pub stride: usize,
     pub batch_windows: usize,
     pub probes: usize,
+    /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
+    pub precision: Precision,
+    /// `native` (ours, at `precision`) or `upstream` (upstream's eval numerics op for op).
     pub compute: Compute,
     /// How the network is written (pgolf-model `Formulation`): `fast` (default) or `literal`;
     /// `compute: upstream` always runs the literal one.
@@ -75,11 +79,12 @@ impl Default for Params {
         Params {
             mode: Mode::Mix,
             windows: Windows::Sliding,
-            seq_len: 0,
+            seq_len: None,
             stride: 64,
             batch_windows: 32,
             probes: 64,
-            compute: Compute::Auto,
+            precision: Precision::Auto,
+            compute: Compute::Native,
             formulation: Formulation::Fast,
             order: 4,
             weight: MixWeight::Entropy {
@@ -103,7 +108,10 @@ impl Params {
         if self.mode == Mode::Diagnose && self.train_tokens > 0 {
             bail!("params: train_tokens applies to mix mode only");
         }
-        Ok(())
+        if self.seq_len == Some(0) {
+            bail!("params: seq_len must be positive (leave it out for the model's)");
+        }
+        check_numerics(self.precision, self.compute)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Runs the real ngram-eval binary on a tiny model's artifact and a synthetic Markov corpus.
 
 use pgolf_model::ModelConfig;
+use pgolf_store::files;
 use pgolf_store::Manifest;
 use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use serde_json::{json, Value};
@@ -41,7 +42,7 @@ fn run(params: Value) -> Result<BTreeMap<String, Value>, String> {
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
     }
-    assert!(out.join("results.parquet").is_file() && out.join("summary.json").is_file());
+    assert!(out.join(files::RESULTS).is_file() && out.join(files::SUMMARY).is_file());
     let mut h = Manifest::read(&out).unwrap().headline;
     h.insert("targets_in_stream".into(), json!(tokens.len() - 1));
     Ok(h)

@@ -1,14 +1,13 @@
 //! Raw inputs (`{file: PATH}`, `{files: [PATH or glob, ...]}`): the paths handed to the stage and
-//! their key, computed exactly as the stage computes it from its `--in` arguments (content hashes
-//! through the shared memo; a path that holds a finished stage output is keyed by its run key).
+//! their key, by the very function the stage keys its `--in` arguments with
+//! ([`pgolf_store::input_key`]: content hashes through the shared memo; a path that holds a
+//! finished stage output is keyed by its run key).
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 use pgolf_store::hashing::HashCache;
-use pgolf_store::key::{raw_input_key, runs_key};
-use pgolf_store::stage::{content_hash, INCOMPLETE_MARKER};
-use pgolf_store::{Manifest, MANIFEST_FILE};
+use pgolf_store::input_key;
 
 use crate::project::Project;
 
@@ -60,29 +59,6 @@ pub fn expand(project: &Project, patterns: &[String]) -> Result<Vec<(String, Pat
 pub fn resolve(project: &Project, patterns: &[String], cache: &HashCache) -> Result<RawInput> {
     let expanded = expand(project, patterns)?;
     let (shown, paths): (Vec<String>, Vec<PathBuf>) = expanded.into_iter().unzip();
-    let with_manifest = paths
-        .iter()
-        .filter(|p| p.join(MANIFEST_FILE).is_file())
-        .count();
-    let key = if with_manifest == paths.len() {
-        let mut keys = Vec::new();
-        for (path, shown) in paths.iter().zip(&shown) {
-            let manifest = Manifest::read(path).with_context(|| shown.clone())?;
-            manifest.verify_sizes(path).with_context(|| shown.clone())?;
-            keys.push(manifest.key);
-        }
-        runs_key(&keys)
-    } else if with_manifest > 0 {
-        bail!("mixes stage outputs and raw files");
-    } else {
-        let mut hashes = Vec::new();
-        for (path, shown) in paths.iter().zip(&shown) {
-            if path.is_dir() && path.join(INCOMPLETE_MARKER).exists() {
-                bail!("{shown}: an unfinished stage output (no manifest)");
-            }
-            hashes.push(content_hash(path, Some(cache)).with_context(|| shown.clone())?);
-        }
-        raw_input_key(&hashes)
-    };
+    let key = input_key(&paths, Some(cache))?.key;
     Ok(RawInput { shown, paths, key })
 }

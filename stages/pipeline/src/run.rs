@@ -2,6 +2,7 @@
 //! report's path.
 
 use anyhow::{bail, Result};
+use pgolf_store::files;
 use std::collections::BTreeSet;
 
 use crate::display::sweep_table;
@@ -61,7 +62,7 @@ pub fn run(session: &Session, args: &RunArgs) -> Result<()> {
         let report = session
             .project
             .run_dir(&inst.stage, &inst.key)
-            .join("report.html");
+            .join(files::REPORT_HTML);
         if results.manifests[t].is_some() && report.is_file() {
             println!("report: {}", report.display());
         }

@@ -13,21 +13,18 @@ mod table;
 
 use anyhow::{bail, Context, Result};
 use params::Params;
-use pgolf_model::device_from_str;
 use pgolf_quant::plan::Decision;
 use pgolf_quant::{
     encode_artifact, quantize_all, read_safetensors, read_safetensors_map, Artifact, Compression,
     Encoding, Method, QuantInputs, Routing, Scale, StoredTensor, TensorReport, Weight,
 };
-use pgolf_store::{progress, Stage};
+use pgolf_runtime::{describe, device_from_str};
+use pgolf_store::{files, progress, Stage};
 use rayon::prelude::*;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fs;
 use std::time::Instant;
-
-const ARTIFACT_FILE: &str = "artifact.pgq";
-const CODE_FILES: &str = "code_files.json";
 
 /// The stage's source identity, extended by the hash of the embedded code tar: the sources it
 /// counts (model, eval, ...) are not all dependencies of this crate, yet change its output.
@@ -47,7 +44,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let compression = stage.params.compression();
     compression.validate()?;
     let device = device_from_str(&stage.device)?;
-    stage.set_device_description(format!("{device:?}"));
+    stage.set_device(describe(device, 1));
 
     // 1. Inputs.
     let (weights, config) = read_weights(stage)?;
@@ -79,7 +76,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
             )
         },
     );
-    let artifact_path = stage.out_path(ARTIFACT_FILE);
+    let artifact_path = stage.out_path(files::ARTIFACT);
     fs::write(&artifact_path, artifact?)
         .with_context(|| format!("{}: cannot write", artifact_path.display()))?;
     stage.headline("pack_seconds", clock.elapsed().as_secs_f64());
@@ -95,7 +92,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let model_bytes = fs::metadata(&artifact_path)?.len();
     let code = code?;
     fs::write(
-        stage.out_path(CODE_FILES),
+        stage.out_path(files::CODE_FILES),
         serde_json::to_vec_pretty(&code.files)?,
     )?;
     let artifact_bytes = model_bytes + code.compressed_bytes;
@@ -121,7 +118,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
             compressed_bytes,
         })
         .collect();
-    table::write(&stage.out_path(table::TABLE_FILE), &rows)?;
+    table::write(&stage.out_path(files::TENSOR_TABLE), &rows)?;
     stage.headline("tensors", stored.len());
     stage.headline("quantized_mse", quantized_mse(&reports));
     stage.headline("mean_rel_output_err", mean_rel_output_err(&reports));
@@ -141,8 +138,8 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
 /// artifact verbatim, so evaluation rebuilds the model from the artifact alone).
 fn read_weights(stage: &Stage<Params>) -> Result<(Vec<Weight>, Value)> {
     let dir = stage.input_dir("weights")?;
-    let weights = read_safetensors(&dir.join("model.safetensors"))?;
-    let path = dir.join("config.json");
+    let weights = read_safetensors(&dir.join(files::WEIGHTS))?;
+    let path = dir.join(files::MODEL_CONFIG);
     let text = fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
     let config =
         serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", path.display()))?;
@@ -156,7 +153,7 @@ fn read_hessians(
     weights: &[Weight],
 ) -> Result<HashMap<String, Weight>> {
     if stage.optional_input("hessians").is_some() {
-        return read_safetensors_map(&stage.input_dir("hessians")?.join("hessians.safetensors"));
+        return read_safetensors_map(&stage.input_dir("hessians")?.join(files::HESSIANS));
     }
     let gptq = |w: &&Weight| matches!(routing.decide(&w.name, w.numel(), w.dtype), Decision::Quantize(r) if r.method == Method::Gptq);
     if let Some(w) = weights.iter().find(gptq) {

@@ -9,8 +9,6 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-pub const TABLE_FILE: &str = "tensors.parquet";
-
 /// A report line with the tensor's own compressed size (alone, same compressor).
 pub struct Row<'a> {
     pub report: &'a TensorReport,

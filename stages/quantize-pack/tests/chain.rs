@@ -3,6 +3,7 @@
 //! a clip sweep reruns only quantize-pack; the cap is enforced; an EMA never updated is refused.
 
 use pgolf_quant::Artifact;
+use pgolf_store::files;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -104,7 +105,7 @@ impl Project {
             .flatten()
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.join("manifest.json").is_file())
+            .filter(|p| p.join(files::MANIFEST).is_file())
             .collect();
         v.sort();
         v
@@ -119,7 +120,7 @@ fn status<'a>(out: &'a str, label: &str) -> &'a str {
 }
 
 fn manifest(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(dir.join(files::MANIFEST)).unwrap()).unwrap()
 }
 
 #[test]
@@ -135,10 +136,11 @@ fn a_clip_sweep_reruns_only_quantize_pack_and_the_cap_is_enforced() {
     ] {
         assert_eq!(status(&first, stage), "ran", "{first}");
     }
-    let art = Artifact::read(&p.runs("quantize-pack")[0].join("artifact.pgq")).unwrap();
-    let train_config: Value =
-        serde_json::from_slice(&std::fs::read(p.runs("train")[0].join("config.json")).unwrap())
-            .unwrap();
+    let art = Artifact::read(&p.runs("quantize-pack")[0].join(files::ARTIFACT)).unwrap();
+    let train_config: Value = serde_json::from_slice(
+        &std::fs::read(p.runs("train")[0].join(files::MODEL_CONFIG)).unwrap(),
+    )
+    .unwrap();
     assert_eq!(
         art.config, train_config,
         "the artifact carries the model config"
@@ -274,7 +276,7 @@ fn the_chunk_count_changes_the_file_not_the_tensors() {
     assert_eq!(runs.len(), 2);
     let (mut one, mut sixteen) = (None, None);
     for r in &runs {
-        let file = std::fs::read(r.join("artifact.pgq")).unwrap();
+        let file = std::fs::read(r.join(files::ARTIFACT)).unwrap();
         let chunks = manifest(r)["headline"]["chunks"].as_u64().unwrap();
         // The chunk table (docs/ARTIFACT.md) holds the count the headline reports.
         assert_eq!(&file[4..5], &[2], "frame version 2");

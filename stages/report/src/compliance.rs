@@ -2,6 +2,8 @@
 //! caps, the device, and every integrity guard the evaluations report, each with its verdict and
 //! the runs it was read from. Nothing here is judged from anything but manifests and tables.
 
+use pgolf_store::device::{RULE_GPU, RULE_WORLD_SIZE};
+use pgolf_store::Backend;
 use serde_json::Value;
 use std::collections::BTreeMap;
 
@@ -361,30 +363,66 @@ pub fn caps<'a>(
         eval_s.len() == evals.len(),
     ));
 
-    // The device: the caps are defined on 8×H100 SXM; a time measured elsewhere shows nothing.
-    for (what, runs) in [("training device", &trains), ("evaluation device", &evals)] {
-        let mut devices: Vec<String> = runs.iter().map(|r| r.manifest.device.clone()).collect();
-        devices.dedup();
-        let on_h100 = !devices.is_empty() && devices.iter().all(|d| d.contains("H100"));
-        checks.push(Check {
-            name: what.into(),
-            value: if devices.is_empty() {
-                "not given".into()
-            } else {
-                devices.join("; ")
-            },
-            limit: "8×H100 SXM (where the time caps are defined)".into(),
-            verdict: if devices.is_empty() {
+    checks.push(training_device(&trains));
+    checks.push(evaluation_device(&evals));
+    checks
+}
+
+/// The time caps are defined on 8×H100 SXM, so a training time proves something only on that
+/// hardware: checked by the fields of each train run's device record (world size 8, eight devices
+/// each named H100). A 1-GPU run, even on an H100, is flagged; an older manifest whose device is
+/// free text cannot be checked (unknown).
+pub fn training_device<'a>(trains: &[&'a Run]) -> Check<'a> {
+    let verdict = trains
+        .iter()
+        .map(|r| {
+            let d = &r.manifest.device;
+            if d.is_rule_hardware() {
+                Verdict::Pass
+            } else if d.backend == Backend::Unknown {
                 Verdict::Unknown
-            } else if on_h100 {
-                Verdict::Info
             } else {
                 Verdict::Flag
-            },
-            sources: runs.to_vec(),
-        });
+            }
+        })
+        .max()
+        .unwrap_or(Verdict::Unknown);
+    Check {
+        name: "training device".into(),
+        value: device_summaries(trains),
+        limit: format!(
+            "{RULE_WORLD_SIZE}×{RULE_GPU} SXM: world size {RULE_WORLD_SIZE}, {RULE_WORLD_SIZE} devices named {RULE_GPU} (where the time caps are defined)"
+        ),
+        verdict,
+        sources: trains.to_vec(),
     }
-    checks
+}
+
+/// The device of the scored evaluation, by the fields of its record: shown, not judged (the
+/// hardware rule is checked on training).
+pub fn evaluation_device<'a>(evals: &[&'a Run]) -> Check<'a> {
+    Check {
+        name: "evaluation device".into(),
+        value: device_summaries(evals),
+        limit: "shown for information (the hardware rule is checked on training)".into(),
+        verdict: if evals.is_empty() {
+            Verdict::Unknown
+        } else {
+            Verdict::Info
+        },
+        sources: evals.to_vec(),
+    }
+}
+
+fn device_summaries(runs: &[&Run]) -> String {
+    let mut lines: Vec<String> = runs.iter().map(|r| r.manifest.device.summary()).collect();
+    lines.sort();
+    lines.dedup();
+    if lines.is_empty() {
+        "not given".into()
+    } else {
+        lines.join("; ")
+    }
 }
 
 /// The source-entropy floor on a synthetic corpus: no score may beat the source.
@@ -500,7 +538,81 @@ fn unique<'a>(runs: impl Iterator<Item = Option<&'a Run>>) -> Vec<&'a Run> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runs::Role;
+    use pgolf_store::{DeviceRecord, Manifest};
     use serde_json::json;
+
+    fn run(stage: &str, device: Value) -> Run {
+        let manifest: Manifest = serde_json::from_value(json!({
+            "schema": 1, "stage": stage, "identity": format!("{stage}@1"), "key": "k".repeat(64),
+            "params": {}, "inputs": {}, "outputs": [], "started": "", "finished": "",
+            "wall_seconds": 1.0, "host": "h", "device": device, "headline": {}
+        }))
+        .unwrap();
+        Run {
+            input: stage.into(),
+            dir: "out".into(),
+            manifest,
+            role: Role::Other,
+        }
+    }
+
+    fn record(names: &[&str], world_size: usize) -> Value {
+        let names = names.iter().map(|n| n.to_string()).collect();
+        serde_json::to_value(DeviceRecord::cuda(names, world_size)).unwrap()
+    }
+
+    const H100: &str = "NVIDIA H100 80GB HBM3";
+
+    #[test]
+    fn the_hardware_rule_is_checked_on_train_by_field() {
+        let eight = run("train", record(&[H100; 8], 8));
+        let check = training_device(&[&eight]);
+        assert_eq!(check.verdict, Verdict::Pass, "{}", check.value);
+        assert_eq!(check.value, format!("cuda, world size 8: 8 × {H100}"));
+        // One GPU, even an H100, does not meet a rule defined on eight: flagged, not passed.
+        let one = run("train", record(&[H100], 1));
+        assert_eq!(training_device(&[&one]).verdict, Verdict::Flag);
+        assert_eq!(training_device(&[&eight, &one]).verdict, Verdict::Flag);
+        // Eight ranks but not all H100s; eight names but one rank; the CPU: flagged.
+        let mut mixed = [H100; 8];
+        mixed[7] = "NVIDIA H200";
+        for other in [
+            run("train", record(&mixed, 8)),
+            run("train", record(&[H100; 8], 1)),
+            run("train", serde_json::to_value(DeviceRecord::cpu()).unwrap()),
+        ] {
+            assert_eq!(training_device(&[&other]).verdict, Verdict::Flag);
+        }
+        // An old manifest's free text, even one that names 8 H100s, cannot be checked by field.
+        let old = run("train", json!("cuda:0-7 8× NVIDIA H100 80GB HBM3"));
+        let check = training_device(&[&old]);
+        assert_eq!(check.verdict, Verdict::Unknown);
+        assert!(check.value.contains("old manifest"), "{}", check.value);
+        assert_eq!(training_device(&[]).verdict, Verdict::Unknown);
+    }
+
+    #[test]
+    fn evaluation_devices_are_shown_not_judged() {
+        for device in [
+            record(&[H100], 1),
+            record(&["NVIDIA H200"], 1),
+            serde_json::to_value(DeviceRecord::cpu()).unwrap(),
+            json!("cuda (BFloat16 compute, Native numerics, fused blocks)"),
+        ] {
+            let eval = run("ttt-eval", device.clone());
+            let check = evaluation_device(&[&eval]);
+            assert_eq!(check.verdict, Verdict::Info, "{device}");
+            assert_eq!(check.value, eval.manifest.device.summary());
+        }
+        let ngram = run("ngram-eval", record(&["NVIDIA H200"], 1));
+        let check = evaluation_device(&[&ngram]);
+        assert_eq!(
+            (check.verdict, check.value.as_str()),
+            (Verdict::Info, "cuda, world size 1: 1 × NVIDIA H200")
+        );
+        assert_eq!(evaluation_device(&[]).verdict, Verdict::Unknown);
+    }
 
     #[test]
     fn guard_values_read_as_verdicts() {

@@ -28,6 +28,7 @@ mod submission;
 mod tables;
 
 use anyhow::Result;
+use pgolf_store::files;
 use pgolf_store::Stage;
 
 use crate::doc::Doc;
@@ -103,11 +104,11 @@ fn report(stage: &mut Stage<Params>) -> Result<()> {
         })
         .collect();
     if let Some(s) = &submission {
-        output::json(&stage.out, "submission.json", s)?;
+        output::json(&stage.out, files::SUBMISSION, s)?;
     }
     output::json(
         &stage.out,
-        "provenance.json",
+        files::PROVENANCE,
         &output::provenance(&page, &f, &submission_runs),
     )?;
 

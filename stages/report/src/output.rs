@@ -2,6 +2,7 @@
 //! provenance.json, and the train logs copied (after checking their hashes) into logs/.
 
 use anyhow::{bail, Context, Result};
+use pgolf_store::files;
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::fs;
@@ -31,8 +32,12 @@ pub fn page(out: &Path, doc: &Doc) -> Result<()> {
     for fig in doc.figures() {
         write(out, &fig.file(), fig.svg.as_bytes())?;
     }
-    write(out, "report.md", crate::markdown::render(doc).as_bytes())?;
-    write(out, "report.html", crate::html::render(doc).as_bytes())
+    write(
+        out,
+        files::REPORT_MD,
+        crate::markdown::render(doc).as_bytes(),
+    )?;
+    write(out, files::REPORT_HTML, crate::html::render(doc).as_bytes())
 }
 
 /// Copies each train run's `train.log` to `logs/`, refusing one whose content is not what its
@@ -40,10 +45,15 @@ pub fn page(out: &Path, doc: &Doc) -> Result<()> {
 pub fn copy_logs<'a>(out: &Path, f: &Findings<'a>) -> Result<Vec<(String, &'a Run)>> {
     let mut copied = Vec::new();
     for (run, label) in f.train_runs() {
-        let Some(listed) = run.manifest.outputs.iter().find(|o| o.path == "train.log") else {
+        let Some(listed) = run
+            .manifest
+            .outputs
+            .iter()
+            .find(|o| o.path == files::TRAIN_LOG)
+        else {
             continue;
         };
-        let source = run.dir.join("train.log");
+        let source = run.dir.join(files::TRAIN_LOG);
         let hash = pgolf_store::hashing::hash_file(&source)?;
         if hash != listed.blake3 {
             bail!(

@@ -141,7 +141,7 @@ impl Run {
 
     pub fn manifest_path(&self) -> String {
         self.dir
-            .join(pgolf_store::MANIFEST_FILE)
+            .join(pgolf_store::files::MANIFEST)
             .display()
             .to_string()
     }
@@ -225,7 +225,7 @@ fn role_of(manifest: &Manifest, dir: &std::path::Path) -> Result<Role> {
                 Some(mode) => Role::Eval(EvalKind::from_mode(mode)),
                 None => bail!(
                     "{}: a ttt-eval run with no `mode` in its headline or params",
-                    dir.join(pgolf_store::MANIFEST_FILE).display()
+                    dir.join(pgolf_store::files::MANIFEST).display()
                 ),
             }
         }

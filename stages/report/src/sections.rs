@@ -510,7 +510,7 @@ pub fn provenance(doc: &mut Doc, f: &Findings) {
                 }),
                 linked(r.short_key().to_string(), r),
                 Line::default().push_code(r.manifest.identity.clone()),
-                Line::text(r.manifest.device.clone()),
+                Line::text(r.manifest.device.summary()),
                 Line::text(r.manifest.finished.clone()),
                 Line::text(format!("{:.1}", r.manifest.wall_seconds)),
                 Line::default().push_code(pgolf_store::canonical_json(&r.manifest.params)),

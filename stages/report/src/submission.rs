@@ -149,8 +149,8 @@ pub fn build(f: &Findings, compliance: IndexMap<String, Value>) -> Option<Submis
         step_ms.extend(result.step_avg_ms);
         steps.extend(t.and_then(|t| t.headline_f64("steps")));
         dates.push(score.run.manifest.finished.clone());
-        hardware.extend(t.map(|t| t.manifest.device.clone()));
-        eval_hardware.push(score.run.manifest.device.clone());
+        hardware.extend(t.map(|t| t.manifest.device.summary()));
+        eval_hardware.push(score.run.manifest.device.summary());
         seed_results.insert(name, result);
     }
     for list in [&mut hardware, &mut eval_hardware] {

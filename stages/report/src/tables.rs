@@ -7,6 +7,7 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float64Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pgolf_store::files;
 use std::fs::File;
 use std::path::Path;
 
@@ -99,7 +100,7 @@ pub struct Metrics {
 }
 
 pub fn metrics(run: &Run) -> Result<Option<Metrics>> {
-    let Some(t) = Table::open(run, "metrics.parquet")? else {
+    let Some(t) = Table::open(run, files::METRICS)? else {
         return Ok(None);
     };
     let step = t.f64s_required("step")?;
@@ -144,7 +145,7 @@ const COMPRESSED: &str = "compressed_bytes";
 const STORED: &str = "stored_bytes";
 
 pub fn tensors(run: &Run) -> Result<Option<Vec<TensorBytes>>> {
-    let Some(t) = Table::open(run, "tensors.parquet")? else {
+    let Some(t) = Table::open(run, files::TENSOR_TABLE)? else {
         return Ok(None);
     };
     let names = t.strings("name")?;
@@ -190,7 +191,7 @@ impl ResultSums {
 /// Sums the eval's per-document table (`targets`, `nll`, and the byte column its headline
 /// `byte_denominator` names: `raw_bytes` for "raw…", `lut_bytes` for "lut…").
 pub fn results(run: &Run) -> Result<Option<ResultSums>> {
-    let Some(t) = Table::open(run, "results.parquet")? else {
+    let Some(t) = Table::open(run, files::RESULTS)? else {
         return Ok(None);
     };
     let denominator = run

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use pgolf_store::files;
 use serde_json::{json, Value};
 use std::fs;
 
@@ -26,7 +27,7 @@ fn three_seeds_give_a_submission_that_matches_the_manifests() {
     assert!(out.status.success(), "{}", stderr(&out));
 
     // Every number of submission.json is the manifests' own.
-    let sub = read_json(&dir.join("submission.json"));
+    let sub = read_json(&dir.join(files::SUBMISSION));
     let sliding_loss: Vec<f64> = chains
         .iter()
         .map(|c| headline(&c.sliding, "val_loss"))
@@ -64,10 +65,10 @@ fn three_seeds_give_a_submission_that_matches_the_manifests() {
         chains[1].sliding.key.as_str()
     );
     assert_eq!(sub["seed_results"]["2024"]["train_time_s"], 600.01);
-    assert_eq!(sub["hardware"], H100);
+    assert_eq!(sub["hardware"], h100_record().summary());
     assert_eq!(
         sub["date"],
-        read_json(&chains[2].sliding.dir.join("manifest.json"))["finished"]
+        read_json(&chains[2].sliding.dir.join(files::MANIFEST))["finished"]
     );
 
     // Significance: improvement 0.012533 nats, p = 8.511937e-4 (mpmath; see stats.rs).
@@ -86,7 +87,7 @@ fn three_seeds_give_a_submission_that_matches_the_manifests() {
     assert_eq!(sub["compliance"]["guard_scored_once"], true);
     assert_eq!(sub["compliance"]["guard_byte_denominator"], true);
 
-    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     for needle in [
         "significant at p<0.01 for ≥ 0.005 nats: yes",
         "Not run: TTT, n-gram.",
@@ -119,8 +120,8 @@ fn three_seeds_give_a_submission_that_matches_the_manifests() {
         "plots/training.svg",
         "plots/bpb_by_stage.svg",
         "plots/artifact_bytes.svg",
-        "report.html",
-        "provenance.json",
+        files::REPORT_HTML,
+        files::PROVENANCE,
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
     }
@@ -139,7 +140,7 @@ fn three_seeds_give_a_submission_that_matches_the_manifests() {
     );
 
     // The report's manifest: its headline agrees with submission.json, its inputs list every run.
-    let manifest = read_json(&dir.join("manifest.json"));
+    let manifest = read_json(&dir.join(files::MANIFEST));
     assert_eq!(manifest["headline"]["val_bpb"], sub["val_bpb"]);
     assert_eq!(manifest["headline"]["n_runs"], 3);
     assert_eq!(manifest["headline"]["significant"], true);
@@ -156,7 +157,7 @@ fn three_seeds_give_a_submission_that_matches_the_manifests() {
             .map(|c| c.sliding.key.as_str())
             .collect::<Vec<_>>()
     );
-    let provenance = read_json(&dir.join("provenance.json"));
+    let provenance = read_json(&dir.join(files::PROVENANCE));
     assert_eq!(
         provenance["figures"]["training"].as_array().unwrap().len(),
         3
@@ -187,7 +188,7 @@ fn missing_optional_stages_say_not_run() {
         None,
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     for needle in [
         "Not run: sliding, TTT, n-gram.",
         "No baseline given",
@@ -196,7 +197,7 @@ fn missing_optional_stages_say_not_run() {
     ] {
         assert!(md.contains(needle), "report.md lacks {needle:?}:\n{md}");
     }
-    let sub = read_json(&dir.join("submission.json"));
+    let sub = read_json(&dir.join(files::SUBMISSION));
     assert_eq!(sub["score_eval"], "round-trip");
     assert_eq!(
         sub["val_loss"].as_f64().unwrap(),
@@ -210,7 +211,7 @@ fn missing_optional_stages_say_not_run() {
     // Only an evaluation: no training curves, no bytes chart, still a report.
     let (out, dir) = report(tmp.path(), &[("eval", &flat)], None);
     assert!(out.status.success(), "{}", stderr(&out));
-    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     assert!(
         md.contains("Training curves: no train run with a metrics.parquet"),
         "{md}"
@@ -220,7 +221,7 @@ fn missing_optional_stages_say_not_run() {
         "{md}"
     );
     assert_eq!(
-        read_json(&dir.join("submission.json"))["compliance"]["artifact_under_16mb"],
+        read_json(&dir.join(files::SUBMISSION))["compliance"]["artifact_under_16mb"],
         Value::Null
     );
 }
@@ -262,7 +263,7 @@ fn a_clip_sweep_draws_sweep_curves_and_submits_its_best_point() {
         svg.contains("quantize-pack.clip_sigmas"),
         "the x axis names the swept param"
     );
-    let sub = read_json(&dir.join("submission.json"));
+    let sub = read_json(&dir.join(files::SUBMISSION));
     assert_eq!(
         sub["sweep_point"],
         json!({"quantize-pack.clip_sigmas": 12.5})
@@ -271,7 +272,7 @@ fn a_clip_sweep_draws_sweep_curves_and_submits_its_best_point() {
         sub["val_loss"].as_f64().unwrap(),
         headline(&slidings[1], "val_loss")
     );
-    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     assert!(
         md.contains("at the best of 3 sweep points (quantize-pack.clip_sigmas=12.5)"),
         "{md}"
@@ -308,7 +309,7 @@ fn a_report_is_the_baseline_of_another() {
     inputs.push(("baseline", &baseline));
     let (out, dir) = report(tmp.path(), &inputs, None);
     assert!(out.status.success(), "{}", stderr(&out));
-    let sig = &read_json(&dir.join("submission.json"))["significance"];
+    let sig = &read_json(&dir.join(files::SUBMISSION))["significance"];
     assert_eq!(sig["significant"], false, "{sig}");
     assert!(sig["improvement_nats"].as_f64().unwrap().abs() < 1e-12);
     assert_eq!(sig["baseline_n"], 3);
@@ -343,11 +344,11 @@ fn failing_guards_are_reported_as_failures() {
         "a failing check is reported, not a crash: {}",
         stderr(&out)
     );
-    let sub = read_json(&dir.join("submission.json"));
+    let sub = read_json(&dir.join(files::SUBMISSION));
     assert_eq!(sub["score_eval"], "TTT");
     assert_eq!(sub["compliance"]["guard_scored_once"], false);
     assert_eq!(sub["compliance"]["artifact_under_16mb"], false);
-    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     assert!(
         md.contains("✗ FAIL — FAIL: 17 targets scored twice"),
         "{md}"
@@ -386,8 +387,8 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
         json!({"mode": "sliding"}),
         &[("artifact", &q)],
         json!({"mode": "sliding", "val_loss": 2.0, "val_bpb": 1.2}),
-        H100,
-        |d| fs::write(d.join("results.parquet"), b"not a parquet file").unwrap(),
+        h100(),
+        |d| fs::write(d.join(files::RESULTS), b"not a parquet file").unwrap(),
     );
     one_line_error(&[("eval", &broken)], "results.parquet: not a Parquet file");
 
@@ -396,14 +397,14 @@ fn bad_inputs_fail_with_one_line_and_leave_nothing() {
         json!({}),
         &[("artifact", &q)],
         json!({"val_loss": 2.0}),
-        H100,
+        h100(),
         |_| {},
     );
     one_line_error(&[("eval", &no_bpb)], "headline has no number `val_bpb`");
 
-    let no_step = store.run("train", json!({}), &[], json!({}), H100, |d| {
+    let no_step = store.run("train", json!({}), &[], json!({}), h100(), |d| {
         write_parquet(
-            &d.join("metrics.parquet"),
+            &d.join(files::METRICS),
             vec![(
                 "train_loss",
                 std::sync::Arc::new(arrow::array::Float64Array::from(vec![1.0])) as _,
@@ -427,7 +428,7 @@ fn runs_made_by_different_code_are_different_configurations() {
         .map(|s| chain(&mut store, &data, s))
         .collect();
     // The third seed's train run came from other train code.
-    let path = chains[2].train.dir.join("manifest.json");
+    let path = chains[2].train.dir.join(files::MANIFEST);
     let mut m = read_json(&path);
     m["identity"] = json!(format!("train@{}", "7".repeat(32)));
     fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
@@ -435,7 +436,7 @@ fn runs_made_by_different_code_are_different_configurations() {
     chains.iter().for_each(|c| inputs.extend(c.inputs()));
     let (out, dir) = report(tmp.path(), &inputs, None);
     assert!(out.status.success(), "{}", stderr(&out));
-    let md = fs::read_to_string(dir.join("report.md")).unwrap();
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
     assert!(
         md.contains("| code v1 | 2 |") && md.contains("| code v2 | 1 |"),
         "{md}"
@@ -444,5 +445,91 @@ fn runs_made_by_different_code_are_different_configurations() {
     assert!(
         md.contains("| code v1, seed 1337 |") && md.contains("| code v2, seed 2024 |"),
         "{md}"
+    );
+}
+
+/// Replaces the `device` of a fixture run's manifest (a record, or an older manifest's text).
+fn set_device(run: &Made, device: Value) {
+    let path = run.dir.join(files::MANIFEST);
+    let mut m = read_json(&path);
+    m["device"] = device;
+    fs::write(&path, serde_json::to_vec_pretty(&m).unwrap()).unwrap();
+}
+
+/// The markdown row of the compliance check `name`.
+fn check_row<'a>(md: &'a str, name: &str) -> &'a str {
+    let start = format!("| {name} |");
+    md.lines()
+        .find(|l| l.starts_with(&start))
+        .unwrap_or_else(|| panic!("no {name} row in:\n{md}"))
+}
+
+#[test]
+fn the_device_check_reads_records_by_field() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut store = Store::new(tmp.path());
+    let data = tokenize(&mut store, None);
+    let c = chain(&mut store, &data, &three_seeds()[0]);
+    let inputs = [
+        ("train", &c.train),
+        ("ema", &c.ema),
+        ("quantize", &c.quantize),
+        ("eval", &c.flat),
+        ("data", &data),
+    ];
+    let cuda = |name: &str, n: usize| {
+        serde_json::to_value(pgolf_store::DeviceRecord::cuda(vec![name.into(); n], n)).unwrap()
+    };
+
+    // A 1-GPU train run on an H100 does not meet the 8×H100 rule: flagged, not passed. The
+    // evaluation's device (here a single H200) is shown as info with the record's fields.
+    set_device(&c.train, cuda("NVIDIA H100 80GB HBM3", 1));
+    set_device(&c.flat, cuda("NVIDIA H200", 1));
+    let (out, dir) = report(tmp.path(), &inputs, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
+    let train = check_row(&md, "training device");
+    assert!(
+        train.contains("cuda, world size 1: 1 × NVIDIA H100 80GB HBM3") && train.contains("⚠ flag"),
+        "{train}"
+    );
+    let eval = check_row(&md, "evaluation device");
+    assert!(
+        eval.contains("cuda, world size 1: 1 × NVIDIA H200") && eval.contains("· info"),
+        "{eval}"
+    );
+    let sub = read_json(&dir.join(files::SUBMISSION));
+    assert_eq!(
+        sub["hardware"],
+        "cuda, world size 1: 1 × NVIDIA H100 80GB HBM3"
+    );
+    assert_eq!(sub["eval_hardware"], "cuda, world size 1: 1 × NVIDIA H200");
+
+    // On the rule's hardware the training check passes.
+    set_device(&c.train, h100());
+    let (out, dir) = report(tmp.path(), &inputs, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
+    assert!(check_row(&md, "training device").contains("✓ pass"), "{md}");
+
+    // Manifests written before the record (free-form strings) still make a report: the training
+    // device cannot be checked by field (unknown), the evaluation's is shown as its old text.
+    set_device(&c.train, json!("cuda:0 NVIDIA H100 80GB HBM3"));
+    set_device(
+        &c.flat,
+        json!("cuda (BFloat16 compute, Native numerics, fused blocks)"),
+    );
+    let (out, dir) = report(tmp.path(), &inputs, None);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let md = fs::read_to_string(dir.join(files::REPORT_MD)).unwrap();
+    let train = check_row(&md, "training device");
+    assert!(
+        train.contains("? unknown") && train.contains("old manifest"),
+        "{train}"
+    );
+    let eval = check_row(&md, "evaluation device");
+    assert!(
+        eval.contains("· info") && eval.contains("BFloat16 compute"),
+        "{eval}"
     );
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use pgolf_store::files;
 use serde_json::json;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -57,7 +58,7 @@ fn html_report_renders_its_plots_in_headless_chromium() {
         .arg(format!("--screenshot={}", png.display()))
         // Tall enough to hold the summary, the tables and every figure.
         .arg("--window-size=1280,6000")
-        .arg(format!("file://{}", dir.join("report.html").display()))
+        .arg(format!("file://{}", dir.join(files::REPORT_HTML).display()))
         .output()
         .unwrap();
     assert!(
@@ -77,9 +78,9 @@ fn html_report_renders_its_plots_in_headless_chromium() {
         std::fs::create_dir_all(keep.join("plots")).unwrap();
         std::fs::copy(&png, keep.join("report.png")).unwrap();
         for f in [
-            "report.html",
-            "report.md",
-            "submission.json",
+            files::REPORT_HTML,
+            files::REPORT_MD,
+            files::SUBMISSION,
             "plots/training.svg",
             "plots/bpb_by_stage.svg",
             "plots/artifact_bytes.svg",

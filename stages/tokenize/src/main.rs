@@ -13,7 +13,8 @@ mod summary;
 mod tokenizer;
 
 use anyhow::Result;
-use pgolf_data::{write_doc_table, DocRecord, DOC_TABLE_FILE};
+use pgolf_data::{write_doc_table, DocRecord};
+use pgolf_store::files;
 use pgolf_store::Stage;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -50,7 +51,7 @@ fn tokenize(stage: &mut Stage<Params>) -> Result<()> {
             encode_corpus(stage, &plan, &tokenizer, batches, synthetic.docs)?
         }
     };
-    write_doc_table(&stage.out.join(DOC_TABLE_FILE), &docs)?;
+    write_doc_table(&stage.out.join(files::DOC_TABLE), &docs)?;
     record_headline(stage, &tokenizer, &Summary::of(&docs));
     Ok(())
 }

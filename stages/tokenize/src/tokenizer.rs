@@ -3,7 +3,8 @@
 
 use anyhow::{anyhow, bail, Context, Result};
 use pgolf_data::sp_model::ModelProto;
-use pgolf_data::{ByteLut, TokenizerInfo, TokenizerKind, TOKENIZER_MODEL_FILE};
+use pgolf_data::{ByteLut, TokenizerInfo, TokenizerKind};
+use pgolf_store::files;
 use sentencepiece::SentencePieceProcessor;
 use std::path::Path;
 
@@ -96,7 +97,7 @@ impl Tokenizer {
     pub fn write_into(&self, dir: &Path) -> Result<()> {
         self.info.write(dir)?;
         if let Some(bytes) = &self.model_bytes {
-            let path = dir.join(TOKENIZER_MODEL_FILE);
+            let path = dir.join(files::TOKENIZER_MODEL);
             std::fs::write(&path, bytes)
                 .with_context(|| format!("{}: cannot write", path.display()))?;
         }

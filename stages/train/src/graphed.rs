@@ -6,7 +6,8 @@
 //! capture and are only ever zeroed in place), and adds the micro-batch loss to a fixed scalar.
 
 use anyhow::Result;
-use pgolf_model::{cuda::CudaGraph, Gpt};
+use pgolf_model::Gpt;
+use pgolf_runtime::cuda::{self, CudaGraph};
 use tch::{Device, Kind, Tensor};
 
 use crate::optimizers::Optimizers;
@@ -48,7 +49,7 @@ impl GraphedMicroStep {
         opt.zero_grad();
         graph.capture(|| micro_step(gpt, &x, &y, scale, &loss_sum))?;
         // The warm-up's activations stay cached in the general pool; the graph has its own.
-        pgolf_model::cuda::empty_cache(device);
+        cuda::empty_cache(device);
         Ok(GraphedMicroStep {
             graph,
             x,

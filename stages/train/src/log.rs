@@ -6,8 +6,6 @@ use std::fs::File;
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
-pub const LOG_FILE: &str = "train.log";
-
 pub struct RunLog {
     file: File,
     echo: bool,

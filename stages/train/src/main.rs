@@ -21,15 +21,15 @@ mod validate;
 mod warmup;
 
 use anyhow::Result;
-use pgolf_model::{cuda, device_from_str};
 use pgolf_optim::Collective;
-use pgolf_store::Stage;
+use pgolf_runtime::{cuda, describe, device_from_str};
+use pgolf_store::{files, Stage};
 use std::time::Instant;
-use tch::{Device, Kind};
+use tch::Kind;
 
 use data::{BatchLoader, ValTokens};
 use graphed::GraphedMicroStep;
-use log::{RunLog, LOG_FILE};
+use log::RunLog;
 use optimizers::Optimizers;
 use params::Params;
 use run_loop::Training;
@@ -46,15 +46,15 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     // One rank of a multi-process run (ranks.rs), or alone; CUDA ranks use GPU LOCAL_RANK.
     let comm = ranks::join(device_from_str(&stage.device)?)?;
     let device = comm.device;
-    stage.set_device_description(describe(device));
     if p.threads > 0 {
         tch::set_num_threads(p.threads as i32);
     }
+    stage.set_device(describe(device, comm.world_size()));
     stage.headline("world_size", comm.world_size());
     stage.headline("dist_backend", comm.backend());
     let plan = p.batch_plan(comm.world_size())?;
     let data_dir = stage.input("data")?.path().to_path_buf();
-    let mut log = RunLog::create(&stage.out_path(LOG_FILE))?;
+    let mut log = RunLog::create(&stage.out_path(files::TRAIN_LOG))?;
 
     // 1. Data: the sequential train stream and the val split, checked against the model's vocab.
     let mut loader = BatchLoader::open(&data_dir, plan, comm.rank(), p.model.vocab_size, device)?;
@@ -72,10 +72,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     tch::manual_seed(p.seed as i64);
     let (vs, mut gpt) = pgolf_model::build(&p.model, device)?;
     ranks::sync_weights(gpt.named_parameters(), &comm)?;
-    let bf16 = match p.precision.as_str() {
-        "auto" => device.is_cuda(),
-        other => other == "bf16",
-    };
+    let bf16 = p.precision.is_bf16(device.is_cuda());
     if bf16 {
         gpt.set_compute_kind(Kind::BFloat16);
         gpt.set_embedding_kind(Kind::BFloat16);
@@ -88,7 +85,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     ))?;
     log.line(&format!(
         "device:{} precision:{} formulation:{} cuda_graphs:{} world_size:{} grad_accum_steps:{} local_tokens:{} val_tokens:{} val_bytes:{}",
-        describe(device),
+        describe(device, comm.world_size()).summary(),
         if bf16 { "bf16" } else { "f32" },
         gpt.formulation().name(),
         p.cuda_graphs && device.is_cuda(),
@@ -151,14 +148,4 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         return Ok(());
     }
     outputs::write(stage, &vs, &run, &val_set, device, &mut log)
-}
-
-fn describe(device: Device) -> String {
-    match device {
-        Device::Cuda(i) => match cuda::gpu_name(device) {
-            Some(name) => format!("cuda:{i} {name}"),
-            None => format!("cuda:{i}"),
-        },
-        _ => format!("cpu ({} threads)", tch::get_num_threads()),
-    }
 }

@@ -8,8 +8,6 @@ use parquet::arrow::ArrowWriter;
 use std::path::Path;
 use std::sync::Arc;
 
-pub const METRICS_FILE: &str = "metrics.parquet";
-
 #[derive(Clone, Debug, Default)]
 pub struct Row {
     pub step: u64,
@@ -89,6 +87,7 @@ mod tests {
     use super::*;
     use arrow::array::Array;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use pgolf_store::files;
 
     #[test]
     fn writes_the_documented_columns() {
@@ -114,7 +113,7 @@ mod tests {
         });
         m.record_val(2, 6.4, 3.9, 0.5);
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(METRICS_FILE);
+        let path = dir.path().join(files::METRICS);
         m.write(&path).unwrap();
         let mut reader =
             ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&path).unwrap())

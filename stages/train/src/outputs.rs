@@ -2,13 +2,14 @@
 //! updated, SWA only if it took a snapshot), the config, the metrics table and the headline.
 
 use anyhow::Result;
-use pgolf_model::{cuda, save_safetensors, save_tensors, CONFIG_FILE};
+use pgolf_model::{save_safetensors, save_tensors};
+use pgolf_runtime::cuda;
+use pgolf_store::files;
 use pgolf_store::Stage;
 use tch::{nn::VarStore, Device};
 
 use crate::data::ValTokens;
 use crate::log::RunLog;
-use crate::metrics::METRICS_FILE;
 use crate::params::Params;
 use crate::run_loop::Finished;
 use crate::swa::Swa;
@@ -22,21 +23,21 @@ pub fn write(
     log: &mut RunLog,
 ) -> Result<()> {
     let p = &stage.params.clone();
-    save_safetensors(vs, &stage.out_path("model.safetensors"))?;
+    save_safetensors(vs, &stage.out_path(files::WEIGHTS))?;
     let ema_updates = run.ema.as_ref().map_or(0, |e| e.updates());
     if let Some(ema) = run.ema.as_ref().filter(|e| e.updates() > 0) {
-        save_tensors(ema.shadow(), &stage.out_path("ema.safetensors"))?;
+        save_tensors(ema.shadow(), &stage.out_path(files::EMA_WEIGHTS))?;
     }
     let swa_snapshots = run.swa.as_ref().map_or(0, |s| s.count());
     if let Some(average) = run.swa.as_ref().map(Swa::average).transpose()?.flatten() {
-        save_tensors(&average, &stage.out_path("swa.safetensors"))?;
+        save_tensors(&average, &stage.out_path(files::SWA_WEIGHTS))?;
         log.line(&format!(
             "swa: averaged {swa_snapshots} snapshots from step {}",
             run.swa.as_ref().and_then(Swa::first_step).unwrap_or(0)
         ))?;
     }
-    p.model.write(&stage.out_path(CONFIG_FILE))?;
-    run.metrics.write(&stage.out_path(METRICS_FILE))?;
+    p.model.write(&stage.out_path(files::MODEL_CONFIG))?;
+    run.metrics.write(&stage.out_path(files::METRICS))?;
     let peak = cuda::peak_memory(device);
     if let Some((allocated, reserved)) = peak {
         log.line(&format!(

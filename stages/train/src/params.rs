@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use pgolf_model::{Formulation, ModelConfig};
+use pgolf_store::Precision;
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -62,7 +63,7 @@ pub struct Params {
 
     // Execution.
     /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
-    pub precision: String,
+    pub precision: Precision,
     /// CPU threads for libtorch; 0 = its default.
     pub threads: usize,
     /// How the model is written (pgolf-model `Formulation`): `fast` (fused GEMMs and
@@ -108,7 +109,7 @@ impl Default for Params {
             ema_decay: 0.997,
             swa_every: 0,
             swa_lr_threshold: 0.4,
-            precision: "auto".into(),
+            precision: Precision::Auto,
             threads: 0,
             formulation: Formulation::Fast,
             cuda_graphs: true,
@@ -146,12 +147,6 @@ impl Params {
             bail!(
                 "params: swa_lr_threshold must be in (0, 1], got {}",
                 self.swa_lr_threshold
-            );
-        }
-        if !["auto", "f32", "bf16"].contains(&self.precision.as_str()) {
-            bail!(
-                "params: precision must be auto, f32 or bf16, got {:?}",
-                self.precision
             );
         }
         Ok(())

@@ -10,7 +10,7 @@ pub struct ProfileWindow {
     path: Option<std::path::PathBuf>,
     from: u64,
     to: u64,
-    recording: Option<pgolf_model::profiler::Recording>,
+    recording: Option<pgolf_runtime::profiler::Recording>,
 }
 
 impl ProfileWindow {
@@ -38,7 +38,7 @@ impl ProfileWindow {
             return Ok(());
         };
         if step == self.from {
-            self.recording = Some(pgolf_model::profiler::start()?);
+            self.recording = Some(pgolf_runtime::profiler::start()?);
         } else if step == self.to {
             if let Some(recording) = self.recording.take() {
                 recording.save(path)?;

@@ -19,7 +19,7 @@ use pgolf_dist::{Dist, Launch};
 use pgolf_optim::Collective;
 use pgolf_store::stage::{one_line, ERROR_FILE_ENV};
 use pgolf_store::RunAs;
-use pgolf_store::MANIFEST_FILE;
+use pgolf_store::files::MANIFEST as MANIFEST_FILE;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;

@@ -6,6 +6,7 @@ use arrow::array::{Array, LargeStringArray, StringArray};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use pgolf_data::{write_shard, Split, TokenizerInfo};
 use pgolf_model::{load_safetensors, ModelConfig};
+use pgolf_store::files;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,7 +112,7 @@ struct Run {
 
 impl Run {
     fn manifest(&self) -> Value {
-        serde_json::from_str(&std::fs::read_to_string(self.out.join("manifest.json")).unwrap())
+        serde_json::from_str(&std::fs::read_to_string(self.out.join(files::MANIFEST)).unwrap())
             .unwrap()
     }
     fn headline(&self, name: &str) -> f64 {
@@ -147,7 +148,7 @@ fn initial_val_loss(root: &Path, data: &Path) -> f64 {
     p["val_loss_every"] = json!(1);
     let run = run_train(root, "initial", data, &p);
     assert!(run.ok, "{}", run.stderr);
-    let log = std::fs::read_to_string(run.out.join("train.log")).unwrap();
+    let log = std::fs::read_to_string(run.out.join(files::TRAIN_LOG)).unwrap();
     let line = log
         .lines()
         .find(|l| l.starts_with("step:0/1 val_loss:"))
@@ -180,7 +181,7 @@ fn loss_falls_on_the_synthetic_corpus_and_runs_are_bit_identical() {
 
     let b = run_train(root.path(), "b", &data, &tiny_params(40));
     assert!(b.ok, "{}", b.stderr);
-    for file in ["model.safetensors", "ema.safetensors"] {
+    for file in [files::WEIGHTS, files::EMA_WEIGHTS] {
         let (x, y) = (
             std::fs::read(a.out.join(file)).unwrap(),
             std::fs::read(b.out.join(file)).unwrap(),
@@ -219,12 +220,12 @@ fn the_checkpoint_reproduces_the_reported_val_loss() {
     let run = run_train(root.path(), "ckpt", &data, &p);
     assert!(run.ok, "{}", run.stderr);
     assert!(
-        !run.out.join("ema.safetensors").exists(),
+        !run.out.join(files::EMA_WEIGHTS).exists(),
         "no EMA file when the EMA is off"
     );
-    let cfg = ModelConfig::read(&run.out.join("config.json")).unwrap();
+    let cfg = ModelConfig::read(&run.out.join(files::MODEL_CONFIG)).unwrap();
     let (mut vs, gpt) = pgolf_model::build(&cfg, Device::Cpu).unwrap();
-    load_safetensors(&mut vs, &run.out.join("model.safetensors")).unwrap();
+    load_safetensors(&mut vs, &run.out.join(files::WEIGHTS)).unwrap();
 
     let t = cfg.seq_len;
     let usable = (val.len() - 1) / t * t;
@@ -243,7 +244,7 @@ fn the_checkpoint_reproduces_the_reported_val_loss() {
         (nll - reported).abs() < 1e-5,
         "checkpoint gives {nll}, the run reported {reported}"
     );
-    let metrics = std::fs::metadata(run.out.join("metrics.parquet")).unwrap();
+    let metrics = std::fs::metadata(run.out.join(files::METRICS)).unwrap();
     assert!(metrics.len() > 0);
 }
 
@@ -353,16 +354,16 @@ fn swa_averages_the_weights_after_every_due_step() {
     };
     let all = swa_run("swa_all", 2); // steps 8, 10, 12
     assert_eq!(all.headline("swa_snapshots"), 3.0);
-    let log = std::fs::read_to_string(all.out.join("train.log")).unwrap();
+    let log = std::fs::read_to_string(all.out.join(files::TRAIN_LOG)).unwrap();
     assert!(log.contains("swa:start step:8"), "{log}");
-    let w8 = weights(&swa_run("swa_8", 8), "swa.safetensors");
-    let w10 = weights(&swa_run("swa_10", 10), "swa.safetensors");
+    let w8 = weights(&swa_run("swa_8", 8), files::SWA_WEIGHTS);
+    let w10 = weights(&swa_run("swa_10", 10), files::SWA_WEIGHTS);
     let last = swa_run("swa_12", 12);
     assert_eq!(last.headline("swa_snapshots"), 1.0);
-    let w12 = weights(&last, "swa.safetensors");
+    let w12 = weights(&last, files::SWA_WEIGHTS);
     // One snapshot after the last step is the final raw weights.
-    assert_eq!(w12, weights(&last, "model.safetensors"));
-    let avg = weights(&all, "swa.safetensors");
+    assert_eq!(w12, weights(&last, files::WEIGHTS));
+    let avg = weights(&all, files::SWA_WEIGHTS);
     assert_eq!(avg.len(), w12.len());
     let mut worst = 0f32;
     for (i, (name, values)) in avg.iter().enumerate() {
@@ -380,14 +381,14 @@ fn swa_averages_the_weights_after_every_due_step() {
     let off = run_train(root.path(), "swa_off", &data, &tiny_params(4));
     assert!(off.ok, "{}", off.stderr);
     assert_eq!(off.headline("swa_snapshots"), 0.0);
-    assert!(!off.out.join("swa.safetensors").exists());
+    assert!(!off.out.join(files::SWA_WEIGHTS).exists());
     let mut never = tiny_params(4);
     never["swa_every"] = json!(1);
     never["swa_lr_threshold"] = json!(0.01);
     let never = run_train(root.path(), "swa_never", &data, &never);
     assert!(never.ok, "{}", never.stderr);
     assert_eq!(never.headline("swa_snapshots"), 0.0);
-    assert!(!never.out.join("swa.safetensors").exists());
+    assert!(!never.out.join(files::SWA_WEIGHTS).exists());
     let mut bad = tiny_params(4);
     bad["swa_lr_threshold"] = json!(0.0);
     let bad = run_train(root.path(), "swa_bad", &data, &bad);

@@ -90,11 +90,7 @@ pub fn evaluate(
             let windows = sliding(n, seq_len, p.stride)?;
             check_single_pass(&windows, 1..n + 1)?;
             let cfg = FullTttConfig {
-                seq_len: if p.ttt.seq_len == 0 {
-                    seq_len
-                } else {
-                    p.ttt.seq_len
-                },
+                seq_len: Some(p.ttt.seq_len.unwrap_or(seq_len)),
                 ..p.ttt.clone()
             };
             let chunk_tokens = cfg.chunk_tokens;

@@ -9,15 +9,13 @@ mod evaluate;
 mod params;
 
 use anyhow::Result;
-use pgolf_eval::report::{
-    summarize, write_chunk_results, write_doc_results, write_summary, CHUNKS_FILE, RESULTS_FILE,
-    SUMMARY_FILE,
-};
-use pgolf_eval::torch::{dump_activations, load_artifact_for_vocab, ACTIVATIONS_FILE};
+use pgolf_eval::report::{summarize, write_chunk_results, write_doc_results, write_summary};
+use pgolf_eval::torch::{dump_activations, load_artifact_for_vocab};
 use pgolf_eval::ValSet;
-use pgolf_model::{device_from_str, save_tensors, CONFIG_FILE};
+use pgolf_model::save_tensors;
+use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::progress::bar;
-use pgolf_store::Stage;
+use pgolf_store::{files, Stage};
 use serde_json::{json, Map, Value};
 use std::time::Instant;
 
@@ -32,6 +30,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.validate()?;
     let device = device_from_str(&stage.device)?;
+    stage.set_device(describe(device, 1));
     tch::manual_seed(p.seed);
 
     // 1. The val stream, its documents and byte tables, cross-checked.
@@ -40,37 +39,34 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let (net, cfg) = load_artifact_for_vocab(
         stage.input_dir("artifact")?,
         device,
+        p.precision,
         p.compute,
         val.lut.vocab_size(),
     )?;
     let mut net = net;
     net.gpt.set_formulation(p.formulation, device)?;
-    stage.set_device_description(format!(
-        "{} ({:?} compute, {:?} numerics, {} formulation)",
-        stage.device,
+    // How it computes (not the device: that is the manifest's device record).
+    let numerics = format!(
+        "{:?} compute, {:?} numerics, {} formulation",
         net.gpt.compute_kind(),
         net.gpt.numerics(),
         net.gpt.formulation().name()
-    ));
+    );
     if p.export_decoded {
         save_tensors(
             net.gpt.named_parameters(),
-            &stage.out_path("decoded.safetensors"),
+            &stage.out_path(files::DECODED_WEIGHTS),
         )?;
-        cfg.write(&stage.out_path(CONFIG_FILE))?;
+        cfg.write(&stage.out_path(files::MODEL_CONFIG))?;
     }
-    let seq_len = if p.seq_len == 0 {
-        cfg.seq_len
-    } else {
-        p.seq_len
-    };
+    let seq_len = p.seq_len.unwrap_or(cfg.seq_len);
     if p.dump_activations > 0 {
         dump_activations(
             &net,
             &val.tokens,
             p.dump_activations,
             seq_len,
-            &stage.out_path(ACTIVATIONS_FILE),
+            &stage.out_path(files::ACTIVATIONS),
         )?;
     }
 
@@ -91,12 +87,13 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         outcome.updates,
         seconds,
     )?;
-    write_doc_results(&stage.out_path(RESULTS_FILE), &val, &outcome.report)?;
+    write_doc_results(&stage.out_path(files::RESULTS), &val, &outcome.report)?;
     if !outcome.chunks.is_empty() {
-        write_chunk_results(&stage.out_path(CHUNKS_FILE), &outcome.chunks)?;
+        write_chunk_results(&stage.out_path(files::CHUNKS), &outcome.chunks)?;
     }
     let mut extra = Map::new();
     extra.insert("seq_len".into(), json!(seq_len));
+    extra.insert("numerics".into(), json!(numerics));
     if matches!(p.mode, params::Mode::Sliding | params::Mode::Ttt) {
         extra.insert("stride".into(), json!(p.stride));
     }
@@ -104,7 +101,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         extra.insert("adaptive_updates".into(), json!(n));
     }
     let summary = summary.to_json(extra)?;
-    write_summary(&stage.out_path(SUMMARY_FILE), &summary)?;
+    write_summary(&stage.out_path(files::SUMMARY), &summary)?;
     for (k, v) in summary {
         if !matches!(v, Value::Object(_)) {
             stage.headline(&k, v);

@@ -1,8 +1,9 @@
 //! The ttt-eval params (`--params FILE.json`; unknown fields are an error).
 
 use anyhow::{bail, Result};
-use pgolf_eval::torch::{Compute, FullTttConfig, LoraConfig};
+use pgolf_eval::torch::{check_numerics, FullTttConfig, LoraConfig};
 use pgolf_model::Formulation;
+use pgolf_store::{Compute, Precision};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +34,8 @@ impl Mode {
 #[serde(deny_unknown_fields, default)]
 pub struct Params {
     pub mode: Mode,
-    /// Window length; 0 = the model config's `seq_len`.
-    pub seq_len: usize,
+    /// Window length; default the model config's `seq_len`.
+    pub seq_len: Option<usize>,
     /// Sliding-window stride (sliding and ttt modes).
     pub stride: usize,
     /// Windows per forward pass.
@@ -44,6 +45,9 @@ pub struct Params {
     pub upstream_compatible: bool,
     /// About how many positions get a full-distribution normalization probe.
     pub probes: usize,
+    /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
+    pub precision: Precision,
+    /// `native` (ours, at `precision`) or `upstream` (upstream's eval numerics op for op).
     pub compute: Compute,
     /// Seed of the torch RNG (LoRA adapter initialization).
     pub seed: i64,
@@ -64,12 +68,13 @@ impl Default for Params {
     fn default() -> Self {
         Params {
             mode: Mode::Flat,
-            seq_len: 0,
+            seq_len: None,
             stride: 64,
             batch_windows: 32,
             upstream_compatible: false,
             probes: 64,
-            compute: Compute::Auto,
+            precision: Precision::Auto,
+            compute: Compute::Native,
             seed: 0,
             ttt: FullTttConfig::default(),
             lora: LoraConfig::default(),
@@ -91,7 +96,10 @@ impl Params {
         if self.batch_windows == 0 {
             bail!("params: batch_windows must be positive");
         }
-        Ok(())
+        if self.seq_len == Some(0) || self.ttt.seq_len == Some(0) {
+            bail!("params: seq_len must be positive (leave it out for the model's)");
+        }
+        check_numerics(self.precision, self.compute)
     }
 }
 

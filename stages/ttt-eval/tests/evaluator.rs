@@ -4,12 +4,14 @@
 //! stage's binary within 1e-6 (relative). The evaluator's byte table is checked against
 //! pgolf-data's on the way.
 
-use pgolf_eval::torch::{load_artifact, Compute};
+use pgolf_eval::torch::load_artifact;
 use pgolf_model::{Activation, Formulation, ModelConfig};
 use pgolf_quant::{
     encode_artifact, quantize_all, Compression, DType, GptqSettings, Method, QuantInputs, Routing,
     Rule, Weight,
 };
+use pgolf_store::files;
+use pgolf_store::{Compute, Precision};
 use pgolf_testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -42,7 +44,7 @@ fn write_quantized(dir: &Path, cfg: &ModelConfig, routing: &Routing, compression
         .map(|(s, _)| s)
         .collect();
     let bytes = encode_artifact(&serde_json::to_value(cfg).unwrap(), &stored, compression).unwrap();
-    std::fs::write(dir.join("artifact.pgq"), bytes).unwrap();
+    std::fs::write(dir.join(files::ARTIFACT), bytes).unwrap();
     seal(dir, "quantize-pack").unwrap();
 }
 
@@ -65,7 +67,7 @@ fn ttt_eval(root: &Path, name: &str, params: Value) -> Value {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap()
+    serde_json::from_slice(&std::fs::read(out.join(files::SUMMARY)).unwrap()).unwrap()
 }
 
 fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
@@ -75,7 +77,7 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
     let art_dir = root.path().join("artifact");
     write_quantized(&art_dir, &cfg, &routing, &compression);
 
-    let art = pgolf_evaluator::Artifact::read(&art_dir.join("artifact.pgq")).unwrap();
+    let art = pgolf_evaluator::Artifact::read(&art_dir.join(files::ARTIFACT)).unwrap();
     assert!(
         art.tensors
             .iter()
@@ -83,9 +85,12 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
         "some matrices are quantized"
     );
     let ours = pgolf_evaluator::Model::from_artifact(&art).unwrap();
-    let (mut net, _) = load_artifact(&art_dir, Device::Cpu, Compute::F32).unwrap();
+    let (mut net, _) =
+        load_artifact(&art_dir, Device::Cpu, Precision::F32, Compute::Native).unwrap();
     // The literal formulation: the oracle.
-    net.gpt.set_formulation(Formulation::Literal, Device::Cpu).unwrap();
+    net.gpt
+        .set_formulation(Formulation::Literal, Device::Cpu)
+        .unwrap();
 
     // Per-token NLL, window by window, against the literal forward.
     let t = cfg.seq_len;
@@ -123,12 +128,12 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
     for (name, params, windows) in [
         (
             "flat",
-            json!({"mode": "flat", "compute": "f32"}),
+            json!({"mode": "flat", "precision": "f32"}),
             pgolf_evaluator::flat(n, t).unwrap(),
         ),
         (
             "sliding",
-            json!({"mode": "sliding", "stride": 4, "compute": "f32"}),
+            json!({"mode": "sliding", "stride": 4, "precision": "f32"}),
             pgolf_evaluator::sliding(n, t, 4).unwrap(),
         ),
     ] {

@@ -1,6 +1,7 @@
 //! Runs the real ttt-eval binary on a tiny model's artifact and a synthetic Markov corpus.
 
 use pgolf_model::ModelConfig;
+use pgolf_store::files;
 use pgolf_store::Manifest;
 use pgolf_testkit::{write_artifact_dir, write_data_dir, MarkovSource};
 use serde_json::{json, Value};
@@ -119,7 +120,7 @@ fn upstream_compatible_flat_truncates_and_uses_lut_bytes() {
         .unwrap()
         .starts_with("lut (upstream"));
     assert_eq!(h["val_bpb"], h["val_bpb_lut"]);
-    assert!(out.join("decoded.safetensors").is_file() && out.join("config.json").is_file());
+    assert!(out.join(files::DECODED_WEIGHTS).is_file() && out.join(files::MODEL_CONFIG).is_file());
     let err = run(
         &f,
         "bad",
@@ -145,7 +146,7 @@ fn adaptive_modes_report_their_updates() {
     assert_eq!(h["scored_targets"], json!(f.n_targets));
     assert!(h["adaptive_updates"].as_u64().unwrap() > 0);
     assert!(h["guard_score_first"].as_str().unwrap().starts_with("pass"));
-    assert!(out.join("chunks.parquet").is_file());
+    assert!(out.join(files::CHUNKS).is_file());
     let h = headline(&run(&f, "lora", json!({"mode": "lora", "lora": {"chunk": 8, "context": 16, "batch_docs": 16, "rank": 2}})).unwrap());
     assert_eq!(h["scored_targets"], json!(f.n_targets));
     assert!(h["adaptive_updates"].as_u64().unwrap() > 0);
@@ -161,7 +162,7 @@ fn a_corrupted_artifact_fails_with_one_line_naming_it() {
     std::fs::write(&path, &bytes).unwrap();
     let err = run(&f, "broken", json!({})).unwrap_err();
     assert!(
-        err.starts_with("error: ttt-eval:") && err.contains("artifact.pgq") && !err.contains('\n'),
+        err.starts_with("error: ttt-eval:") && err.contains(files::ARTIFACT) && !err.contains('\n'),
         "{err}"
     );
     assert!(
@@ -183,8 +184,11 @@ fn upstream_numerics_and_the_activation_dump() {
     )
     .unwrap();
     let m = Manifest::read(&out).unwrap();
-    assert!(m.device.contains("UpstreamBf16"), "{}", m.device);
-    let dumped = pgolf_model::read_tensors(&out.join("activations.safetensors")).unwrap();
+    let numerics = m.headline["numerics"].as_str().unwrap();
+    assert!(numerics.contains("UpstreamBf16"), "{numerics}");
+    // The device is a record by field (here the CPU), not the numerics.
+    assert_eq!(m.device, pgolf_store::DeviceRecord::cpu());
+    let dumped = pgolf_model::read_tensors(&out.join(files::ACTIVATIONS)).unwrap();
     let get = |name: &str| {
         dumped
             .iter()
@@ -217,5 +221,5 @@ fn upstream_numerics_and_the_activation_dump() {
         err.contains("dump_activations: 1000000 windows of 16 need"),
         "{err}"
     );
-    assert!(!f.dir.path().join("too_many").join("manifest.json").exists());
+    assert!(!f.dir.path().join("too_many").join(files::MANIFEST).exists());
 }

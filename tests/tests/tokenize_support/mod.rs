@@ -3,8 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
-use pgolf_data::{list_shards, read_doc_table, DocRecord, Shard, Split, DOC_TABLE_FILE};
+use pgolf_data::{list_shards, read_doc_table, DocRecord, Shard, Split};
 use pgolf_e2e::{bin, stderr, workspace_root};
+use pgolf_store::files;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -24,7 +25,7 @@ impl Run {
 
     pub fn manifest(&self) -> serde_json::Value {
         let text =
-            std::fs::read_to_string(self.out().join("manifest.json")).expect("manifest.json");
+            std::fs::read_to_string(self.out().join(files::MANIFEST)).expect(files::MANIFEST);
         serde_json::from_str(&text).unwrap()
     }
 
@@ -33,7 +34,7 @@ impl Run {
     }
 
     pub fn docs(&self) -> Vec<DocRecord> {
-        read_doc_table(&self.out().join(DOC_TABLE_FILE)).unwrap()
+        read_doc_table(&self.out().join(files::DOC_TABLE)).unwrap()
     }
 
     /// A split's shards concatenated.

@@ -10,9 +10,6 @@ use tch::{Kind, Tensor};
 
 use super::net::Net;
 
-/// The file [`dump_activations`] writes in a stage's output directory.
-pub const ACTIVATIONS_FILE: &str = "activations.safetensors";
-
 /// Runs the first `windows` flat windows of `seq_len` (inputs `tokens[w·T .. (w+1)·T]`, targets one
 /// later, as upstream `eval_val` batches them) through `net` in one batch and writes to `path`:
 /// `in.{weight name}` (each linear layer's input `[windows·T, in]`, in the dtype it ran in),

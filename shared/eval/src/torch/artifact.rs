@@ -4,25 +4,19 @@
 use anyhow::{anyhow, bail, Context, Result};
 use pgolf_model::{ModelConfig, Numerics};
 use pgolf_quant::{Artifact, ToTch};
+use pgolf_store::{files, Compute, Precision};
 use std::path::Path;
-use tch::{Device, Kind};
+use tch::Device;
 
 use super::net::Net;
 
-/// The artifact file inside a quantize-pack output.
-pub const ARTIFACT_FILE: &str = "artifact.pgq";
-
-/// How the forward pass computes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compute {
-    /// bf16 matmuls on CUDA (as upstream's autocast), f32 on the CPU.
-    Auto,
-    F32,
-    Bf16,
-    /// Upstream `train_gpt.py`'s eval numerics op for op ([`Numerics::UpstreamBf16`]), on any
-    /// device.
-    Upstream,
+/// The `precision` and `compute` params of an evaluation stage, checked together: upstream's
+/// numerics are bf16 by definition, so `compute: upstream` with `precision: f32` is refused.
+pub fn check_numerics(precision: Precision, compute: Compute) -> Result<()> {
+    if compute == Compute::Upstream && precision == Precision::F32 {
+        bail!("params: compute: upstream runs upstream's bf16 numerics; precision f32 contradicts it (use auto or bf16)");
+    }
+    Ok(())
 }
 
 /// [`load_artifact`] for scoring a val set: refuses a model whose vocabulary is smaller than the
@@ -30,10 +24,11 @@ pub enum Compute {
 pub fn load_artifact_for_vocab(
     dir: &Path,
     device: Device,
+    precision: Precision,
     compute: Compute,
     tokenizer_vocab: usize,
 ) -> Result<(Net, ModelConfig)> {
-    let (net, cfg) = load_artifact(dir, device, compute)?;
+    let (net, cfg) = load_artifact(dir, device, precision, compute)?;
     if tokenizer_vocab > cfg.vocab_size {
         bail!(
             "the tokenizer's vocab {tokenizer_vocab} exceeds the model's {}",
@@ -43,9 +38,17 @@ pub fn load_artifact_for_vocab(
     Ok((net, cfg))
 }
 
-/// Reads `dir/artifact.pgq`, decodes every tensor and builds the model its config describes.
-pub fn load_artifact(dir: &Path, device: Device, compute: Compute) -> Result<(Net, ModelConfig)> {
-    let path = dir.join(ARTIFACT_FILE);
+/// Reads `dir/artifact.pgq`, decodes every tensor and builds the model its config describes, at
+/// `precision` (native numerics) or, with `compute: upstream`, in upstream's eval numerics op for op
+/// ([`Numerics::UpstreamBf16`]) on any device.
+pub fn load_artifact(
+    dir: &Path,
+    device: Device,
+    precision: Precision,
+    compute: Compute,
+) -> Result<(Net, ModelConfig)> {
+    check_numerics(precision, compute)?;
+    let path = dir.join(files::ARTIFACT);
     let artifact = Artifact::read(&path)?;
     let cfg: ModelConfig = serde_json::from_str(&artifact.config_json()).map_err(|e| {
         anyhow!(
@@ -59,10 +62,11 @@ pub fn load_artifact(dir: &Path, device: Device, compute: Compute) -> Result<(Ne
         .to_tch(device)
         .with_context(|| format!("{}: cannot decode", path.display()))?;
     let mut net = Net::from_tensors(&cfg, &named, device, &path.display().to_string())?;
-    match (compute, device) {
-        (Compute::F32, _) | (Compute::Auto, Device::Cpu) => net.gpt.set_compute_kind(Kind::Float),
-        (Compute::Bf16, _) | (Compute::Auto, _) => net.gpt.set_compute_kind(Kind::BFloat16),
-        (Compute::Upstream, _) => net.gpt.set_numerics(Numerics::UpstreamBf16),
+    match compute {
+        Compute::Native => net
+            .gpt
+            .set_compute_kind(pgolf_runtime::precision_kind(precision, device)),
+        Compute::Upstream => net.gpt.set_numerics(Numerics::UpstreamBf16),
     }
     Ok((net, cfg))
 }

@@ -19,8 +19,9 @@ use crate::scorer::{Request, Scorer, Scores};
 pub struct FullTttConfig {
     /// Targets per chunk (§5.3: 32,768).
     pub chunk_tokens: usize,
-    /// Training sequence length inside a chunk (§5.3: 2048); 0 = the eval window length.
-    pub seq_len: usize,
+    /// Training sequence length inside a chunk (§5.3: 2048); default the eval window length
+    /// (which the stage fills in before [`FullTtt::new`]).
+    pub seq_len: Option<usize>,
     /// Peak learning rate; chunk c uses `lr · ½(1 + cos(π c / (C − 1)))`.
     pub lr: f64,
     pub momentum: f64,
@@ -37,7 +38,7 @@ impl Default for FullTttConfig {
     fn default() -> Self {
         FullTttConfig {
             chunk_tokens: 32768,
-            seq_len: 0,
+            seq_len: None,
             lr: 0.002,
             momentum: 0.9,
             epochs: 3,
@@ -51,6 +52,8 @@ impl Default for FullTttConfig {
 pub struct FullTtt {
     pub net: Net,
     cfg: FullTttConfig,
+    /// `cfg.seq_len`, resolved.
+    seq_len: usize,
     /// (parameter, momentum buffer) of every trained parameter.
     trained: Vec<(Tensor, Option<Tensor>)>,
     pub steps: u64,
@@ -58,7 +61,8 @@ pub struct FullTtt {
 
 impl FullTtt {
     pub fn new(net: Net, cfg: FullTttConfig) -> Result<FullTtt> {
-        if cfg.seq_len == 0 || cfg.epochs == 0 || cfg.micro_batch == 0 {
+        let seq_len = cfg.seq_len.unwrap_or(0);
+        if seq_len == 0 || cfg.epochs == 0 || cfg.micro_batch == 0 {
             bail!("TTT needs a positive seq_len, epochs and micro_batch");
         }
         let layers = net.gpt.config().num_layers;
@@ -83,6 +87,7 @@ impl FullTtt {
         Ok(FullTtt {
             net,
             cfg,
+            seq_len,
             trained,
             steps: 0,
         })
@@ -163,7 +168,7 @@ impl StreamAdapt for FullTtt {
         // than one sequence trains as a single shorter one.
         let tokens = span.tokens();
         let n = tokens.len() - 1;
-        let len = self.cfg.seq_len.min(n);
+        let len = self.seq_len.min(n);
         let rows: Vec<&[u16]> = (0..n / len)
             .map(|i| &tokens[i * len..(i + 1) * len + 1])
             .collect();

@@ -11,8 +11,8 @@ pub mod net;
 #[cfg(test)]
 mod tests;
 
-pub use activations::{dump_activations, ACTIVATIONS_FILE};
-pub use artifact::{load_artifact, load_artifact_for_vocab, Compute, ARTIFACT_FILE};
+pub use activations::dump_activations;
+pub use artifact::{check_numerics, load_artifact, load_artifact_for_vocab};
 pub use full_ttt::{FullTtt, FullTttConfig};
 pub use lora::{LoraConfig, LoraTtt};
 pub use net::Net;

@@ -94,7 +94,7 @@ fn full_ttt_run(val: &ValSet, freeze: usize) -> (LedgerReport, Vec<crate::adapt:
     let n = val.n_targets();
     let cfg = FullTttConfig {
         chunk_tokens: 40,
-        seq_len: 16,
+        seq_len: Some(16),
         lr: 0.05,
         freeze_blocks: freeze,
         ..Default::default()
@@ -158,7 +158,7 @@ fn full_ttt_scores_each_chunk_before_training_on_it() {
 fn frozen_blocks_stay_fixed() {
     let cfg = FullTttConfig {
         chunk_tokens: 40,
-        seq_len: 16,
+        seq_len: Some(16),
         lr: 0.05,
         freeze_blocks: 1,
         ..Default::default()

@@ -9,8 +9,9 @@
 use arrow::array::{ArrayRef, Float64Array, Int64Array, StringArray, UInt64Array};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
+use pgolf_store::files;
 use pgolf_store::manifest::describe_outputs;
-use pgolf_store::{InputRef, Manifest};
+use pgolf_store::{DeviceRecord, InputRef, Manifest};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::f64::consts::LN_2;
@@ -56,7 +57,7 @@ impl Store {
         params: Value,
         inputs: &[(&str, &Made)],
         headline: Value,
-        device: &str,
+        device: Value,
         files: impl FnOnce(&Path),
     ) -> Made {
         self.counter += 1;
@@ -92,7 +93,7 @@ impl Store {
             finished: format!("2026-05-01T10:{:02}:30+00:00", self.counter),
             wall_seconds: 30.0,
             host: "fixture (16 CPUs, linux x86_64)".into(),
-            device: device.into(),
+            device: serde_json::from_value(device.clone()).unwrap(),
             headline: headline
                 .as_object()
                 .unwrap()
@@ -100,9 +101,12 @@ impl Store {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect::<BTreeMap<_, _>>(),
         };
+        // Written as given, so a fixture can also carry an older manifest's free-form device text.
+        let mut json = serde_json::to_value(&manifest).unwrap();
+        json["device"] = device;
         fs::write(
-            dir.join("manifest.json"),
-            serde_json::to_vec_pretty(&manifest).unwrap(),
+            dir.join(files::MANIFEST),
+            serde_json::to_vec_pretty(&json).unwrap(),
         )
         .unwrap();
         Made {
@@ -113,7 +117,18 @@ impl Store {
     }
 }
 
-pub const H100: &str = "cuda:0-7 8× NVIDIA H100 80GB HBM3";
+/// The rule's hardware: 8 ranks on 8 H100s.
+pub fn h100() -> Value {
+    serde_json::to_value(h100_record()).unwrap()
+}
+
+pub fn h100_record() -> DeviceRecord {
+    DeviceRecord::cuda(vec!["NVIDIA H100 80GB HBM3".into(); 8], 8)
+}
+
+pub fn cpu() -> Value {
+    serde_json::to_value(DeviceRecord::cpu()).unwrap()
+}
 
 /// What one seed's chain looks like.
 pub struct Seed {
@@ -136,8 +151,8 @@ pub fn tokenize(store: &mut Store, source_entropy_bpb: Option<f64>) -> Made {
     if let Some(e) = source_entropy_bpb {
         headline["source_entropy_bpb"] = json!(e);
     }
-    store.run("tokenize", json!({}), &[], headline, "cpu", |d| {
-        fs::write(d.join("tokenizer.json"), "{}").unwrap()
+    store.run("tokenize", json!({}), &[], headline, cpu(), |d| {
+        fs::write(d.join(files::TOKENIZER_INFO), "{}").unwrap()
     })
 }
 
@@ -158,7 +173,7 @@ pub fn train(store: &mut Store, data: &Made, s: &Seed) -> Made {
         json!({"seed": seed, "iterations": steps}),
         &[("data", data)],
         headline,
-        H100,
+        h100(),
         |d| {
             let n = steps as usize + 1;
             let step: Vec<i64> = (0..n as i64).collect();
@@ -176,7 +191,7 @@ pub fn train(store: &mut Store, data: &Made, s: &Seed) -> Made {
                 .map(|v| v.map(|b| b * LN_2 * BYTES_PER_TOKEN))
                 .collect();
             write_parquet(
-                &d.join("metrics.parquet"),
+                &d.join(files::METRICS),
                 vec![
                     ("step", Arc::new(Int64Array::from(step)) as ArrayRef),
                     ("train_loss", Arc::new(Float64Array::from(loss))),
@@ -197,7 +212,7 @@ pub fn train(store: &mut Store, data: &Made, s: &Seed) -> Made {
                 ],
             );
             fs::write(
-                d.join("train.log"),
+                d.join(files::TRAIN_LOG),
                 format!("seed {seed}\nstep {steps} val_bpb {}\n", s.pre_quant_bpb),
             )
             .unwrap();
@@ -211,8 +226,8 @@ pub fn ema(store: &mut Store, train: &Made) -> Made {
         json!({}),
         &[("train", train)],
         json!({"source": "raw"}),
-        "cpu",
-        |d| fs::write(d.join("config.json"), "{}").unwrap(),
+        cpu(),
+        |d| fs::write(d.join(files::MODEL_CONFIG), "{}").unwrap(),
     )
 }
 
@@ -227,7 +242,7 @@ pub fn quantize(store: &mut Store, weights: &Made, s: &Seed) -> Made {
         json!({"clip_sigmas": s.clip}),
         &[("weights", weights)],
         headline,
-        "cpu",
+        cpu(),
         |d| {
             let names = [
                 "tok_emb.weight",
@@ -245,7 +260,7 @@ pub fn quantize(store: &mut Store, weights: &Made, s: &Seed) -> Made {
                 .collect();
             let raw: Vec<u64> = compressed.iter().map(|c| c * 11 / 10).collect();
             write_parquet(
-                &d.join("tensors.parquet"),
+                &d.join(files::TENSOR_TABLE),
                 vec![
                     (
                         "name",
@@ -257,7 +272,7 @@ pub fn quantize(store: &mut Store, weights: &Made, s: &Seed) -> Made {
                     ("compressed_bytes", Arc::new(UInt64Array::from(compressed))),
                 ],
             );
-            fs::write(d.join("artifact.pgq"), vec![0u8; 64]).unwrap();
+            fs::write(d.join(files::ARTIFACT), vec![0u8; 64]).unwrap();
         },
     )
 }
@@ -298,10 +313,10 @@ pub fn eval(
         json!({"mode": mode}),
         &[("artifact", artifact), ("data", data)],
         headline,
-        H100,
+        h100(),
         |d| {
             write_parquet(
-                &d.join("results.parquet"),
+                &d.join(files::RESULTS),
                 vec![
                     (
                         "doc_id",
@@ -428,7 +443,7 @@ pub fn read_json(path: &Path) -> Value {
 }
 
 pub fn headline(m: &Made, name: &str) -> f64 {
-    read_json(&m.dir.join("manifest.json"))["headline"][name]
+    read_json(&m.dir.join(files::MANIFEST))["headline"][name]
         .as_f64()
         .unwrap()
 }

@@ -1,5 +1,6 @@
 //! CUDA features libtorch has and tch does not expose (through the shims in `csrc/`): the caching
-//! allocator's peak memory (upstream's `torch.cuda.max_memory_allocated/reserved`) and CUDA graphs.
+//! allocator's peak memory (upstream's `torch.cuda.max_memory_allocated/reserved`), device names
+//! and CUDA graphs.
 
 use tch::Device;
 
@@ -8,6 +9,7 @@ extern "C" {
     fn pgolf_cuda_peak_reserved(device: i32) -> i64;
     fn pgolf_cuda_reset_peak(device: i32) -> i32;
     fn pgolf_cuda_empty_cache(device: i32) -> i32;
+    fn pgolf_cuda_device_name(device: i32, out: *mut std::ffi::c_char, len: usize) -> i32;
 }
 
 /// Peak (allocated, reserved) bytes on a CUDA device since start or [`reset_peak_memory`];
@@ -40,19 +42,22 @@ pub fn empty_cache(device: Device) {
     }
 }
 
-/// The GPU's marketing name from the NVIDIA driver (`/proc/driver/nvidia/gpus/*/information`),
-/// e.g. "NVIDIA H100 80GB HBM3"; `None` when unknown.
+/// The GPU's name as the CUDA runtime reports it (e.g. "NVIDIA H100 80GB HBM3"), for libtorch's
+/// device index (after `CUDA_VISIBLE_DEVICES`); `None` on the CPU or when CUDA cannot say.
 pub fn gpu_name(device: Device) -> Option<String> {
     let Device::Cuda(i) = device else { return None };
-    let mut dirs: Vec<_> = std::fs::read_dir("/proc/driver/nvidia/gpus")
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    dirs.sort();
-    let info = std::fs::read_to_string(dirs.get(i)?.join("information")).ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("Model:").map(|m| m.trim().to_string()))
+    let mut buf = vec![0 as std::ffi::c_char; 256];
+    // SAFETY: the shim writes at most `len` bytes, NUL-terminated, and catches C++ exceptions.
+    let rc = unsafe { pgolf_cuda_device_name(i as i32, buf.as_mut_ptr(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .trim()
+        .to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 extern "C" {
