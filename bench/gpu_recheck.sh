@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call that rechecks a structural change (issue 11) and the c10d path (issue 13):
 #   1. train, 200 baseline steps (as bench/train_side_by_side.sh, OURS_ONLY): the previous
-#      commit's binary (.device/old/train.gz, if carried), this commit's, this commit's again —
-#      the before/after and the run-to-run spread in one call;
+#      commit's binary (.device/old/train.gz, if carried and if it reads this tokenize's
+#      manifests), this commit's, this commit's again — before/after and the run-to-run spread;
 #   2. the chain on this commit's run: ema-finalize → quantize-pack (int8) → ttt-eval flat, the
 #      small files of each run packed into $OUT/runs.tgz so the report can be built here from a
 #      ttt-eval run made on the GPU;
@@ -14,6 +14,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0
 source bench/device_data.sh >/dev/null
+set +e   # (device_data.sh sets -e; each step below reports its own failure)
 R=${OUT:-bench/.work/gpu_recheck}
 W=/tmp/pgolf-recheck
 mkdir -p "$R" "$W"
