@@ -74,6 +74,18 @@ fn nested_keys_and_vocabulary_values_are_refused_too() {
             "{stage}: {err}"
         );
     }
+    // The formulations are `literal` and `fast`; the three-formulation names of before are refused
+    // by every stage that runs the model.
+    for stage in ["train", "gptq-calibrate", "ttt-eval", "ngram-eval"] {
+        for (params, word) in [
+            (r#"{"formulation": "kernels"}"#, "unknown variant `kernels`"),
+            (r#"{"formulation": "fused"}"#, "unknown variant `fused`"),
+            (r#"{"fused": true}"#, "unknown field `fused`"),
+        ] {
+            let err = refused(stage, params, dir.path());
+            assert!(err.contains(word), "{stage} {params}: {err}");
+        }
+    }
     // The old spelling of an evaluation's precision (`compute: f32`) is refused, not reinterpreted.
     let err = refused("ttt-eval", r#"{"compute": "f32"}"#, dir.path());
     assert!(err.contains("expected `native` or `upstream`"), "{err}");

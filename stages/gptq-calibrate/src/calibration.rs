@@ -192,25 +192,6 @@ mod tests {
     use super::*;
     use pgolf_data::write_shard;
 
-    /// `fast` (the default) and `literal`; the old formulation names are refused.
-    #[test]
-    fn formulation_is_literal_or_fast() {
-        assert_eq!(Params::default().formulation, Formulation::Fast);
-        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
-        assert_eq!(p.formulation, Formulation::Literal);
-        for old in [
-            r#"{"formulation": "kernels"}"#,
-            r#"{"formulation": "fused"}"#,
-            r#"{"fused": true}"#,
-        ] {
-            let e = serde_json::from_str::<Params>(old)
-                .err()
-                .unwrap()
-                .to_string();
-            assert!(e.contains("unknown"), "{old}: {e}");
-        }
-    }
-
     #[test]
     fn train_sequences_take_the_stream_after_the_offset_and_check_the_vocab() {
         let dir = tempfile::tempdir().unwrap();

@@ -114,20 +114,3 @@ impl Params {
         check_numerics(self.precision, self.compute)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `fast` (the default) and `literal`; the old formulation names are refused.
-    #[test]
-    fn formulation_is_literal_or_fast() {
-        assert_eq!(Params::default().formulation, Formulation::Fast);
-        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
-        assert_eq!(p.formulation, Formulation::Literal);
-        for old in [r#"{"formulation": "kernels"}"#, r#"{"fused": true}"#] {
-            let e = serde_json::from_str::<Params>(old).unwrap_err().to_string();
-            assert!(e.contains("unknown"), "{old}: {e}");
-        }
-    }
-}

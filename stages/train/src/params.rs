@@ -228,22 +228,6 @@ mod tests {
         assert!(format!("{:#}", odd.batch_plan(1).unwrap_err()).contains("not a positive multiple"));
     }
 
-    /// `fast` (the default) and `literal`; the three-formulation names of before are refused.
-    #[test]
-    fn formulation_is_literal_or_fast() {
-        assert_eq!(Params::default().formulation, Formulation::Fast);
-        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
-        assert_eq!(p.formulation, Formulation::Literal);
-        for old in [
-            r#"{"formulation": "kernels"}"#,
-            r#"{"formulation": "fused"}"#,
-            r#"{"fused": true}"#,
-        ] {
-            let e = serde_json::from_str::<Params>(old).unwrap_err().to_string();
-            assert!(e.contains("unknown"), "{old}: {e}");
-        }
-    }
-
     #[test]
     fn unknown_fields_are_refused() {
         assert!(serde_json::from_str::<Params>(r#"{"iterations": 5, "lr": 1}"#).is_err());

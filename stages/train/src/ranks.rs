@@ -17,9 +17,9 @@
 use anyhow::{bail, Context, Result};
 use pgolf_dist::{Dist, Launch};
 use pgolf_optim::Collective;
+use pgolf_store::files::MANIFEST as MANIFEST_FILE;
 use pgolf_store::stage::{one_line, ERROR_FILE_ENV};
 use pgolf_store::RunAs;
-use pgolf_store::files::MANIFEST as MANIFEST_FILE;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;

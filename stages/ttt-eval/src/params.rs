@@ -106,21 +106,4 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// `fast` (the default) and `literal`; the old `fused` switch and names are refused.
-    #[test]
-    fn formulation_is_literal_or_fast() {
-        assert_eq!(Params::default().formulation, Formulation::Fast);
-        let p: Params = serde_json::from_str(r#"{"formulation": "literal"}"#).unwrap();
-        assert_eq!(p.formulation, Formulation::Literal);
-        for old in [
-            r#"{"fused": true}"#,
-            r#"{"fused": false}"#,
-            r#"{"formulation": "kernels"}"#,
-            r#"{"formulation": "fused"}"#,
-        ] {
-            let e = serde_json::from_str::<Params>(old).unwrap_err().to_string();
-            assert!(e.contains("unknown"), "{old}: {e}");
-        }
-    }
 }
