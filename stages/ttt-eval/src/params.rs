@@ -102,8 +102,3 @@ impl Params {
         check_numerics(self.precision, self.compute)
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-}
