@@ -23,7 +23,8 @@ const LIBRARY_EDGES: &[(&str, &str, &[&str])] = &[
     // The stage contract: run keys, manifests, file names, the device record. At the bottom.
     ("pgolf-store",     NORMAL, &[]),
     ("pgolf-buildid",   NORMAL, &[]),
-    ("pgolf-data",      NORMAL, &["pgolf-store"]),
+    // Its byte tables use the counted evaluator's rule (written once).
+    ("pgolf-data",      NORMAL, &["pgolf-store", "pgolf-evaluator"]),
     // The counted evaluator: config, artifact decode, CPU forward, BPB. Self-contained.
     ("pgolf-evaluator", NORMAL, &[]),
     // libtorch/device glue (device parsing, the CUDA probe and shims, the profiler) and the

@@ -5,12 +5,8 @@ use anyhow::{bail, Context, Result};
 use pgolf_store::files;
 use std::path::Path;
 
-use crate::sp_model::{ModelProto, PieceType};
+use crate::sp_model::ModelProto;
 use crate::tokenizer_info::{TokenizerInfo, TokenizerKind};
-
-/// SentencePiece's whitespace marker U+2581.
-pub const SPACE_MARKER: char = '\u{2581}';
-
 /// Per-token byte tables, indexed by token id.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ByteLut {
@@ -25,12 +21,7 @@ pub struct ByteLut {
 impl ByteLut {
     /// Tables for the built-in byte tokenizer: ids 0–3 are pad/bos/eos/unk, id b + 4 is byte b.
     pub fn byte260() -> ByteLut {
-        let mut lut = ByteLut::empty(260);
-        for id in 4..260 {
-            lut.base_bytes[id] = 1;
-            lut.is_boundary[id] = false;
-        }
-        lut
+        ByteLut::from_counted(pgolf_evaluator::ByteLut::byte260())
     }
 
     /// Tables from a SentencePiece `.model` file. Refuses a model without a standalone `▁` piece:
@@ -40,37 +31,22 @@ impl ByteLut {
         ByteLut::from_model(&model).with_context(|| format!("{}", path.display()))
     }
 
+    /// The rule that turns pieces into byte counts is written once, in the counted evaluator
+    /// (pgolf-evaluator `ByteLut::sentencepiece`): what pgolf's stages charge is what the
+    /// artifact's own code charges. The model is handed to it as its protobuf.
     pub fn from_model(model: &ModelProto) -> Result<ByteLut> {
-        let mut lut = ByteLut::empty(model.pieces.len());
-        let mut standalone_space = false;
-        for (id, piece) in model.pieces.iter().enumerate() {
-            let kind = piece.piece_type().with_context(|| format!("piece {id}"))?;
-            match kind {
-                PieceType::Control | PieceType::Unknown | PieceType::Unused => continue,
-                PieceType::Byte => {
-                    lut.is_boundary[id] = false;
-                    lut.base_bytes[id] = 1;
-                }
-                PieceType::Normal | PieceType::UserDefined => {
-                    lut.is_boundary[id] = false;
-                    let text = piece.text();
-                    let rest = match text.strip_prefix(SPACE_MARKER) {
-                        Some(rest) => {
-                            lut.has_leading_space[id] = true;
-                            standalone_space |= rest.is_empty();
-                            rest
-                        }
-                        None => text,
-                    };
-                    lut.base_bytes[id] = u16::try_from(rest.len())
-                        .with_context(|| format!("piece {id} is {} bytes long", rest.len()))?;
-                }
-            }
+        let bytes = prost::Message::encode_to_vec(model);
+        Ok(ByteLut::from_counted(
+            pgolf_evaluator::ByteLut::sentencepiece(&bytes)?,
+        ))
+    }
+
+    fn from_counted(lut: pgolf_evaluator::ByteLut) -> ByteLut {
+        ByteLut {
+            base_bytes: lut.base,
+            has_leading_space: lut.space,
+            is_boundary: lut.boundary,
         }
-        if !standalone_space {
-            bail!("the model has no standalone `▁` piece, so every word boundary would be charged 3 bytes (REFERENCE.md §2.5 pitfall 2)");
-        }
-        Ok(lut)
     }
 
     /// Tables for the tokenizer of a tokenize output directory (`tokenizer.json`, `tokenizer.model`).
@@ -138,7 +114,7 @@ impl ByteLut {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sp_model::SentencePiece;
+    use crate::sp_model::{PieceType, SentencePiece};
     use std::path::PathBuf;
 
     fn sp1024_path() -> PathBuf {

@@ -45,28 +45,7 @@ impl SentencePiece {
     }
 }
 
-/// The special control pieces every SentencePiece model may carry; they never occur in encoded
-/// text (BOS is charged no bytes by the tables).
-const SPECIAL_PIECES: [&str; 4] = ["<pad>", "<s>", "</s>", "<unk>"];
-
 impl ModelProto {
-    /// The pieces that stand for no bytes of the original text: user-defined pieces (the CaseOps
-    /// case operators U+E001–U+E004) and control pieces other than the usual specials. A model
-    /// with any was trained on transformed text, so the lookup tables, which charge each piece its
-    /// own UTF-8 bytes, overstate the original bytes (REFERENCE.md §2.5).
-    pub fn non_text_pieces(&self) -> Result<Vec<(u32, String)>> {
-        let mut out = Vec::new();
-        for (id, p) in self.pieces.iter().enumerate() {
-            let kind = p.piece_type()?;
-            if kind == PieceType::UserDefined
-                || (kind == PieceType::Control && !SPECIAL_PIECES.contains(&p.text()))
-            {
-                out.push((id as u32, p.text().to_string()));
-            }
-        }
-        Ok(out)
-    }
-
     pub fn read(path: &Path) -> Result<ModelProto> {
         let bytes = std::fs::read(path)
             .with_context(|| format!("{}: cannot read tokenizer model", path.display()))?;

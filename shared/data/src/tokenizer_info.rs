@@ -24,22 +24,23 @@ pub struct TokenizerInfo {
 }
 
 /// Fails, naming `dir`, when the tokenizer of that tokenize output stands some of its pieces for
-/// no text (see [`ModelProto::non_text_pieces`](crate::sp_model::ModelProto::non_text_pieces)):
-/// for such shards the lookup-table byte count is not the original text's, so a BPB over it is
-/// no score. Called wherever no raw text bytes or byte sidecar are at hand.
+/// no text (user-defined pieces such as CaseOps's case operators, or control pieces other than the
+/// specials; the rule is the counted evaluator's, `ByteLut::transforms_text`): for such shards the
+/// lookup-table byte count is not the original text's, so a BPB over it is no score. Called
+/// wherever no raw text bytes or byte sidecar are at hand.
 pub fn refuse_lookup_table_bytes(dir: &Path) -> Result<()> {
     let info = TokenizerInfo::read(dir)?;
     if info.kind != TokenizerKind::Sentencepiece {
         return Ok(());
     }
-    let model = crate::sp_model::ModelProto::read(&dir.join(files::TOKENIZER_MODEL))?;
-    let pieces = model.non_text_pieces()?;
-    if let Some((id, text)) = pieces.first() {
+    let path = dir.join(files::TOKENIZER_MODEL);
+    let bytes = std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let lut = pgolf_evaluator::ByteLut::sentencepiece(&bytes)
+        .with_context(|| format!("{}", path.display()))?;
+    if lut.transforms_text {
         bail!(
-            "{}: refusing to score: its tokenizer has {} pieces that stand for no text (id {id} {:?} first: a text-transforming tokenizer such as CaseOps) and the val split has neither raw text bytes nor byte sidecars (fineweb_val_bytes_*.bin); lookup-table bytes would overstate the denominator (REFERENCE.md §2.5)",
-            dir.display(),
-            pieces.len(),
-            text.escape_unicode().to_string()
+            "{}: refusing to score: its tokenizer has pieces that stand for no text (a text-transforming tokenizer such as CaseOps) and the val split has neither raw text bytes nor byte sidecars (fineweb_val_bytes_*.bin); lookup-table bytes would overstate the denominator (REFERENCE.md §2.5)",
+            dir.display()
         );
     }
     Ok(())
