@@ -69,14 +69,6 @@ impl ByteLut {
         Ok(lut)
     }
 
-    fn empty(size: usize) -> ByteLut {
-        ByteLut {
-            base_bytes: vec![0; size],
-            has_leading_space: vec![false; size],
-            is_boundary: vec![true; size],
-        }
-    }
-
     pub fn vocab_size(&self) -> usize {
         self.base_bytes.len()
     }
