@@ -8,7 +8,6 @@
 //! - SIGKILL of one rank mid-run fails the stage within 60 s, naming the rank, with nothing
 //!   published in `--out`.
 
-use pgolf_data::{write_shard, Split, TokenizerInfo};
 use pgolf_model::read_tensors;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -16,47 +15,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tch::Tensor;
 
-const BOS: u16 = 1;
+mod support;
+
+use support::markov_tokens;
 const STEPS: u64 = 20;
 
-/// Documents from a sparse first-order Markov chain over 16 byte tokens.
-fn markov_tokens(docs: usize, seed: u64) -> Vec<u16> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) as u32
-    };
-    let mut out = Vec::new();
-    for _ in 0..docs {
-        out.extend([BOS]);
-        let mut s = next() % 16;
-        for _ in 0..60 {
-            out.push(4 + b'a' as u16 + s as u16);
-            s = if next() % 4 == 0 {
-                (s * 7 + 3) % 16
-            } else {
-                (s * 5 + 1) % 16
-            };
-        }
-    }
-    out
-}
-
 fn data_dir(root: &Path) -> PathBuf {
-    let dir = root.join("data");
-    std::fs::create_dir_all(&dir).unwrap();
-    write_shard(
-        &dir.join(Split::Train.shard_name(0)),
-        &markov_tokens(600, 1),
-    )
-    .unwrap();
-    write_shard(&dir.join(Split::Val.shard_name(0)), &markov_tokens(100, 2)).unwrap();
-    TokenizerInfo::byte260().write(&dir).unwrap();
-    dir
+    support::data_dir(root, &markov_tokens(600, 1), &markov_tokens(100, 2))
 }
 
 /// 20 steps of a tiny model; the global batch is 6 micro-batches of 128 tokens whatever the
