@@ -59,16 +59,16 @@ pub fn val_target_bytes(dir: &Path, tokens: &[u16], lut: &ByteLut) -> Result<Vec
         return lut.target_bytes(tokens);
     }
     let mut bytes = Vec::with_capacity(tokens.len());
-    for (shard, side) in shards.iter().zip(&sidecars) {
-        let counts = read_shard(side)?;
-        if counts.len() != read_shard(shard)?.len() {
-            bail!(
-                "{}: not one count per token of {}",
-                side.display(),
-                shard.display()
-            );
-        }
-        bytes.extend(counts.into_iter().map(u32::from));
+    for side in &sidecars {
+        bytes.extend(read_shard(side)?.into_iter().map(u32::from));
+    }
+    if bytes.len() != tokens.len() {
+        bail!(
+            "{}: the byte sidecars hold {} counts for {} val tokens (not one per token)",
+            dir.display(),
+            bytes.len(),
+            tokens.len()
+        );
     }
     if let Some(b) = bytes.first_mut() {
         *b = 0;
