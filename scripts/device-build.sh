@@ -21,6 +21,7 @@ EXTRAS=(
   "-p pgolf-kernels --example check_kernels|examples/check_kernels"
   "-p pgolf-model --example check_model_gpu|examples/check_model_gpu"
   "-p pgolf-dist --bin pgolf-dist-check|pgolf-dist-check"
+  "-p pipeline --bin pipeline|pipeline"
 )
 
 cargo build --release $(printf -- '-p %s ' "${STAGES[@]}")
@@ -68,6 +69,8 @@ rm -rf .device/bin # the unpacked layout of older builds: it would not fit the c
 tar -C "$stage_dir" -czf .device/bins.tgz "${paths[@]}"
 cp "$SHARED/data/enwiki2015/part-00.parquet" "$SHARED/data/enwiki2015/part-07.parquet" "$SHARED/tokenizers/fineweb_1024_bpe.model" .device/data/
 git -C "$MIRROR" show HEAD:train_gpt.py > .ref/train_gpt.py
+# Record scripts the benches run (bench/r0322_side_by_side.sh).
+git -C "$MIRROR" show "HEAD:records/track_10min_16mb/2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015_1.1233/train_gpt.py" > .ref/r0322_train_gpt.py
 du -sh .device/bins.tgz .device/data .ref
 total=$(du -sbc .device .ref | tail -1 | cut -f1)
 tree=$(git ls-files -z | xargs -0 du -bc 2>/dev/null | tail -1 | cut -f1)

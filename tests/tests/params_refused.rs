@@ -67,6 +67,7 @@ fn nested_keys_and_vocabulary_values_are_refused_too() {
         ("gptq-calibrate", r#"{"precision": "fp32"}"#, "fp32"),
         ("ttt-eval", r#"{"compute": "bf16"}"#, "bf16"),
         ("ngram-eval", r#"{"precision": "half"}"#, "half"),
+        ("quantize-pack", r#"{"compressor": "xz"}"#, "xz"),
     ] {
         let err = refused(stage, params, dir.path());
         assert!(
@@ -74,6 +75,12 @@ fn nested_keys_and_vocabulary_values_are_refused_too() {
             "{stage}: {err}"
         );
     }
+    // The compressor's refusal lists every valid name, the two of issue 12 among them.
+    let err = refused("quantize-pack", r#"{"compressor": "gzip"}"#, dir.path());
+    assert!(
+        err.contains("expected one of `none`, `zstd`, `brotli`, `zlib`, `lzma`"),
+        "{err}"
+    );
     // The formulations are `literal` and `fast`; the three-formulation names of before are refused
     // by every stage that runs the model.
     for stage in ["train", "gptq-calibrate", "ttt-eval", "ngram-eval"] {

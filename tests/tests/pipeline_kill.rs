@@ -1,7 +1,7 @@
 //! SIGKILL the driver and its stage mid-run: nothing half-written is taken as complete, and a
 //! rerun completes correctly.
 
-use pgolf_e2e::project::{status_of, TestProject};
+use pgolf_e2e::project::{line_of, status_of, TestProject};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -31,21 +31,27 @@ fn a_killed_run_leaves_nothing_that_looks_complete_and_a_rerun_completes() {
         .to_string();
     driver.kill().unwrap(); // SIGKILL
     driver.wait().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-9", &stage_pid])
-        .status()
-        .unwrap();
-    assert!(
-        killed.success(),
-        "the stage process {stage_pid} was already gone"
-    );
+    // The stage dies with its driver (it could never be published without it).
+    let start = Instant::now();
+    while !pgolf_e2e::process_gone(stage_pid.parse().unwrap()) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the stage process {stage_pid} outlived its driver"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     std::fs::remove_file(&gate).unwrap();
 
     // Only `first` finished; the held run's half-written temp dir is not a run.
     assert_eq!(p.runs("echo-stage").len(), 1);
     let status = p.ok(&["status"]);
     assert_eq!(status_of(&status, "first"), "fresh", "{status}");
-    assert_eq!(status_of(&status, "held"), "never", "{status}");
+    // The killed node is stale, and status says why: the dead run's temp dir is there.
+    assert_eq!(status_of(&status, "held"), "stale", "{status}");
+    assert!(
+        line_of(&status, "held").contains("interrupted: out/echo-stage/.tmp-"),
+        "{status}"
+    );
 
     let out = p.ok(&["run"]);
     assert_eq!(status_of(&out, "first"), "reused", "{out}");

@@ -3,7 +3,7 @@
 //! ```text
 //! 0   4  magic "PGQA"
 //! 4   1  frame version: 2 (written), 1 (still read)
-//! 5   1  compressor: 0 none, 1 zstd, 2 brotli
+//! 5   1  compressor: 0 none, 1 zstd, 2 brotli, 3 zlib, 4 lzma (.xz)
 //! 6   1  byte-shuffle stride (1 = none)
 //! 7   1  reserved, 0
 //! 8   8  body length, u64 LE (uncompressed, unshuffled)

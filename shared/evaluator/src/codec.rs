@@ -1,6 +1,6 @@
 //! The compressed stream of an artifact (docs/ARTIFACT.md): compressor ids, the byte shuffle's
-//! inverse, and frame version 2's chunk table. Each chunk is one standard zstd frame or brotli
-//! stream; chunk i of an n-byte body holds `n/C + (i < n%C)` bytes (the shuffle's lane rule), so
+//! inverse, and frame version 2's chunk table. Each chunk is one standard stream (a zstd frame, a
+//! brotli stream, a zlib stream or an .xz stream); chunk i of an n-byte body holds `n/C + (i < n%C)` bytes (the shuffle's lane rule), so
 //! those lengths are not stored.
 //!
 //! ```text
@@ -22,6 +22,10 @@ pub enum Codec {
     None = 0,
     Zstd = 1,
     Brotli = 2,
+    /// RFC 1950, as Python's `zlib.compress` (BASE, PROTEUS EMA: level 9).
+    Zlib = 3,
+    /// The .xz container, as Python's `lzma.compress` (R0323, R0329: preset 6).
+    Lzma = 4,
 }
 
 impl Codec {
@@ -35,6 +39,8 @@ impl Codec {
             0 => Codec::None,
             1 => Codec::Zstd,
             2 => Codec::Brotli,
+            3 => Codec::Zlib,
+            4 => Codec::Lzma,
             other => bail!("unknown compressor id {other}"),
         })
     }
@@ -63,6 +69,8 @@ pub fn decompress_stream(codec: Codec, stream: &[u8], len: usize) -> Result<Vec<
         Codec::Zstd => zstd::bulk::decompress(stream, len)
             .map_err(|e| anyhow!("zstd stream is corrupt or truncated: {e}"))?,
         Codec::Brotli => brotli_exact(stream, len)?,
+        Codec::Zlib => zlib_exact(stream, len)?,
+        Codec::Lzma => xz_exact(stream, len)?,
     };
     if raw.len() != len {
         bail!("decompressed to {} bytes, the header says {len}", raw.len());
@@ -104,6 +112,75 @@ fn brotli_exact(stream: &[u8], len: usize) -> Result<Vec<u8>> {
         BrotliResult::NeedsMoreInput => bail!("brotli stream is truncated"),
         BrotliResult::ResultFailure => bail!("brotli stream is corrupt"),
     }
+}
+
+/// zlib into a buffer with one byte of room past `len` (a stream that inflates further shows
+/// there); zlib checks the stream's Adler-32, and no input may be left after the stream's end.
+fn zlib_exact(stream: &[u8], len: usize) -> Result<Vec<u8>> {
+    use flate2::{Decompress, FlushDecompress, Status};
+    let mut z = Decompress::new(true);
+    let mut out = vec![0u8; len + 1];
+    // Z_FINISH with all the input and room enough inflates in one call.
+    let status = z
+        .decompress(stream, &mut out, FlushDecompress::Finish)
+        .map_err(|e| anyhow!("zlib stream is corrupt: {e}"))?;
+    let ended = status == Status::StreamEnd;
+    let (unread, wrote) = (stream.len() - z.total_in() as usize, z.total_out() as usize);
+    exact_end("zlib", ended, unread, out, wrote, len)
+}
+
+/// More than an .xz decoder needs at any preset (65 MiB at 9): a damaged header cannot make it
+/// allocate gigabytes.
+const XZ_MEMLIMIT: u64 = 1 << 28;
+
+/// One .xz stream (no concatenation) into a buffer with one byte of room past `len`. liblzma
+/// checks every header's CRC32 and the stream's integrity check (CRC64 as written); a stream that
+/// has none, or one this build cannot verify, is refused, so a damaged chunk cannot decode silently.
+fn xz_exact(stream: &[u8], len: usize) -> Result<Vec<u8>> {
+    use liblzma::stream::{Action, Status, Stream, TELL_NO_CHECK, TELL_UNSUPPORTED_CHECK};
+    let mut xz = Stream::new_stream_decoder(XZ_MEMLIMIT, TELL_NO_CHECK | TELL_UNSUPPORTED_CHECK)
+        .map_err(|e| anyhow!("xz decoder: {e}"))?;
+    let mut out = vec![0u8; len + 1];
+    let mut ended = false;
+    // liblzma may stop early (e.g. after the headers); call again while it makes progress.
+    loop {
+        let (read, wrote) = (xz.total_in() as usize, xz.total_out() as usize);
+        let status = xz
+            .process(&stream[read..], &mut out[wrote..], Action::Finish)
+            .map_err(|e| anyhow!("xz stream is corrupt: {e}"))?;
+        ended = ended || status == Status::StreamEnd;
+        let moved = (xz.total_in() as usize, xz.total_out() as usize) != (read, wrote);
+        if ended || !moved || xz.total_out() as usize > len {
+            break;
+        }
+    }
+    let (unread, wrote) = (
+        stream.len() - xz.total_in() as usize,
+        xz.total_out() as usize,
+    );
+    exact_end("xz", ended, unread, out, wrote, len)
+}
+
+/// The verdict on a stream inflated into `out` (`len` + 1 bytes, `wrote` used, `unread` input left).
+fn exact_end(
+    what: &str,
+    ended: bool,
+    unread: usize,
+    mut out: Vec<u8>,
+    wrote: usize,
+    len: usize,
+) -> Result<Vec<u8>> {
+    if wrote > len {
+        bail!("{what} stream is corrupt: it inflates past the {len} bytes the header says");
+    }
+    if !ended {
+        bail!("{what} stream is truncated");
+    }
+    if unread > 0 {
+        bail!("{what} stream is corrupt: {unread} bytes follow its end");
+    }
+    out.truncate(wrote);
+    Ok(out)
 }
 
 /// The inverse of the writer's byte shuffle (`D[0::k] ‖ D[1::k] ‖ …`): lane i holds

@@ -10,7 +10,9 @@ use std::path::Path;
 
 /// Upstream's control-tensor name patterns: parameters whose name contains one are kept f32 in the
 /// artifact and given to Adam even when 2-D (one list for the model and the quantizer).
-pub const CONTROL_PATTERNS: [&str; 9] = [
+/// The record stacks' additions (R0322's list: `smear`, `dtg_gate`, `ve_layer_scales`,
+/// `ve_shared.scale`) name no baseline tensor, so the baseline's routing is unchanged.
+pub const CONTROL_PATTERNS: [&str; 13] = [
     "attn_scale",
     "attn_scales",
     "mlp_scale",
@@ -20,6 +22,10 @@ pub const CONTROL_PATTERNS: [&str; 9] = [
     "q_gain",
     "skip_weight",
     "skip_weights",
+    "smear",
+    "dtg_gate",
+    "ve_layer_scales",
+    "ve_shared.scale",
 ];
 
 /// The MLP's nonlinearity before the square.
@@ -32,6 +38,62 @@ pub enum Activation {
     LeakyRelu2(f64),
 }
 
+/// BigramHash (R0322's `bigram`): a table of hashed (previous, current) token pairs, projected to
+/// the model width and added to the token embedding before its norm (REFERENCE.md §5.7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BigramHash {
+    /// Rows of the table; pairs hash to `0..buckets−1`, the first position to `buckets − 1`.
+    pub buckets: usize,
+    /// Width of a row; projected to `model_dim` by `bigram.proj` unless equal to it.
+    pub dim: usize,
+}
+
+/// Value embedding (R0322's `ve_shared`): one token table, projected to the kv width, scaled per
+/// layer and added to the attention values of `layers` (REFERENCE.md §5.7).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ValueEmbedding {
+    /// Width of a row; projected to the kv width by `ve_shared.proj` unless equal to it.
+    pub dim: usize,
+    /// The physical layers whose values receive it (R0322: 9 and 10).
+    pub layers: Vec<usize>,
+}
+
+/// How the block matrices are initialised (training only; the forward pass does not read it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// PyTorch's default Linear init, U(±1/√fan_in) (the baseline).
+    #[default]
+    PytorchDefault,
+    /// R0322's `_init_weights`: every non-zero-initialised Linear with both dims ≥ 64 orthogonal
+    /// (gain 1), those named `….proj` (BigramHash's and VE's projections) then scaled by 1/√(2L).
+    Orthogonal,
+    /// R0323's (parameter banks): every Q, K, V and MLP-up matrix orthogonal whatever its size,
+    /// the output and MLP-down projections zero, BigramHash's and VE's projections orthogonal
+    /// when both dims are ≥ 64, unscaled.
+    OrthogonalBanks,
+}
+
+/// R0323's parameter banks, in order: each bank is the stack of these per-layer matrices.
+pub fn bank_slices(num_layers: usize) -> Vec<(&'static str, Vec<String>)> {
+    let names = |parts: &[&str]| -> Vec<String> {
+        parts
+            .iter()
+            .flat_map(|p| (0..num_layers).map(move |i| format!("blocks.{i}.{p}")))
+            .collect()
+    };
+    vec![
+        ("qo_bank", names(&["attn.c_q.weight", "attn.proj.weight"])),
+        ("kv_bank", names(&["attn.c_k.weight", "attn.c_v.weight"])),
+        ("mlp_up_bank", names(&["mlp.fc.weight"])),
+        ("mlp_down_bank", names(&["mlp.proj.weight"])),
+    ]
+}
+
+/// The model's shape and its architecture options. Every option is off by default (the baseline);
+/// unknown fields are an error, so a config naming an option this build lacks is refused.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
@@ -51,6 +113,35 @@ pub struct ModelConfig {
     /// Std of the tied embedding's normal init (an untied embedding keeps PyTorch's N(0, 1)).
     pub tied_embed_init_std: f64,
     pub activation: Activation,
+    /// MLP hidden width set directly (PROTEUS EMA: 992); `None` = `mlp_mult · model_dim`.
+    pub mlp_hidden: Option<usize>,
+    /// Partial RoPE: rotate only the first `rope_dims` of each head (half-split within them), pass
+    /// the rest through (R0322: 16 of 64). `None` = the whole head.
+    pub rope_dims: Option<usize>,
+    /// Upstream's NTK rescale quirk: Rotary is built for this length, and a window longer than it
+    /// gets base `rope_base·(T/len)^(rd/(rd−2))`, rd the rotated dims (R0322: 1024, so its seq-2048
+    /// training and eval run rescaled). `None` = never rescaled (the baseline).
+    pub rope_ntk_len: Option<usize>,
+    /// XSA on the last n layers: each head's output loses its component along its own
+    /// (normalised) value vector (REFERENCE.md §5.6). 0 = off.
+    pub xsa_last_n: usize,
+    /// LN scale: both norms' outputs of block i multiplied by 1/√(i+1).
+    pub ln_scale: bool,
+    /// Learnable norm scales (the "11L MLP3x int6" page's "learnable LN scale, init 1.0"): each
+    /// block's two RMSNorms get a weight vector `blocks.{i}.attn_norm.weight`,
+    /// `blocks.{i}.mlp_norm.weight` `[d]`, initialised to ones.
+    pub norm_weights: bool,
+    /// SmearGate v1: after the embedding norm, `(1−σ(g))⊙x_t + σ(g)⊙x_{t−1}` (`smear.gate`).
+    pub smear_gate: bool,
+    pub bigram: Option<BigramHash>,
+    pub value_embed: Option<ValueEmbedding>,
+    pub init: InitScheme,
+    /// R0323's parameter banks as the stored layout of train and ema-finalize outputs: the block
+    /// matrices as `qo_bank` `[2L, d, d]` (Q then output projections), `kv_bank` `[2L, kv, d]`,
+    /// `mlp_up_bank` `[L, h, d]`, `mlp_down_bank` `[L, d, h]` ([`bank_slices`]). The model and its
+    /// optimizer work on the per-layer matrices (Muon orthogonalises each slice alone, as R0323's
+    /// batched Newton–Schulz does); the artifact is stored per layer, as R0323 quantizes.
+    pub banks: bool,
 }
 
 impl Default for ModelConfig {
@@ -69,6 +160,17 @@ impl Default for ModelConfig {
             tie_embeddings: true,
             tied_embed_init_std: 0.005,
             activation: Activation::Relu2,
+            mlp_hidden: None,
+            rope_dims: None,
+            rope_ntk_len: None,
+            xsa_last_n: 0,
+            ln_scale: false,
+            norm_weights: false,
+            smear_gate: false,
+            bigram: None,
+            value_embed: None,
+            init: InitScheme::PytorchDefault,
+            banks: false,
         }
     }
 }
@@ -83,7 +185,31 @@ impl ModelConfig {
     }
 
     pub fn mlp_hidden(&self) -> usize {
-        self.mlp_mult * self.model_dim
+        self.mlp_hidden.unwrap_or(self.mlp_mult * self.model_dim)
+    }
+
+    /// The dims of each head that RoPE rotates.
+    pub fn rope_dims(&self) -> usize {
+        self.rope_dims.unwrap_or(self.head_dim())
+    }
+
+    /// Whether layer `i` runs XSA (the last `xsa_last_n`).
+    pub fn xsa(&self, layer: usize) -> bool {
+        layer + self.xsa_last_n >= self.num_layers
+    }
+
+    /// The LN-scale factor of layer `i`: 1/√(i+1), or 1 when off.
+    pub fn ln_scale_factor(&self, layer: usize) -> f64 {
+        match self.ln_scale {
+            true => 1.0 / ((layer + 1) as f64).sqrt(),
+            false => 1.0,
+        }
+    }
+
+    /// The index of layer `i` in the value-embedding layer list, if it receives one.
+    pub fn value_embed_slot(&self, layer: usize) -> Option<usize> {
+        let ve = self.value_embed.as_ref()?;
+        ve.layers.iter().position(|&l| l == layer)
     }
 
     /// Encoder half `floor(L/2)`; the decoder gets the rest (REFERENCE.md §3.2).
@@ -100,21 +226,84 @@ impl ModelConfig {
         self.num_encoder_layers().min(self.num_decoder_layers())
     }
 
-    /// Parameters per block: the six matrices plus q_gain, attn/mlp scales and resid_mix.
-    pub fn block_params(&self) -> usize {
-        let d = self.model_dim;
-        let matrices = 2 * d * d + 2 * self.kv_dim() * d + 2 * self.mlp_hidden() * d;
-        matrices + self.num_heads + 2 * d + 2 * d
+    /// Every parameter of the model, by upstream `state_dict` name and shape: the one list of the
+    /// layout. pgolf-model builds exactly these (tested), the counted evaluator loads them from an
+    /// artifact, ema-finalize checks train outputs against them, and [`Self::num_params`] sums
+    /// them.
+    pub fn parameter_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (v, d, kv, hidden) = (
+            self.vocab_size,
+            self.model_dim,
+            self.kv_dim(),
+            self.mlp_hidden(),
+        );
+        let mut out = vec![
+            ("tok_emb.weight".to_string(), vec![v, d]),
+            ("skip_weights".to_string(), vec![self.num_skip_weights(), d]),
+        ];
+        for i in 0..self.num_layers {
+            let mut block = vec![
+                ("attn.c_q.weight", vec![d, d]),
+                ("attn.c_k.weight", vec![kv, d]),
+                ("attn.c_v.weight", vec![kv, d]),
+                ("attn.proj.weight", vec![d, d]),
+                ("attn.q_gain", vec![self.num_heads]),
+                ("mlp.fc.weight", vec![hidden, d]),
+                ("mlp.proj.weight", vec![d, hidden]),
+                ("attn_scale", vec![d]),
+                ("mlp_scale", vec![d]),
+                ("resid_mix", vec![2, d]),
+            ];
+            if self.norm_weights {
+                block.extend([("attn_norm.weight", vec![d]), ("mlp_norm.weight", vec![d])]);
+            }
+            out.extend(
+                block
+                    .into_iter()
+                    .map(|(name, shape)| (format!("blocks.{i}.{name}"), shape)),
+            );
+        }
+        if self.banks {
+            // The slices give way to their banks (same count of parameters).
+            let banks = bank_slices(self.num_layers);
+            let shapes: std::collections::HashMap<String, Vec<usize>> =
+                out.iter().cloned().collect();
+            out.retain(|(name, _)| !banks.iter().any(|(_, slices)| slices.contains(name)));
+            for (bank, slices) in banks {
+                let mut shape = vec![slices.len()];
+                shape.extend(&shapes[&slices[0]]);
+                out.push((bank.to_string(), shape));
+            }
+        }
+        if !self.tie_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, d]));
+        }
+        if self.smear_gate {
+            out.push(("smear.gate".to_string(), vec![d]));
+        }
+        let mut table = |prefix: &str, rows: usize, dim: usize, width: usize| {
+            out.push((format!("{prefix}.embed.weight"), vec![rows, dim]));
+            if dim != width {
+                out.push((format!("{prefix}.proj.weight"), vec![width, dim]));
+            }
+            out.push((format!("{prefix}.scale"), vec![]));
+        };
+        if let Some(b) = &self.bigram {
+            table("bigram", b.buckets, b.dim, d);
+        }
+        if let Some(ve) = &self.value_embed {
+            table("ve_shared", v, ve.dim, kv);
+            out.extend((0..ve.layers.len()).map(|k| (format!("ve_layer_scales.{k}"), vec![1])));
+        }
+        out
     }
 
     /// Total trainable parameters, counted from the shapes (the baseline: 17,059,912).
     pub fn num_params(&self) -> usize {
-        let embed = self.vocab_size * self.model_dim;
-        let head = if self.tie_embeddings { 0 } else { embed };
-        embed
-            + head
-            + self.num_skip_weights() * self.model_dim
-            + self.num_layers * self.block_params()
+        self.parameter_shapes()
+            .iter()
+            .map(|(_, shape)| shape.iter().product::<usize>())
+            .sum()
     }
 
     /// Checks the shape constraints the model relies on (as upstream's constructor does).
@@ -164,6 +353,44 @@ impl ModelConfig {
                 "model config: logit_softcap must be positive, got {}",
                 self.logit_softcap
             );
+        }
+        let rd = self.rope_dims();
+        if rd == 0 || !rd.is_multiple_of(2) || rd > self.head_dim() {
+            bail!(
+                "model config: rope_dims {rd} must be even and in 2..={}",
+                self.head_dim()
+            );
+        }
+        if self.rope_ntk_len == Some(0) || (self.rope_ntk_len.is_some() && rd <= 2) {
+            bail!("model config: rope_ntk_len must be positive and needs rope_dims > 2");
+        }
+        if self.mlp_hidden == Some(0) {
+            bail!("model config: mlp_hidden must be positive");
+        }
+        if self.xsa_last_n > self.num_layers {
+            bail!(
+                "model config: xsa_last_n {} exceeds num_layers {}",
+                self.xsa_last_n,
+                self.num_layers
+            );
+        }
+        if let Some(b) = &self.bigram {
+            if b.buckets < 2 || b.dim == 0 {
+                bail!("model config: bigram needs buckets ≥ 2 and dim > 0");
+            }
+        }
+        if let Some(v) = &self.value_embed {
+            if v.dim == 0 {
+                bail!("model config: value_embed.dim must be positive");
+            }
+            for (k, &l) in v.layers.iter().enumerate() {
+                if l >= self.num_layers || v.layers[..k].contains(&l) {
+                    bail!(
+                        "model config: value_embed.layers has {l}: layers must be distinct and below num_layers {}",
+                        self.num_layers
+                    );
+                }
+            }
         }
         if let Activation::LeakyRelu2(slope) = self.activation {
             if !slope.is_finite() {

@@ -30,7 +30,9 @@ pub mod score;
 
 pub use artifact::{Artifact, DecodedTensor};
 pub use codec::Codec;
-pub use config::{Activation, ModelConfig, CONTROL_PATTERNS};
+pub use config::{
+    bank_slices, Activation, BigramHash, InitScheme, ModelConfig, ValueEmbedding, CONTROL_PATTERNS,
+};
 pub use container::{Encoding, Scale, StoredTensor};
 pub use data::{read_shard, val_target_bytes, val_tokens, ByteLut};
 pub use dtype::DType;

@@ -29,6 +29,8 @@ struct Block {
     attn_scale: Vec<f32>,
     mlp_scale: Vec<f32>,
     resid_mix: Vec<f32>,
+    /// `attn_norm.weight`, `mlp_norm.weight` when the norms are learnable.
+    norm_weights: Option<[Vec<f32>; 2]>,
 }
 
 pub struct Model {
@@ -37,6 +39,59 @@ pub struct Model {
     lm_head: Option<Mat>,
     skip_weights: Vec<f32>,
     blocks: Vec<Block>,
+    /// SmearGate's `smear.gate` `[d]`.
+    smear_gate: Option<Vec<f32>>,
+    /// BigramHash's `bigram.*`.
+    bigram: Option<Table>,
+    /// The value embedding's `ve_shared.*` and its per-layer scales `ve_layer_scales.{k}`.
+    value_embed: Option<(Table, Vec<f32>)>,
+}
+
+/// A token table, its optional projection and its scalar scale: `scale · proj(embed[id])`.
+struct Table {
+    embed: Mat,
+    proj: Option<Mat>,
+    scale: f32,
+}
+
+impl Table {
+    fn take(t: &mut Tensors, prefix: &str, rows: usize, dim: usize, width: usize) -> Result<Table> {
+        Ok(Table {
+            embed: t.mat(&format!("{prefix}.embed.weight"), rows, dim)?,
+            proj: match dim == width {
+                true => None,
+                false => Some(t.mat(&format!("{prefix}.proj.weight"), width, dim)?),
+            },
+            scale: t.take(&format!("{prefix}.scale"), &[])?[0],
+        })
+    }
+
+    /// The rows of `ids`, projected and scaled: `[ids.len(), width]`.
+    fn rows(&self, ids: impl Iterator<Item = usize>) -> Vec<f32> {
+        let dim = self.embed.cols;
+        let rows: Vec<f32> = ids
+            .flat_map(|id| self.embed.data[id * dim..][..dim].iter().copied())
+            .collect();
+        let mut out = match &self.proj {
+            Some(p) => linear(&rows, p),
+            None => rows,
+        };
+        out.iter_mut().for_each(|v| *v *= self.scale);
+        out
+    }
+}
+
+/// R0322's bigram hash of one window: position 0 → `B−1`; position t → `(36313·x_t XOR
+/// 27191·x_{t−1}) mod (B−1)`, in the record's int32 arithmetic.
+fn bigram_hash(ids: &[u16], buckets: usize) -> impl Iterator<Item = usize> + '_ {
+    let m = buckets as i32 - 1;
+    (0..ids.len()).map(move |t| match t {
+        0 => m as usize,
+        _ => {
+            let (cur, prev) = (ids[t] as i32, ids[t - 1] as i32);
+            (36313i32.wrapping_mul(cur) ^ 27191i32.wrapping_mul(prev)).rem_euclid(m) as usize
+        }
+    })
 }
 
 /// The decoded tensors, handed out once each by name and shape.
@@ -98,11 +153,36 @@ impl Model {
                 attn_scale: t.take(&n("attn_scale"), &[d])?,
                 mlp_scale: t.take(&n("mlp_scale"), &[d])?,
                 resid_mix: t.take(&n("resid_mix"), &[2, d])?,
+                norm_weights: match cfg.norm_weights {
+                    true => Some([
+                        t.take(&n("attn_norm.weight"), &[d])?,
+                        t.take(&n("mlp_norm.weight"), &[d])?,
+                    ]),
+                    false => None,
+                },
             });
         }
         let lm_head = match cfg.tie_embeddings {
             true => None,
             false => Some(t.mat("lm_head.weight", v, d)?),
+        };
+        let smear_gate = match cfg.smear_gate {
+            true => Some(t.take("smear.gate", &[d])?),
+            false => None,
+        };
+        let bigram = match &cfg.bigram {
+            Some(b) => Some(Table::take(&mut t, "bigram", b.buckets, b.dim, d)?),
+            None => None,
+        };
+        let value_embed = match &cfg.value_embed {
+            Some(ve) => {
+                let table = Table::take(&mut t, "ve_shared", v, ve.dim, kv)?;
+                let scales = (0..ve.layers.len())
+                    .map(|k| Ok(t.take(&format!("ve_layer_scales.{k}"), &[1])?[0]))
+                    .collect::<Result<Vec<f32>>>()?;
+                Some((table, scales))
+            }
+            None => None,
         };
         if let Some(name) = t.0.keys().min() {
             bail!("unexpected tensor {name} (not a parameter of this model)");
@@ -113,6 +193,9 @@ impl Model {
             lm_head,
             skip_weights,
             blocks,
+            smear_gate,
+            bigram,
+            value_embed,
         })
     }
 
@@ -133,13 +216,24 @@ impl Model {
                 cfg.vocab_size
             );
         }
-        // h = rms(E[x]); x0 = h.
+        // h = smear(rms(E[x] + bigram(x))); x0 = h.
         let mut h: Vec<f32> = inputs
             .iter()
             .flat_map(|&id| self.tok_emb.data[id as usize * d..][..d].iter().copied())
             .collect();
+        if let (Some(table), Some(b)) = (&self.bigram, &cfg.bigram) {
+            let rows = table.rows(bigram_hash(inputs, b.buckets));
+            h.iter_mut().zip(rows).for_each(|(x, r)| *x += r);
+        }
         rms_norm(&mut h, d);
+        if let Some(gate) = &self.smear_gate {
+            smear(&mut h, gate);
+        }
         let x0 = h.clone();
+        let ve = self
+            .value_embed
+            .as_ref()
+            .map(|(table, _)| table.rows(inputs.iter().map(|&id| id as usize)));
         let rope = Rope::new(cfg, inputs.len());
         // U-Net: the encoder half pushes its outputs; each decoder block first adds the last one.
         let enc = cfg.num_encoder_layers();
@@ -150,7 +244,13 @@ impl Model {
                     add_scaled(&mut h, &self.skip_weights[(i - enc) * d..][..d], &skip);
                 }
             }
-            self.block(b, &mut h, &x0, &rope);
+            let ve_i = match (&self.value_embed, cfg.value_embed_slot(i), &ve) {
+                (Some((_, scales)), Some(k), Some(ve)) => {
+                    Some(ve.iter().map(|v| v * scales[k]).collect::<Vec<f32>>())
+                }
+                _ => None,
+            };
+            self.block(i, b, &mut h, &x0, &rope, ve_i.as_deref());
             if i < enc {
                 skips.push(h.clone());
             }
@@ -160,8 +260,17 @@ impl Model {
         Ok(self.head_nll(&last, targets))
     }
 
-    /// `h = m0⊙h + m1⊙x0; h += a_s⊙Attn(rms(h)); h += m_s⊙MLP(rms(h))`.
-    fn block(&self, b: &Block, h: &mut [f32], x0: &[f32], rope: &Rope) {
+    /// `h = m0⊙h + m1⊙x0; h += a_s⊙Attn(s·rms(h)); h += m_s⊙MLP(s·rms(h))`, s the layer's LN
+    /// scale (1 when off), `ve` its value embedding.
+    fn block(
+        &self,
+        i: usize,
+        b: &Block,
+        h: &mut [f32],
+        x0: &[f32],
+        rope: &Rope,
+        ve: Option<&[f32]>,
+    ) {
         let d = self.cfg.model_dim;
         let (m0, m1) = b.resid_mix.split_at(d);
         for (row, row0) in h.chunks_mut(d).zip(x0.chunks(d)) {
@@ -169,19 +278,33 @@ impl Model {
                 row[c] = m0[c] * row[c] + m1[c] * row0[c];
             }
         }
-        let attn = self.attention(b, &normed(h, d), rope);
+        let s = self.cfg.ln_scale_factor(i) as f32;
+        let w = |k: usize| b.norm_weights.as_ref().map(|w| w[k].as_slice());
+        let attn = self.attention(i, b, &normed(h, d, w(0), s), rope, ve);
         add_scaled(h, &b.attn_scale, &attn);
-        let mlp = self.mlp(b, &normed(h, d));
+        let mlp = self.mlp(b, &normed(h, d, w(1), s));
         add_scaled(h, &b.mlp_scale, &mlp);
     }
 
-    /// GQA causal self-attention: q, k RMS-normed per head and rotated, q scaled by its head's
-    /// gain; query head `h` reads kv head `h / (H / Hkv)`; scale `1/√hd`.
-    fn attention(&self, b: &Block, u: &[f32], rope: &Rope) -> Vec<f32> {
+    /// GQA causal self-attention: v plus the layer's value embedding; q, k RMS-normed per head
+    /// and rotated, q scaled by its head's gain; query head `h` reads kv head `h / (H / Hkv)`;
+    /// scale `1/√hd`; in XSA layers each head's output loses its component along its normalised
+    /// value.
+    fn attention(
+        &self,
+        layer: usize,
+        b: &Block,
+        u: &[f32],
+        rope: &Rope,
+        ve: Option<&[f32]>,
+    ) -> Vec<f32> {
         let cfg = &self.cfg;
         let (heads, hd, d, kvd) = (cfg.num_heads, cfg.head_dim(), cfg.model_dim, cfg.kv_dim());
         let group = heads / cfg.num_kv_heads;
-        let (mut q, mut k, v) = (linear(u, &b.c_q), linear(u, &b.c_k), linear(u, &b.c_v));
+        let (mut q, mut k, mut v) = (linear(u, &b.c_q), linear(u, &b.c_k), linear(u, &b.c_v));
+        if let Some(ve) = ve {
+            v.iter_mut().zip(ve).for_each(|(x, e)| *x += e);
+        }
         for (t, row) in q.chunks_mut(d).enumerate() {
             for (head, x) in row.chunks_mut(hd).enumerate() {
                 rms_norm(x, hd);
@@ -212,6 +335,14 @@ impl Model {
                     let w = pj / sum;
                     for (o, x) in out.iter_mut().zip(&v[j * kvd + off..][..hd]) {
                         *o += w * x;
+                    }
+                }
+                if cfg.xsa(layer) {
+                    let vi = &v[i * kvd + off..][..hd];
+                    let norm = dot(vi, vi).sqrt().max(1e-12);
+                    let along = dot(out, vi) / norm;
+                    for (o, x) in out.iter_mut().zip(vi) {
+                        *o -= along * (x / norm);
                     }
                 }
             }
@@ -252,8 +383,9 @@ impl Model {
     }
 }
 
-/// Half-split RoPE tables for positions `0..t`: `inv_freq_i = 1 / base^(2i/hd)`, θ = t·inv_freq,
-/// all in f32 as upstream builds them.
+/// Half-split RoPE tables for positions `0..t` over the first `rd` dims of a head: `inv_freq_i =
+/// 1 / base^(2i/rd)`, θ = t·inv_freq, all in f32 as upstream builds them; past `rope_ntk_len` the
+/// base is `base·(t/len)^(rd/(rd−2))` (R0322's rescale).
 struct Rope {
     half: usize,
     cos: Vec<f32>,
@@ -262,24 +394,30 @@ struct Rope {
 
 impl Rope {
     fn new(cfg: &ModelConfig, t: usize) -> Rope {
-        let (hd, base) = (cfg.head_dim(), cfg.rope_base as f32);
-        let inv: Vec<f32> = (0..hd / 2)
-            .map(|i| 1.0 / base.powf((2 * i) as f32 / hd as f32))
+        let rd = cfg.rope_dims();
+        let mut base = cfg.rope_base;
+        if let Some(len) = cfg.rope_ntk_len.filter(|&len| t > len) {
+            base *= (t as f64 / len as f64).powf(rd as f64 / (rd as f64 - 2.0));
+        }
+        let base = base as f32;
+        let inv: Vec<f32> = (0..rd / 2)
+            .map(|i| 1.0 / base.powf((2 * i) as f32 / rd as f32))
             .collect();
         let theta: Vec<f32> = (0..t)
             .flat_map(|p| inv.iter().map(move |f| p as f32 * f))
             .collect();
         Rope {
-            half: hd / 2,
+            half: rd / 2,
             cos: theta.iter().map(|a| a.cos()).collect(),
             sin: theta.iter().map(|a| a.sin()).collect(),
         }
     }
 
-    /// `[x1 cos + x2 sin, x2 cos − x1 sin]` for one head's vector at position `t`.
+    /// `[x1 cos + x2 sin, x2 cos − x1 sin]` over the rotated dims of one head's vector at
+    /// position `t`; the rest pass through.
     fn rotate(&self, x: &mut [f32], t: usize) {
         let (c, s) = (&self.cos[t * self.half..], &self.sin[t * self.half..]);
-        let (x1, x2) = x.split_at_mut(self.half);
+        let (x1, x2) = x[..2 * self.half].split_at_mut(self.half);
         for i in 0..self.half {
             let (a, b) = (x1[i], x2[i]);
             x1[i] = a * c[i] + b * s[i];
@@ -298,10 +436,31 @@ fn rms_norm(x: &mut [f32], width: usize) {
     }
 }
 
-fn normed(x: &[f32], width: usize) -> Vec<f32> {
+/// `s · (w ⊙ rms(x))` per row (`w` the norm's weight, if it has one).
+fn normed(x: &[f32], width: usize, w: Option<&[f32]>, s: f32) -> Vec<f32> {
     let mut y = x.to_vec();
     rms_norm(&mut y, width);
+    if let Some(w) = w {
+        for row in y.chunks_mut(width) {
+            row.iter_mut().zip(w).for_each(|(v, g)| *v *= g);
+        }
+    }
+    if s != 1.0 {
+        y.iter_mut().for_each(|v| *v *= s);
+    }
     y
+}
+
+/// SmearGate v1 in place: `x_t ← (1 − σ(g))⊙x_t + σ(g)⊙x_{t−1}` (the pre-smear `x_{t−1}`, 0 at t=0).
+fn smear(h: &mut [f32], gate: &[f32]) {
+    let d = gate.len();
+    let g: Vec<f32> = gate.iter().map(|v| 1.0 / (1.0 + (-v).exp())).collect();
+    for t in (0..h.len() / d).rev() {
+        for c in 0..d {
+            let prev = if t == 0 { 0.0 } else { h[(t - 1) * d + c] };
+            h[t * d + c] = (1.0 - g[c]) * h[t * d + c] + g[c] * prev;
+        }
+    }
 }
 
 /// `h += s ⊙ y`, with `s` one value per column.

@@ -1,5 +1,7 @@
 // RMSNorm rows (no weight), forward and backward, alone or fused with the block entry's residual mix
-//   xm = m0 ⊙ x + m1 ⊙ x0,   n = xm / sqrt(mean(xm²) + eps)
+//   xm = m0 ⊙ x + m1 ⊙ x0,   n = f · xm / sqrt(mean(xm²) + eps)
+// with an output factor f (R0322's LN scale 1/√(i+1) in block i; 1 for the plain norm: r·1 is r
+// exactly, so f = 1 is bit-identical to the norm without it).
 // Header-free for NVRTC (bf16 as unsigned short; helpers from common.cuh); all math in f32.
 //
 // Layout: row-major [N, d] bf16 rows, one warp per row (no shared memory, no block syncs in the row
@@ -12,7 +14,7 @@
 // exactly "xm, then rms_norm(xm)". The backward recomputes the rounded xm from x and x0 with the
 // same fmaf (bit-identical) instead of saving it.
 // Backward, from dxm and dn (r = 1/sqrt(mean(xm²) + eps), n̂ = r·xm):
-//   dt  = dxm + r·(dn − n̂·mean(dn·n̂))
+//   dt  = dxm + f·r·(dn − n̂·mean(dn·n̂))
 //   dx  = m0 ⊙ dt,  dx0 = m1 ⊙ dt,  dm0 = Σ_rows dt ⊙ x,  dm1 = Σ_rows dt ⊙ x0
 // The mix gradient is written as per-block partial sums [gridDim.x, 2, d] (warps summed in fixed
 // order through shared memory), reduced by the caller: deterministic, no atomics.
@@ -60,7 +62,7 @@ __device__ __forceinline__ float row_rstd(const float (&v)[K][8], int lane, int 
     return rsqrtf(warp_sum(ss) / (float)d + eps);
 }
 
-// Forward: the normalised row r·v, stored to the row at `out`.
+// Forward: the normalised row r·v (r including the output factor), stored to the row at `out`.
 template <int K>
 __device__ __forceinline__ void store_normalised(unsigned short* __restrict__ out, float (&v)[K][8],
                                                  float r, int lane, int d) {
@@ -100,7 +102,8 @@ __device__ __forceinline__ void mix_norm_forward_impl(const unsigned short* __re
                                                       const float* __restrict__ mix,
                                                       unsigned short* __restrict__ xm_out,
                                                       unsigned short* __restrict__ n_out,
-                                                      long long n_rows, int d, float eps) {
+                                                      long long n_rows, int d, float eps,
+                                                      float scale) {
     const int lane = threadIdx.x & 31;
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
     for (long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < n_rows;
@@ -119,7 +122,7 @@ __device__ __forceinline__ void mix_norm_forward_impl(const unsigned short* __re
                 store8(xm_out + row * d + col, xm[k]);  // already bf16 values: exact
             }
         }
-        store_normalised<K>(n_out + row * d, xm, row_rstd<K>(xm, lane, d, eps), lane, d);
+        store_normalised<K>(n_out + row * d, xm, row_rstd<K>(xm, lane, d, eps) * scale, lane, d);
     }
 }
 
@@ -129,7 +132,7 @@ __device__ __forceinline__ void mix_norm_backward_impl(
     const float* __restrict__ mix, const unsigned short* __restrict__ dxm,
     const unsigned short* __restrict__ dn, unsigned short* __restrict__ dx,
     unsigned short* __restrict__ dx0, float* __restrict__ dmix_partial, long long n_rows, int d,
-    float eps) {
+    float eps, float scale) {
     __shared__ float block_acc[WARPS_PER_BLOCK * 2 * MAX_D];
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
@@ -156,6 +159,7 @@ __device__ __forceinline__ void mix_norm_backward_impl(
         }
         const float r = row_rstd<K>(nh, lane, d, eps);
         const float mean = normalise_mean_dot<K>(nh, g, r, lane, d);
+        const float rs = r * scale;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int col = k * 256 + lane * 8;
@@ -166,7 +170,7 @@ __device__ __forceinline__ void mix_norm_backward_impl(
                 load8_f32(mix + d + col, m1);
 #pragma unroll
                 for (int i = 0; i < 8; ++i) {
-                    dt[i] = fmaf(r, fmaf(-nh[k][i], mean, g[k][i]), dt[i]);
+                    dt[i] = fmaf(rs, fmaf(-nh[k][i], mean, g[k][i]), dt[i]);
                     out0[i] = m0[i] * dt[i];
                     out1[i] = m1[i] * dt[i];
                     acc0[k][i] = fmaf(dt[i], a[k][i], acc0[k][i]);
@@ -200,7 +204,8 @@ __device__ __forceinline__ void mix_norm_backward_impl(
 template <int K>
 __device__ __forceinline__ void rms_norm_forward_impl(const unsigned short* __restrict__ x,
                                                       unsigned short* __restrict__ y,
-                                                      long long n_rows, int d, float eps) {
+                                                      long long n_rows, int d, float eps,
+                                                      float scale) {
     const int lane = threadIdx.x & 31;
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
     for (long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < n_rows;
@@ -211,16 +216,17 @@ __device__ __forceinline__ void rms_norm_forward_impl(const unsigned short* __re
             const int col = k * 256 + lane * 8;
             if (col < d) load8(x + row * d + col, v[k]);
         }
-        store_normalised<K>(y + row * d, v, row_rstd<K>(v, lane, d, eps), lane, d);
+        store_normalised<K>(y + row * d, v, row_rstd<K>(v, lane, d, eps) * scale, lane, d);
     }
 }
 
-// dx = r·(dy − ŷ·mean(dy·ŷ)), ŷ = r·x.
+// dx = f·r·(dy − ŷ·mean(dy·ŷ)), ŷ = r·x.
 template <int K>
 __device__ __forceinline__ void rms_norm_backward_impl(const unsigned short* __restrict__ x,
                                                        const unsigned short* __restrict__ dy,
                                                        unsigned short* __restrict__ dx,
-                                                       long long n_rows, int d, float eps) {
+                                                       long long n_rows, int d, float eps,
+                                                       float scale) {
     const int lane = threadIdx.x & 31;
     const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
     for (long long row = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); row < n_rows;
@@ -236,12 +242,13 @@ __device__ __forceinline__ void rms_norm_backward_impl(const unsigned short* __r
         }
         const float r = row_rstd<K>(v, lane, d, eps);
         const float mean = normalise_mean_dot<K>(v, g, r, lane, d);
+        const float rs = r * scale;
 #pragma unroll
         for (int k = 0; k < K; ++k) {
             const int col = k * 256 + lane * 8;
             if (col < d) {
 #pragma unroll
-                for (int i = 0; i < 8; ++i) g[k][i] = r * fmaf(-v[k][i], mean, g[k][i]);
+                for (int i = 0; i < 8; ++i) g[k][i] = rs * fmaf(-v[k][i], mean, g[k][i]);
                 store8(dx + row * d + col, g[k]);
             }
         }
@@ -252,24 +259,27 @@ __device__ __forceinline__ void rms_norm_backward_impl(const unsigned short* __r
 #define NORM_KERNELS(K)                                                                           \
     extern "C" __global__ void mix_norm_forward_k##K(                                             \
         const unsigned short* x, const unsigned short* x0, const float* mix, unsigned short* xm, \
-        unsigned short* n, long long n_rows, int d, float eps) {                                  \
-        mix_norm_forward_impl<K>(x, x0, mix, xm, n, n_rows, d, eps);                              \
+        unsigned short* n, long long n_rows, int d, float eps, float scale) {                     \
+        mix_norm_forward_impl<K>(x, x0, mix, xm, n, n_rows, d, eps, scale);                       \
     }                                                                                             \
     extern "C" __global__ void mix_norm_backward_k##K(                                            \
         const unsigned short* x, const unsigned short* x0, const float* mix,                      \
         const unsigned short* dxm, const unsigned short* dn, unsigned short* dx,                  \
-        unsigned short* dx0, float* dmix_partial, long long n_rows, int d, float eps) {           \
-        mix_norm_backward_impl<K>(x, x0, mix, dxm, dn, dx, dx0, dmix_partial, n_rows, d, eps);    \
+        unsigned short* dx0, float* dmix_partial, long long n_rows, int d, float eps,             \
+        float scale) {                                                                            \
+        mix_norm_backward_impl<K>(x, x0, mix, dxm, dn, dx, dx0, dmix_partial, n_rows, d, eps,     \
+                                  scale);                                                         \
     }                                                                                             \
     extern "C" __global__ void rms_norm_forward_k##K(const unsigned short* x, unsigned short* y,  \
-                                                     long long n_rows, int d, float eps) {        \
-        rms_norm_forward_impl<K>(x, y, n_rows, d, eps);                                           \
+                                                     long long n_rows, int d, float eps,          \
+                                                     float scale) {                               \
+        rms_norm_forward_impl<K>(x, y, n_rows, d, eps, scale);                                    \
     }                                                                                             \
     extern "C" __global__ void rms_norm_backward_k##K(const unsigned short* x,                    \
                                                       const unsigned short* dy,                   \
                                                       unsigned short* dx, long long n_rows,       \
-                                                      int d, float eps) {                         \
-        rms_norm_backward_impl<K>(x, dy, dx, n_rows, d, eps);                                     \
+                                                      int d, float eps, float scale) {            \
+        rms_norm_backward_impl<K>(x, dy, dx, n_rows, d, eps, scale);                              \
     }
 
 NORM_KERNELS(1)

@@ -1,7 +1,8 @@
 //! The GPU check of pgolf-kernels: every fused op against its plain-tch reference under autograd,
 //! at the baseline's shapes (B·T = 65,536 rows, d 512, 8 heads, 4 kv heads, head_dim 64,
-//! hidden 1024, vocab 1024), forward and backward, with max errors and timings; then an op on a
-//! fresh thread. Prints one line per comparison and a summary; exits 1 on any failure. The checks
+//! hidden 1024, vocab 1024) and R0322's (partial RoPE 16 of 64 at T 2048 with the NTK rescale,
+//! LN scale as the norms' output factor, XSA, SmearGate), forward and backward, with max errors
+//! and timings against the tch ops each replaced; then an op on a fresh thread. Prints one line per comparison and a summary; exits 1 on any failure. The checks
 //! that need pgolf-model (the ops inside a CUDA graph capture, the whole model's formulations)
 //! are pgolf-model's `examples/check_model_gpu.rs`.
 //!
@@ -30,8 +31,13 @@ const CHECKS: &[(&str, CheckFn<Ctx>)] = &[
     ("relu_square", check_relu_square),
     ("softcap_cross_entropy", check_softcap_cross_entropy),
     ("qkv_norm_rope", check_qkv_norm_rope),
+    ("qkv_norm_rope_partial", check_qkv_norm_rope_partial),
     ("mix_norm", check_mix_norm),
+    ("mix_norm_ln_scale", check_mix_norm_ln_scale),
     ("rms_norm", check_rms_norm),
+    ("rms_norm_ln_scale", check_rms_norm_ln_scale),
+    ("xsa", check_xsa),
+    ("smear_gate", check_smear_gate),
     ("fresh_thread", check_fresh_thread),
 ];
 
@@ -208,8 +214,9 @@ fn norm_shapes(cx: &Ctx) -> (i64, i64, i64, i64, i64, i64) {
 }
 
 /// The attention prologue in plain bf16 tch ops (one rms_norm over the q and k heads, RoPE as
-/// x·C + rotate(x)·S with the gains folded into bf16 tables: what the op replaced), for timing
-/// and context.
+/// x·C + rotate(x)·S with the gains folded into bf16 tables: what the op replaced; for partial
+/// RoPE the rotated dims so, the rest passed through, as the fast formulation's former tch
+/// path), for timing and context.
 fn qkv_current(
     qkv: &Tensor,
     cos: &Tensor,
@@ -221,10 +228,11 @@ fn qkv_current(
 ) -> [Tensor; 3] {
     let (b, t, _) = qkv.size3().unwrap();
     let ck = qkv.kind();
-    let c = Tensor::cat(&[cos, cos], -1).to_kind(ck).view([1, t, 1, hd]);
+    let rd = 2 * cos.size()[1];
+    let c = Tensor::cat(&[cos, cos], -1).to_kind(ck).view([1, t, 1, rd]);
     let s = Tensor::cat(&[sin, &(-sin)], -1)
         .to_kind(ck)
-        .view([1, t, 1, hd]);
+        .view([1, t, 1, rd]);
     let g = Tensor::cat(
         &[
             gain.shallow_clone(),
@@ -239,20 +247,67 @@ fn qkv_current(
         .narrow(2, (h + hkv) * hd, hkv * hd)
         .view([b, t, hkv, hd]);
     let qk = qk.rms_norm([hd], None::<Tensor>, None);
-    let half = hd / 2;
-    let rotated = Tensor::cat(&[qk.narrow(-1, half, half), qk.narrow(-1, 0, half)], -1);
-    let qk = (&qk * (&c * &g)).addcmul(&rotated, &(&s * &g));
+    let half = rd / 2;
+    let part = qk.narrow(-1, 0, rd);
+    let rotated = Tensor::cat(&[part.narrow(-1, half, half), part.narrow(-1, 0, half)], -1);
+    let part = (&part * (&c * &g)).addcmul(&rotated, &(&s * &g));
+    let qk = match rd == hd {
+        true => part,
+        false => Tensor::cat(&[part, qk.narrow(-1, rd, hd - rd) * &g], -1),
+    };
     [qk.narrow(2, 0, h), qk.narrow(2, h, hkv), v]
 }
 
+/// R0322's partial RoPE tables `[T, rd/2]` in f32: rd of the head rotated, base rescaled by
+/// (T/1024)^(rd/(rd−2)) (its NTK quirk: Rotary built for 1024 positions) when T > 1024.
+fn partial_rope_tables(t: i64, rd: i64, device: Device) -> (Tensor, Tensor) {
+    let opts = (Kind::Float, device);
+    let base = match t > 1024 {
+        true => 10_000.0 * (t as f64 / 1024.0).powf(rd as f64 / (rd as f64 - 2.0)),
+        false => 10_000.0,
+    };
+    let inv_freq = Tensor::scalar_tensor(base, opts)
+        .pow(&(Tensor::arange_start_step(0, rd, 2, opts) / rd as f64))
+        .reciprocal();
+    let freqs = Tensor::arange(t, opts).outer(&inv_freq);
+    (freqs.cos(), freqs.sin())
+}
+
+/// Whole-head RoPE at the baseline's shapes.
 fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
-    use qkv_norm_rope::{qkv_norm_rope, reference, QKV_NORM_ROPE};
     let (b, t, h, hkv, hd, _) = norm_shapes(cx);
+    let (cos, sin) = rope_tables(t, hd, cx.device);
+    qkv_norm_rope_case(cx, (b, t, h, hkv, hd), &cos, &sin)
+}
+
+/// R0322's partial RoPE: 16 of 64 dims at T 2048 with the NTK-rescaled tables (8 heads, 4 kv
+/// heads, B·T = 65,536 rows on CUDA; T 128, 2 heads of 64 on the CPU).
+fn check_qkv_norm_rope_partial(cx: &mut Ctx) -> Result<()> {
+    let (t, h, hkv, hd, rd) = match cx.device {
+        Device::Cpu => (128, 2, 1, 64, 16),
+        _ => (2048, 8, 4, 64, 16),
+    };
+    let (cos, sin) = partial_rope_tables(t, rd, cx.device);
+    qkv_norm_rope_case(cx, (cx.shapes.rows / t, t, h, hkv, hd), &cos, &sin)
+}
+
+/// qkv_norm_rope at `(B, T, H, Hkv, hd)` with tables `[T, rd/2]` (rd < hd: partial RoPE).
+fn qkv_norm_rope_case(
+    cx: &mut Ctx,
+    (b, t, h, hkv, hd): (i64, i64, i64, i64, i64),
+    cos: &Tensor,
+    sin: &Tensor,
+) -> Result<()> {
+    use qkv_norm_rope::{qkv_norm_rope, reference, QKV_NORM_ROPE};
     let w = (h + 2 * hkv) * hd;
+    println!(
+        "  info  B {b}, T {t}, {h} heads, {hkv} kv heads of {hd}, {} dims rotated",
+        2 * cos.size()[1]
+    );
     let eps = rms_norm::DEFAULT_EPS;
     let bf = (Kind::BFloat16, cx.device);
     let qkv0 = Tensor::randn([b, t, w], bf);
-    let (cos, sin) = rope_tables(t, hd, cx.device);
+    let (cos, sin) = (cos.shallow_clone(), sin.shallow_clone());
     let gain0 = Tensor::randn([h], (Kind::Float, cx.device)) * 0.1 + 1.5;
     // Output gradients in SDPA's layout ([B, H, T, hd] memory, seen as [B, T, H, hd]): strided.
     let grad_in = |n: i64| Tensor::randn([b, n, t, hd], bf).transpose(1, 2);
@@ -261,8 +316,8 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
     let run = |which: &str, dq: &Tensor, dk: &Tensor, dv: &Tensor| -> Result<Vec<Tensor>> {
         let (qkv, gain) = (leaf(qkv0.copy()), leaf(gain0.copy()));
         let (q, k, v) = match which {
-            "fused" => qkv_norm_rope(&qkv, &cos, &sin, &gain, eps)?,
-            "reference" => reference(&qkv, &cos, &sin, &gain, eps)?,
+            "fused" => qkv_norm_rope(&qkv, &cos, &sin, &gain, hd, eps)?,
+            "reference" => reference(&qkv, &cos, &sin, &gain, hd, eps)?,
             _ => qkv_current(&qkv, &cos, &sin, &gain, h, hkv, hd).into(),
         };
         let g = pgolf_kernels::grad(&[&q, &k, &v], &[dq, dk, dv], &[&qkv, &gain])?;
@@ -306,7 +361,7 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
     // What SDPA's backward actually hands the op (the layout the strided path is for).
     if cx.device != Device::Cpu {
         let (qkv, gain) = (leaf(qkv0.copy()), leaf(gain0.copy()));
-        let (q, k, v) = qkv_norm_rope(&qkv, &cos, &sin, &gain, eps)?;
+        let (q, k, v) = qkv_norm_rope(&qkv, &cos, &sin, &gain, hd, eps)?;
         let y = Tensor::scaled_dot_product_attention(
             &q.transpose(1, 2),
             &k.transpose(1, 2),
@@ -335,11 +390,12 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
         sin.shallow_clone(),
         gain0.shallow_clone(),
     ];
-    let fwd = QKV_NORM_ROPE.forward(&inputs, &[eps])?;
+    let scalars = [hd as f64, eps];
+    let fwd = QKV_NORM_ROPE.forward(&inputs, &scalars)?;
     cx.time_against(
         "forward",
         Some(4.0 * elems),
-        || QKV_NORM_ROPE.forward(&inputs, &[eps]).map(drop),
+        || QKV_NORM_ROPE.forward(&inputs, &scalars).map(drop),
         vec![
             (
                 "current bf16 ops forward",
@@ -350,7 +406,9 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
             ),
             (
                 "f32 reference forward",
-                Box::new(|| tch::no_grad(|| reference(&qkv0, &cos, &sin, &gain0, eps)).map(drop)),
+                Box::new(|| {
+                    tch::no_grad(|| reference(&qkv0, &cos, &sin, &gain0, hd, eps)).map(drop)
+                }),
             ),
         ],
     )?;
@@ -365,7 +423,7 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
         Some(6.0 * elems),
         || {
             QKV_NORM_ROPE
-                .backward(&fwd.saved, &strided, &[eps])
+                .backward(&fwd.saved, &strided, &scalars)
                 .map(drop)
         },
         vec![
@@ -373,14 +431,14 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
                 "backward after .contiguous() of the grads",
                 Box::new(|| {
                     let c: Vec<Tensor> = strided.iter().map(|g| g.contiguous()).collect();
-                    QKV_NORM_ROPE.backward(&fwd.saved, &c, &[eps]).map(drop)
+                    QKV_NORM_ROPE.backward(&fwd.saved, &c, &scalars).map(drop)
                 }),
             ),
             (
                 "backward, contiguous grads",
                 Box::new(|| {
                     QKV_NORM_ROPE
-                        .backward(&fwd.saved, &contiguous, &[eps])
+                        .backward(&fwd.saved, &contiguous, &scalars)
                         .map(drop)
                 }),
             ),
@@ -391,7 +449,7 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
         "forward+backward",
         Some(10.0 * elems),
         || {
-            let (q, k, v) = qkv_norm_rope(&qkv, &cos, &sin, &gain, eps)?;
+            let (q, k, v) = qkv_norm_rope(&qkv, &cos, &sin, &gain, hd, eps)?;
             pgolf_kernels::grad(&[&q, &k, &v], &[&dq, &dk, &dv], &[&qkv, &gain]).map(drop)
         },
         vec![
@@ -405,7 +463,7 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
             (
                 "f32 reference forward+backward",
                 Box::new(|| {
-                    let (q, k, v) = reference(&qkv, &cos, &sin, &gain, eps)?;
+                    let (q, k, v) = reference(&qkv, &cos, &sin, &gain, hd, eps)?;
                     pgolf_kernels::grad(&[&q, &k, &v], &[&dq, &dk, &dv], &[&qkv, &gain]).map(drop)
                 }),
             ),
@@ -414,8 +472,22 @@ fn check_qkv_norm_rope(cx: &mut Ctx) -> Result<()> {
     Ok(())
 }
 
+/// R0322's LN scale of its last block (1/√11), the largest reduction it applies.
+const LN_SCALE: f64 = 0.301_511_344_577_763_6;
+
 fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
+    mix_norm_case(cx, 1.0)
+}
+
+/// The norm with R0322's LN scale as its output factor, against the norm then `× f` in bf16
+/// (what the fast formulation did before).
+fn check_mix_norm_ln_scale(cx: &mut Ctx) -> Result<()> {
+    mix_norm_case(cx, LN_SCALE)
+}
+
+fn mix_norm_case(cx: &mut Ctx, scale: f64) -> Result<()> {
     use mix_norm::{mix_norm, reference, MIX_NORM};
+    println!("  info  output factor {scale}");
     let (_, _, _, _, _, d) = norm_shapes(cx);
     let n = cx.shapes.rows;
     let eps = rms_norm::DEFAULT_EPS;
@@ -429,14 +501,18 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
         let m = mix.to_kind(Kind::BFloat16);
         let xm = (x * m.get(0)).addcmul(&m.get(1), x0);
         let nn = xm.rms_norm([d], None::<Tensor>, None);
+        let nn = match scale == 1.0 {
+            true => nn,
+            false => nn * scale,
+        };
         (xm, nn)
     };
 
     let run = |which: &str| -> Result<Vec<Tensor>> {
         let (x, x0, mix) = (leaf(x0.copy()), leaf(x00.copy()), leaf(mix0.copy()));
         let (xm, nn) = match which {
-            "fused" => mix_norm(&x, &x0, &mix, eps)?,
-            "reference" => reference(&x, &x0, &mix, eps)?,
+            "fused" => mix_norm(&x, &x0, &mix, eps, scale)?,
+            "reference" => reference(&x, &x0, &mix, eps, scale)?,
             _ => current_fwd(&x, &x0, &mix),
         };
         let g = pgolf_kernels::grad(&[&xm, &nn], &[&dxm, &dn], &[&x, &x0, &mix])?;
@@ -468,12 +544,13 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
         x00.shallow_clone(),
         mix0.shallow_clone(),
     ];
-    let fwd = MIX_NORM.forward(&inputs, &[eps])?;
+    let scalars = [eps, scale];
+    let fwd = MIX_NORM.forward(&inputs, &scalars)?;
     let grads = [dxm.shallow_clone(), dn.shallow_clone()];
     cx.time_against(
         "forward",
         Some(8.0 * elems),
-        || MIX_NORM.forward(&inputs, &[eps]).map(drop),
+        || MIX_NORM.forward(&inputs, &scalars).map(drop),
         vec![
             (
                 "current bf16 ops forward",
@@ -484,19 +561,19 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
             ),
             (
                 "f32 reference forward",
-                Box::new(|| tch::no_grad(|| reference(&x0, &x00, &mix0, eps)).map(drop)),
+                Box::new(|| tch::no_grad(|| reference(&x0, &x00, &mix0, eps, scale)).map(drop)),
             ),
         ],
     )?;
     cx.time("fused backward", Some(12.0 * elems), || {
-        MIX_NORM.backward(&fwd.saved, &grads, &[eps]).map(drop)
+        MIX_NORM.backward(&fwd.saved, &grads, &scalars).map(drop)
     })?;
     let (x, x0, mix) = (leaf(x0.copy()), leaf(x00.copy()), leaf(mix0.copy()));
     cx.time_against(
         "forward+backward",
         Some(20.0 * elems),
         || {
-            let (xm, nn) = mix_norm(&x, &x0, &mix, eps)?;
+            let (xm, nn) = mix_norm(&x, &x0, &mix, eps, scale)?;
             pgolf_kernels::grad(&[&xm, &nn], &[&dxm, &dn], &[&x, &x0, &mix]).map(drop)
         },
         vec![
@@ -510,7 +587,7 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
             (
                 "f32 reference forward+backward",
                 Box::new(|| {
-                    let (xm, nn) = reference(&x, &x0, &mix, eps)?;
+                    let (xm, nn) = reference(&x, &x0, &mix, eps, scale)?;
                     pgolf_kernels::grad(&[&xm, &nn], &[&dxm, &dn], &[&x, &x0, &mix]).map(drop)
                 }),
             ),
@@ -520,8 +597,27 @@ fn check_mix_norm(cx: &mut Ctx) -> Result<()> {
 }
 
 fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
+    rms_norm_case(cx, 1.0)
+}
+
+/// The MLP's input norm with R0322's LN scale as its output factor, against libtorch's norm then
+/// `× f` (what the fast formulation did before).
+fn check_rms_norm_ln_scale(cx: &mut Ctx) -> Result<()> {
+    rms_norm_case(cx, LN_SCALE)
+}
+
+fn rms_norm_case(cx: &mut Ctx, scale: f64) -> Result<()> {
     use rms_norm::{reference, rms_norm, DEFAULT_EPS, RMS_NORM};
+    println!("  info  output factor {scale}");
     let (_, _, _, _, _, d) = norm_shapes(cx);
+    // libtorch's norm (as the literal formulation calls it), then the factor as its own op.
+    let torch = |x: &Tensor| {
+        let y = x.rms_norm([d], None::<Tensor>, None);
+        match scale == 1.0 {
+            true => y,
+            false => y * scale,
+        }
+    };
     let n = cx.shapes.rows;
     let bf = (Kind::BFloat16, cx.device);
     let x0 = Tensor::randn([n, d], bf) * 3.0;
@@ -529,9 +625,9 @@ fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
     let run = |which: &str| -> Result<Vec<Tensor>> {
         let x = leaf(x0.copy());
         let y = match which {
-            "fused" => rms_norm(&x, DEFAULT_EPS)?,
-            "reference" => reference(&x, DEFAULT_EPS),
-            _ => x.rms_norm([d], None::<Tensor>, None), // libtorch's, as the literal formulation calls it
+            "fused" => rms_norm(&x, DEFAULT_EPS, scale)?,
+            "reference" => reference(&x, DEFAULT_EPS, scale),
+            _ => torch(&x),
         };
         let dx = grad1(&y, &dy, &x)?;
         Ok(vec![y, dx])
@@ -539,40 +635,232 @@ fn check_rms_norm(cx: &mut Ctx) -> Result<()> {
     let (got, want) = (run("fused")?, run("reference")?);
     cx.compare("forward y", &got[0], &want[0], 1e-3, 1.0 / 128.0)?;
     cx.compare("backward dx", &got[1], &want[1], 2e-3, 1.0 / 64.0)?;
-    let torch = run("libtorch")?;
-    info_error("libtorch bf16 rms_norm: forward y", &torch[0], &want[0])?;
-    info_error("libtorch bf16 rms_norm: backward dx", &torch[1], &want[1])?;
+    let libtorch = run("libtorch")?;
+    info_error("libtorch bf16 rms_norm: forward y", &libtorch[0], &want[0])?;
+    info_error(
+        "libtorch bf16 rms_norm: backward dx",
+        &libtorch[1],
+        &want[1],
+    )?;
 
     let elems = (n * d) as f64;
     let inputs = [x0.shallow_clone()];
-    let fwd = RMS_NORM.forward(&inputs, &[DEFAULT_EPS])?;
+    let scalars = [DEFAULT_EPS, scale];
+    let fwd = RMS_NORM.forward(&inputs, &scalars)?;
     let grads = [dy.shallow_clone()];
     cx.time_against(
         "forward",
         Some(4.0 * elems),
-        || RMS_NORM.forward(&inputs, &[DEFAULT_EPS]).map(drop),
+        || RMS_NORM.forward(&inputs, &scalars).map(drop),
         vec![(
             "libtorch rms_norm forward",
             Box::new(|| {
-                tch::no_grad(|| drop(x0.rms_norm([d], None::<Tensor>, None)));
+                tch::no_grad(|| drop(torch(&x0)));
                 Ok(())
             }),
         )],
     )?;
     cx.time("fused backward", Some(6.0 * elems), || {
-        RMS_NORM
-            .backward(&fwd.saved, &grads, &[DEFAULT_EPS])
-            .map(drop)
+        RMS_NORM.backward(&fwd.saved, &grads, &scalars).map(drop)
     })?;
     let x = leaf(x0.copy());
     cx.time_against(
         "forward+backward",
         Some(10.0 * elems),
-        || grad1(&rms_norm(&x, DEFAULT_EPS)?, &dy, &x).map(drop),
+        || grad1(&rms_norm(&x, DEFAULT_EPS, scale)?, &dy, &x).map(drop),
         vec![(
             "libtorch rms_norm forward+backward",
-            Box::new(|| grad1(&x.rms_norm([d], None::<Tensor>, None), &dy, &x).map(drop)),
+            Box::new(|| grad1(&torch(&x), &dy, &x).map(drop)),
         )],
+    )?;
+    Ok(())
+}
+
+/// XSA in plain bf16 tch ops, as the literal formulation (pgolf-model's `addons::xsa`) runs it.
+fn xsa_current(y: &Tensor, v: &Tensor) -> Tensor {
+    let (b, t, h, hd) = y.size4().unwrap();
+    let hkv = v.size()[2];
+    let y = y.view([b, t, hkv, h / hkv, hd]);
+    let norm = v.norm_scalaropt_dim(2.0, [-1], true).clamp_min(1e-12);
+    let vn = (v / norm).unsqueeze(-2);
+    let along = (&y * &vn).sum_dim_intlist(&[-1i64][..], true, None::<Kind>) * vn;
+    (y - along).view([b, t, h, hd])
+}
+
+/// XSA at R0322's shapes (8 heads on 4 kv heads of 64, B·T = 65,536 rows at T 2048): `y` in
+/// SDPA's output layout, `v` as qkv_norm_rope returns it, the output gradient contiguous (as the
+/// output projection's backward gives it).
+fn check_xsa(cx: &mut Ctx) -> Result<()> {
+    use pgolf_kernels::ops::xsa::{reference, xsa, XSA};
+    let (t, h, hkv, hd) = match cx.device {
+        Device::Cpu => (128, 4, 2, 16),
+        _ => (2048, 8, 4, 64),
+    };
+    let b = cx.shapes.rows / t;
+    let bf = (Kind::BFloat16, cx.device);
+    let y0 = Tensor::randn([b, h, t, hd], bf).transpose(1, 2);
+    let v0 = Tensor::randn([b, t, hkv, hd], bf);
+    let g = Tensor::randn([b, t, h, hd], bf);
+    let run = |which: &str| -> Result<Vec<Tensor>> {
+        let (y, v) = (leaf(y0.copy()), leaf(v0.copy()));
+        let out = match which {
+            "fused" => xsa(&y, &v)?,
+            "reference" => reference(&y, &v)?,
+            _ => xsa_current(&y, &v),
+        };
+        let grads = pgolf_kernels::grad(&[&out], &[&g], &[&y, &v])?;
+        Ok([out].into_iter().chain(grads).collect())
+    };
+    let got = run("fused")?;
+    let want = run("reference")?;
+    let names = ["forward out", "backward dy", "backward dv"];
+    let tols = [(1e-3, 1.0 / 128.0), (2e-3, 1.0 / 64.0), (2e-3, 1.0 / 64.0)];
+    cx.compare_each(&names, &tols, &got, &want)?;
+    println!(
+        "  info  out contiguous {}; dy strides {:?} (y's {:?})",
+        got[0].is_contiguous(),
+        got[1].stride(),
+        y0.stride()
+    );
+    info_each("current bf16 ops", &names, &run("current")?, &want)?;
+
+    let (ey, ev) = ((b * t * h * hd) as f64, (b * t * hkv * hd) as f64);
+    let inputs = [y0.shallow_clone(), v0.shallow_clone()];
+    let fwd = XSA.forward(&inputs, &[])?;
+    let grads = [g.shallow_clone()];
+    cx.time_against(
+        "forward",
+        Some(2.0 * (2.0 * ey + ev)),
+        || XSA.forward(&inputs, &[]).map(drop),
+        vec![
+            (
+                "current bf16 ops forward",
+                Box::new(|| {
+                    tch::no_grad(|| drop(xsa_current(&y0, &v0)));
+                    Ok(())
+                }),
+            ),
+            (
+                "f32 reference forward",
+                Box::new(|| tch::no_grad(|| reference(&y0, &v0)).map(drop)),
+            ),
+        ],
+    )?;
+    cx.time("fused backward", Some(2.0 * (3.0 * ey + 2.0 * ev)), || {
+        XSA.backward(&fwd.saved, &grads, &[]).map(drop)
+    })?;
+    let (y, v) = (leaf(y0.copy()), leaf(v0.copy()));
+    // The transpose copy the projection needs without XSA (reshape of SDPA's layout), for scale.
+    cx.time("y.reshape([B, T, d]) copy (no XSA)", Some(4.0 * ey), || {
+        drop(y0.reshape([b, t, h * hd]));
+        Ok(())
+    })?;
+    cx.time_against(
+        "forward+backward",
+        Some(2.0 * (5.0 * ey + 3.0 * ev)),
+        || pgolf_kernels::grad(&[&xsa(&y, &v)?], &[&g], &[&y, &v]).map(drop),
+        vec![
+            (
+                "current bf16 ops forward+backward",
+                Box::new(|| {
+                    pgolf_kernels::grad(&[&xsa_current(&y, &v)], &[&g], &[&y, &v]).map(drop)
+                }),
+            ),
+            (
+                "f32 reference forward+backward",
+                Box::new(|| {
+                    pgolf_kernels::grad(&[&reference(&y, &v)?], &[&g], &[&y, &v]).map(drop)
+                }),
+            ),
+        ],
+    )?;
+    Ok(())
+}
+
+/// SmearGate in plain bf16 tch ops, as the literal formulation (pgolf-model's `Gpt::smear`) runs
+/// it.
+fn smear_current(x: &Tensor, gate: &Tensor) -> Tensor {
+    let g = gate.to_kind(x.kind()).sigmoid();
+    let t = x.size()[1];
+    let prev = Tensor::cat(&[x.narrow(1, 0, 1).zeros_like(), x.narrow(1, 0, t - 1)], 1);
+    (1f64 - &g) * x + g * prev
+}
+
+/// SmearGate at R0322's embedding (d 512, B·T = 65,536 rows at T 2048), a trained-looking gate.
+fn check_smear_gate(cx: &mut Ctx) -> Result<()> {
+    use pgolf_kernels::ops::smear_gate::{reference, smear_gate, SMEAR_GATE};
+    let (_, _, _, _, _, d) = norm_shapes(cx);
+    let t = match cx.device {
+        Device::Cpu => 128,
+        _ => 2048,
+    };
+    let b = cx.shapes.rows / t;
+    let bf = (Kind::BFloat16, cx.device);
+    let x0 = Tensor::randn([b, t, d], bf);
+    let gate0 = Tensor::randn([d], (Kind::Float, cx.device)) - 2.0;
+    let g = Tensor::randn([b, t, d], bf);
+    let run = |which: &str| -> Result<Vec<Tensor>> {
+        let (x, gate) = (leaf(x0.copy()), leaf(gate0.copy()));
+        let out = match which {
+            "fused" => smear_gate(&x, &gate)?,
+            "reference" => reference(&x, &gate)?,
+            _ => smear_current(&x, &gate),
+        };
+        let grads = pgolf_kernels::grad(&[&out], &[&g], &[&x, &gate])?;
+        Ok([out].into_iter().chain(grads).collect())
+    };
+    let got = run("fused")?;
+    let want = run("reference")?;
+    let names = ["forward out", "backward dx", "backward d gate (f32)"];
+    let tols = [(1e-3, 1.0 / 128.0), (1e-3, 1.0 / 128.0), (1e-4, 1e-3)];
+    cx.compare_each(&names, &tols, &got, &want)?;
+    cx.bitwise_equal("d gate run to run", &got[2], &run("fused")?[2])?;
+    info_each("current bf16 ops", &names, &run("current")?, &want)?;
+
+    let elems = (b * t * d) as f64;
+    let inputs = [x0.shallow_clone(), gate0.shallow_clone()];
+    let fwd = SMEAR_GATE.forward(&inputs, &[])?;
+    let grads = [g.shallow_clone()];
+    cx.time_against(
+        "forward",
+        Some(4.0 * elems),
+        || SMEAR_GATE.forward(&inputs, &[]).map(drop),
+        vec![
+            (
+                "current bf16 ops forward",
+                Box::new(|| {
+                    tch::no_grad(|| drop(smear_current(&x0, &gate0)));
+                    Ok(())
+                }),
+            ),
+            (
+                "f32 reference forward",
+                Box::new(|| tch::no_grad(|| reference(&x0, &gate0)).map(drop)),
+            ),
+        ],
+    )?;
+    cx.time("fused backward", Some(6.0 * elems), || {
+        SMEAR_GATE.backward(&fwd.saved, &grads, &[]).map(drop)
+    })?;
+    let (x, gate) = (leaf(x0.copy()), leaf(gate0.copy()));
+    cx.time_against(
+        "forward+backward",
+        Some(10.0 * elems),
+        || pgolf_kernels::grad(&[&smear_gate(&x, &gate)?], &[&g], &[&x, &gate]).map(drop),
+        vec![
+            (
+                "current bf16 ops forward+backward",
+                Box::new(|| {
+                    pgolf_kernels::grad(&[&smear_current(&x, &gate)], &[&g], &[&x, &gate]).map(drop)
+                }),
+            ),
+            (
+                "f32 reference forward+backward",
+                Box::new(|| {
+                    pgolf_kernels::grad(&[&reference(&x, &gate)?], &[&g], &[&x, &gate]).map(drop)
+                }),
+            ),
+        ],
     )?;
     Ok(())
 }

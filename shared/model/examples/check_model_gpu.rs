@@ -1,20 +1,25 @@
 //! The GPU checks that need pgolf-model (pgolf-kernels' own, op by op, are its
 //! `examples/check_kernels.rs`): the fused ops inside a CUDA graph capture (this crate's
-//! [`CudaGraph`], as the train stage uses it); the whole model in its two formulations at the
-//! baseline's shapes (9×512, vocab 1024, T 1024), literal and fast in bf16 against the f32 literal
-//! model; the fast model's training micro-step captured and replayed; and the time of a forward
-//! and backward in each formulation. Prints one line per comparison and a summary; exits 1 on any
-//! failure.
+//! [`CudaGraph`], as the train stage uses it); the whole model in its two formulations, literal
+//! and fast in bf16 against the f32 literal model, at the baseline's shapes (9×512, vocab 1024,
+//! T 1024) and at R0322's (11×512, MLP 3×, T 2048, partial RoPE 16 of 64 with the NTK rescale
+//! from 1024, XSA on the last 4, LN scale, SmearGate, BigramHash 2048×128, VE 128 on layers 9 and
+//! 10, orthogonal init); each fast model's training micro-step captured and replayed; and the
+//! time of a forward and backward in each formulation. Prints one line per comparison and a
+//! summary; exits 1 on any failure.
 //!
 //!     check_model_gpu [--device cuda|cpu] [--reps N] [--only NAME[,NAME...]]
 //!
-//! `--device cpu` runs the model checks on a tiny model through the ops' CPU paths (tch
-//! formulas), to test this harness without a GPU (the CUDA graph checks are skipped); timings
-//! there mean nothing.
+//! `--device cpu` runs the model checks through the ops' CPU paths (tch formulas), to test this
+//! harness without a GPU (the CUDA graph checks are skipped; timings there mean nothing), on a
+//! tiny baseline and on R0322 at reduced width (11 layers of 128, two heads of 64 with 16 rotated,
+//! T 32 with the rescale from 16, its options at reduced table sizes).
 //!
 //! The formulations' judge: in bf16 both differ from the f32 function by roundings; fast passes
 //! when its relative error (max|Δ|/max|ref| against the f32 literal model) is at most twice the
-//! literal formulation's, or below 2⁻⁸ (one bf16 rounding).
+//! literal formulation's, or below 2⁻⁸ (one bf16 rounding). For a gradient, "the literal's" is
+//! the largest literal error among the parameters of its kind (`blocks.*.attn.q_gain`): a small
+//! sum over every token has a cancellation-set error that varies by layer in both formulations.
 
 use std::process::ExitCode;
 
@@ -23,6 +28,7 @@ use pgolf_kernels::check::{
     grad1, leaf, rope_tables, run_checks, trained_mix, Args, CheckFn, Harness,
 };
 use pgolf_kernels::ops::{mix_norm, qkv_norm_rope, relu_square, rms_norm, softcap_cross_entropy};
+use pgolf_model::config::{BigramHash, InitScheme, ValueEmbedding};
 use pgolf_model::cuda::CudaGraph;
 use pgolf_model::{build, Formulation, Gpt, ModelConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -31,10 +37,28 @@ use tch::{nn, Device, Kind, Tensor};
 const CHECKS: &[(&str, CheckFn<Harness>)] = &[
     ("ops_cuda_graph", check_ops_in_cuda_graph),
     ("norm_ops_cuda_graph", check_norm_ops_in_cuda_graph),
-    ("model_formulations", check_model_formulations),
-    ("model_cuda_graph", check_model_in_cuda_graph),
-    ("model_timing", time_model),
+    ("model_formulations", |cx| {
+        check_model_formulations(cx, Model::Baseline)
+    }),
+    ("model_cuda_graph", |cx| {
+        check_model_in_cuda_graph(cx, Model::Baseline)
+    }),
+    ("model_timing", |cx| time_model(cx, Model::Baseline)),
+    ("r0322_formulations", |cx| {
+        check_model_formulations(cx, Model::R0322)
+    }),
+    ("r0322_cuda_graph", |cx| {
+        check_model_in_cuda_graph(cx, Model::R0322)
+    }),
+    ("r0322_timing", |cx| time_model(cx, Model::R0322)),
 ];
+
+/// The model a model check runs.
+#[derive(Clone, Copy, Debug)]
+enum Model {
+    Baseline,
+    R0322,
+}
 
 /// The baseline's shapes for the op checks (REFERENCE.md §3): rows = B·T of one micro-batch.
 struct OpShapes {
@@ -138,18 +162,18 @@ fn norms_step(
     let eps = rms_norm::DEFAULT_EPS;
     let [qkv, gain, x, x0, mix] = inputs;
     let ((q, k, v), (xm, nn), y) = if fused {
-        let (xm, nn) = mix_norm::mix_norm(x, x0, mix, eps)?;
-        let y = rms_norm::rms_norm(&xm, eps)?;
+        let (xm, nn) = mix_norm::mix_norm(x, x0, mix, eps, 1.0)?;
+        let y = rms_norm::rms_norm(&xm, eps, 1.0)?;
         (
-            qkv_norm_rope::qkv_norm_rope(qkv, cos, sin, gain, eps)?,
+            qkv_norm_rope::qkv_norm_rope(qkv, cos, sin, gain, OPS.head_dim, eps)?,
             (xm, nn),
             y,
         )
     } else {
-        let (xm, nn) = mix_norm::reference(x, x0, mix, eps)?;
-        let y = rms_norm::reference(&xm, eps);
+        let (xm, nn) = mix_norm::reference(x, x0, mix, eps, 1.0)?;
+        let y = rms_norm::reference(&xm, eps, 1.0);
         (
-            qkv_norm_rope::reference(qkv, cos, sin, gain, eps)?,
+            qkv_norm_rope::reference(qkv, cos, sin, gain, OPS.head_dim, eps)?,
             (xm, nn),
             y,
         )
@@ -231,9 +255,14 @@ fn check_norm_ops_in_cuda_graph(cx: &mut Harness) -> Result<()> {
     Ok(())
 }
 
-/// The model of the checks and its batch sizes: the baseline on CUDA (compared on 16 sequences,
-/// timed on a micro-batch of 64, as one GPU trains), a tiny model on the CPU.
-fn model_setup(device: Device) -> (ModelConfig, i64, i64) {
+/// The model of the checks and its batch sizes (sequences compared, sequences timed): on CUDA the
+/// baseline (compared on 16 sequences, timed on a micro-batch of 64, as one GPU trains) or R0322
+/// (8 and 48: 48 × 2048 = 98,304 tokens, an eighth of its 786,432-token step); on the CPU a tiny
+/// baseline or R0322 at reduced width.
+fn model_setup(device: Device, model: Model) -> (ModelConfig, i64, i64) {
+    if let Model::R0322 = model {
+        return r0322_setup(device);
+    }
     match device {
         Device::Cpu => (
             ModelConfig {
@@ -249,6 +278,59 @@ fn model_setup(device: Device) -> (ModelConfig, i64, i64) {
             2,
         ),
         _ => (ModelConfig::default(), 16, 64),
+    }
+}
+
+/// R0322's model (its record script's `GPT` as pipeline.yaml's `r0322` profile configures it):
+/// 11×512, 8 heads / 4 kv heads, MLP 3×, T 2048, partial RoPE 16 of 64 with the NTK rescale from
+/// 1024, XSA on the last 4 layers, LN scale, SmearGate, BigramHash 2048×128, VE 128 on layers 9
+/// and 10, orthogonal init. On the CPU the same options at width 128 (two heads of 64, one kv
+/// head, 16 dims rotated: the kernels' partial-RoPE geometry), T 32 rescaled from 16, tables
+/// BigramHash 64×32 and VE 32, vocab 64.
+fn r0322_setup(device: Device) -> (ModelConfig, i64, i64) {
+    let r0322 = ModelConfig {
+        num_layers: 11,
+        mlp_mult: 3,
+        seq_len: 2048,
+        rope_dims: Some(16),
+        rope_ntk_len: Some(1024),
+        xsa_last_n: 4,
+        ln_scale: true,
+        smear_gate: true,
+        bigram: Some(BigramHash {
+            buckets: 2048,
+            dim: 128,
+        }),
+        value_embed: Some(ValueEmbedding {
+            dim: 128,
+            layers: vec![9, 10],
+        }),
+        init: InitScheme::Orthogonal,
+        ..ModelConfig::default()
+    };
+    match device {
+        Device::Cpu => (
+            ModelConfig {
+                vocab_size: 64,
+                model_dim: 128,
+                num_heads: 2,
+                num_kv_heads: 1,
+                seq_len: 32,
+                rope_ntk_len: Some(16),
+                bigram: Some(BigramHash {
+                    buckets: 64,
+                    dim: 32,
+                }),
+                value_embed: Some(ValueEmbedding {
+                    dim: 32,
+                    layers: vec![9, 10],
+                }),
+                ..r0322
+            },
+            2,
+            2,
+        ),
+        _ => (r0322, 8, 48),
     }
 }
 
@@ -302,17 +384,19 @@ fn rel_error(got: &Tensor, want: &Tensor) -> Result<f64> {
     Ok(f64::try_from((&g - &w).abs().max())? / scale)
 }
 
-/// Judges fast against literal by their distances to the f32 reference (the module's rule).
-/// Prints failures and, with `verbose`, passes too; returns the ratio fast/literal.
+/// Judges fast against literal by their distances to the f32 reference (the module's rule), the
+/// literal's distance taken as at least `literal_floor`. Prints failures and, with `verbose`,
+/// passes too; returns the ratio fast/literal.
 fn judge(
     cx: &mut Harness,
     what: &str,
     (literal, fast, reference): (&Tensor, &Tensor, &Tensor),
+    literal_floor: f64,
     verbose: bool,
 ) -> Result<f64> {
     let (l, f) = (rel_error(literal, reference)?, rel_error(fast, reference)?);
     let finite = bool::try_from(fast.isfinite().all())?;
-    let ok = finite && (f <= 2.0 * l || f <= 1.0 / 256.0);
+    let ok = finite && (f <= 2.0 * l.max(literal_floor) || f <= 1.0 / 256.0);
     if verbose || !ok {
         println!(
             "  {:<5} {what:<34} rel err vs f32: literal {l:.3e}  fast {f:.3e}{}",
@@ -326,9 +410,15 @@ fn judge(
 
 /// The whole model, literal and fast in bf16, against the f32 literal model: logits, loss and
 /// every gradient (one line for the worst gradient, one per failing one).
-fn check_model_formulations(cx: &mut Harness) -> Result<()> {
+fn check_model_formulations(cx: &mut Harness, model: Model) -> Result<()> {
     let device = cx.device;
-    let (cfg, rows, _) = model_setup(device);
+    let (cfg, rows, _) = model_setup(device, model);
+    println!(
+        "  info  {model:?}: {} layers × {}, {} tokens",
+        cfg.num_layers,
+        cfg.model_dim,
+        rows * cfg.seq_len as i64
+    );
     let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
     let (x, y) = tokens(&cfg, rows, device);
     gpt.set_compute_kind(Kind::Float);
@@ -344,14 +434,35 @@ fn check_model_formulations(cx: &mut Harness) -> Result<()> {
         f64::try_from(&literal.1)?,
         f64::try_from(&fast.1)?
     );
-    judge(cx, "logits", (&literal.0, &fast.0, &reference.0), true)?;
-    judge(cx, "loss", (&literal.1, &fast.1, &reference.1), true)?;
+    judge(cx, "logits", (&literal.0, &fast.0, &reference.0), 0.0, true)?;
+    judge(cx, "loss", (&literal.1, &fast.1, &reference.1), 0.0, true)?;
+    // A gradient's literal error is the noise of bf16 for that kind of tensor, but for a small
+    // sum over every token (a q gain: H numbers, each Σ dq·u over B·T·hd terms) it is set by
+    // cancellation and varies from layer to layer by 10×, in both formulations alike; so each
+    // gradient is judged against the largest literal error of its kind (the name without its
+    // layer index) as well as its own.
+    let kind = |name: &str| -> String {
+        name.split('.')
+            .map(|p| match p.parse::<usize>() {
+                Ok(_) => "*",
+                Err(_) => p,
+            })
+            .collect::<Vec<_>>()
+            .join(".")
+    };
+    let mut floor = std::collections::HashMap::<String, f64>::new();
+    for (i, (name, _)) in gpt.named_parameters().iter().enumerate() {
+        let l = rel_error(&literal.2[i], &reference.2[i])?;
+        let e = floor.entry(kind(name)).or_insert(0.0);
+        *e = e.max(l);
+    }
     let mut worst = (0.0, String::new());
     for (i, (name, _)) in gpt.named_parameters().iter().enumerate() {
         let ratio = judge(
             cx,
             &format!("grad {name}"),
             (&literal.2[i], &fast.2[i], &reference.2[i]),
+            floor[&kind(name)],
             false,
         )?;
         if ratio > worst.0 {
@@ -376,13 +487,13 @@ fn micro_step(gpt: &Gpt, x: &Tensor, y: &Tensor) -> Result<Tensor> {
 
 /// The fast model's micro-step captured as a CUDA graph (after a warm-up on the side stream, as
 /// the train stage does), replayed on new tokens, against the same step run eagerly.
-fn check_model_in_cuda_graph(cx: &mut Harness) -> Result<()> {
+fn check_model_in_cuda_graph(cx: &mut Harness, model: Model) -> Result<()> {
     if cx.device == Device::Cpu {
         println!("  (skipped on the CPU)");
         return Ok(());
     }
     let device = cx.device;
-    let (cfg, rows, _) = model_setup(device);
+    let (cfg, rows, _) = model_setup(device, model);
     let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
     gpt.set_compute_kind(Kind::BFloat16);
     gpt.set_formulation(Formulation::Fast, device)?;
@@ -442,9 +553,9 @@ fn check_model_in_cuda_graph(cx: &mut Harness) -> Result<()> {
 
 /// Forward + backward of one micro-batch, and the forward alone without grad (evaluation), in
 /// each formulation (bf16, eager); the fast formulation's speed-up.
-fn time_model(cx: &mut Harness) -> Result<()> {
+fn time_model(cx: &mut Harness, model: Model) -> Result<()> {
     let device = cx.device;
-    let (cfg, _, rows) = model_setup(device);
+    let (cfg, _, rows) = model_setup(device, model);
     let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
     gpt.set_compute_kind(Kind::BFloat16);
     let (x, y) = tokens(&cfg, rows, device);
@@ -461,11 +572,13 @@ fn time_model(cx: &mut Harness) -> Result<()> {
         })?;
         ms.push((train, eval));
     }
+    let tokens = (rows * cfg.seq_len as i64) as f64;
     println!(
-        "  speed fast over literal: forward+backward {:.2}×, forward {:.2}× ({rows} × {} tokens)",
+        "  speed {model:?} fast over literal: forward+backward {:.2}×, forward {:.2}× ({rows} × {} tokens); fast forward+backward {:.1} ms per 786,432 tokens",
         ms[0].0 / ms[1].0,
         ms[0].1 / ms[1].1,
-        cfg.seq_len
+        cfg.seq_len,
+        ms[1].0 * 786_432.0 / tokens
     );
     Ok(())
 }

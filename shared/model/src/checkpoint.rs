@@ -4,9 +4,71 @@
 //! file and the tensor. Dtypes convert to the variable's dtype.
 
 use anyhow::{anyhow, bail, Result};
+use pgolf_evaluator::{bank_slices, ModelConfig};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use tch::{nn, Device, Tensor};
+
+/// The stored layout of a model's tensors: per layer, or R0323's parameter banks when the config
+/// says `banks` (each bank the stack of its per-layer matrices, `pgolf_evaluator::bank_slices`).
+pub fn to_file_layout(
+    cfg: &ModelConfig,
+    named: &[(String, Tensor)],
+) -> Result<Vec<(String, Tensor)>> {
+    if !cfg.banks {
+        return Ok(named
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect());
+    }
+    let mut by_name: BTreeMap<String, Tensor> = named
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect();
+    let mut out = vec![];
+    for (bank, slices) in bank_slices(cfg.num_layers) {
+        let parts = slices
+            .iter()
+            .map(|s| {
+                by_name
+                    .remove(s)
+                    .ok_or_else(|| anyhow!("{bank}: no tensor {s}"))
+            })
+            .collect::<Result<Vec<Tensor>>>()?;
+        out.push((bank.to_string(), Tensor::stack(&parts, 0)));
+    }
+    out.extend(by_name);
+    Ok(out)
+}
+
+/// A file's tensors in the per-layer layout: banks (recognised by name; the layer count from
+/// `mlp_up_bank`'s first dim) split into their matrices, everything else as it is.
+fn from_file_layout(
+    path: &Path,
+    mut file: BTreeMap<String, Tensor>,
+) -> Result<BTreeMap<String, Tensor>> {
+    let Some(up) = file.get("mlp_up_bank") else {
+        return Ok(file);
+    };
+    let layers = up.size()[0] as usize;
+    for (bank, slices) in bank_slices(layers) {
+        let t = file
+            .remove(bank)
+            .ok_or_else(|| anyhow!("{}: has mlp_up_bank but no {bank}", path.display()))?;
+        if t.size()[0] as usize != slices.len() {
+            bail!(
+                "{}: {bank} has {} slices, {layers} layers need {}",
+                path.display(),
+                t.size()[0],
+                slices.len()
+            );
+        }
+        for (k, name) in slices.into_iter().enumerate() {
+            file.insert(name, t.get(k as i64));
+        }
+    }
+    Ok(file)
+}
 
 /// Reads every tensor of a safetensors file (on the CPU).
 pub fn read_tensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
@@ -41,7 +103,7 @@ pub fn save_safetensors(vs: &nn::VarStore, path: &Path) -> Result<()> {
 /// Copies a file's tensors into `targets` (name → tensor), strictly: the file must hold exactly
 /// these names with these shapes.
 pub fn load_into(targets: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
-    let file: BTreeMap<String, Tensor> = read_tensors(path)?.into_iter().collect();
+    let file = from_file_layout(path, read_tensors(path)?.into_iter().collect())?;
     let mut missing: Vec<&String> = targets.keys().filter(|n| !file.contains_key(*n)).collect();
     missing.sort();
     if let Some(name) = missing.first() {
@@ -173,6 +235,38 @@ mod tests {
         .unwrap();
         let err = format!("{:#}", load_safetensors(&mut shallow, &path).unwrap_err());
         assert!(err.contains("unexpected tensor blocks.2."), "{err}");
+
+        // Weights of a model with an option this config lacks (BigramHash), and the reverse.
+        let with_bigram = ModelConfig {
+            bigram: Some(crate::config::BigramHash {
+                buckets: 16,
+                dim: 8,
+            }),
+            ..tiny()
+        };
+        let bigram_path = dir.path().join("bigram.safetensors");
+        let (vs_bigram, _) = crate::build(&with_bigram, Device::Cpu).unwrap();
+        save_safetensors(&vs_bigram, &bigram_path).unwrap();
+        let (mut plain, _) = crate::build(&tiny(), Device::Cpu).unwrap();
+        let err = format!(
+            "{:#}",
+            load_safetensors(&mut plain, &bigram_path).unwrap_err()
+        );
+        assert!(err.contains("unexpected tensor bigram."), "{err}");
+        let (mut wants_bigram, _) = crate::build(&with_bigram, Device::Cpu).unwrap();
+        let err = format!(
+            "{:#}",
+            load_safetensors(&mut wants_bigram, &path).unwrap_err()
+        );
+        assert!(err.contains("missing tensor bigram."), "{err}");
+        // A config naming an option this build does not have is refused, naming the field.
+        let cfg_path = dir.path().join("config.json");
+        std::fs::write(&cfg_path, r#"{"num_layers": 2, "dtg_gate": true}"#).unwrap();
+        let err = format!("{:#}", ModelConfig::read(&cfg_path).unwrap_err());
+        assert!(
+            err.contains("config.json") && err.contains("unknown field `dtg_gate`"),
+            "{err}"
+        );
 
         // Corrupted bytes (a truncated file) and a missing file.
         let bytes = std::fs::read(&path).unwrap();

@@ -12,14 +12,16 @@
 
 use anyhow::{Context, Result};
 use pgolf_kernels::ops::softcap_cross_entropy::softcap_cross_entropy;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use tch::{nn, Kind, Tensor};
 
-use crate::config::{Activation, ModelConfig};
+use crate::config::{Activation, InitScheme, ModelConfig};
 use crate::hooks::{Hooks, Site};
 use crate::rope::Rope;
 
+mod addons;
 mod fast;
+use addons::{xsa, Addons};
 
 /// One transformer block's parameters (names under `blocks.{i}.`).
 pub(crate) struct Block {
@@ -33,6 +35,8 @@ pub(crate) struct Block {
     pub(crate) attn_scale: Tensor,
     pub(crate) mlp_scale: Tensor,
     pub(crate) resid_mix: Tensor,
+    /// `attn_norm.weight`, `mlp_norm.weight` when the norms are learnable.
+    pub(crate) norm_weights: Option<[Tensor; 2]>,
 }
 
 pub struct Gpt {
@@ -41,8 +45,14 @@ pub struct Gpt {
     lm_head: Option<Tensor>,
     skip_weights: Tensor,
     pub(crate) blocks: Vec<Block>,
-    /// Every parameter in upstream `state_dict` order (which Muon's rank assignment follows).
+    /// The architecture options' tensors outside the blocks (`gpt/addons.rs`).
+    addons: Addons,
+    /// Every parameter, in the order Muon's rank assignment follows: upstream's `state_dict`
+    /// order for the baseline, the options' tensors after the blocks (as R0322's optimizer lists
+    /// them).
     params: Vec<(String, Tensor)>,
+    /// Late QAT's fake quantization of the block matrices ([`Gpt::set_fake_quant`]).
+    fake_quant: Cell<bool>,
     pub(crate) compute: Kind,
     rope: RefCell<Rope>,
     /// The chosen formulation ([`Gpt::formulation`] is the one that runs).
@@ -111,7 +121,9 @@ pub use pgolf_evaluator::CONTROL_PATTERNS;
 
 /// The optimizer group of a parameter, from its name and rank, as upstream splits them.
 pub fn param_role(name: &str, ndim: usize) -> ParamRole {
-    if name == "tok_emb.weight" {
+    // R0322 gives the BigramHash and value-embedding tables to the token embedding's Adam group.
+    if name == "tok_emb.weight" || name == "bigram.embed.weight" || name == "ve_shared.embed.weight"
+    {
         ParamRole::Embedding
     } else if name == "lm_head.weight" {
         ParamRole::Head
@@ -154,10 +166,19 @@ impl Gpt {
             "skip_weights".into(),
             path.ones("skip_weights", &[cfg.num_skip_weights() as i64, d]),
         );
-        // PyTorch's default Linear init: U(±1/√fan_in).
-        let linear = |p: nn::Path, out: i64, inp: i64| {
-            let bound = 1.0 / (inp as f64).sqrt();
-            p.uniform("weight", &[out, inp], -bound, bound)
+        // PyTorch's default Linear init, U(±1/√fan_in); R0322's orthogonal one replaces it for
+        // matrices with both dims ≥ 64.
+        let linear = |p: nn::Path, out: i64, inp: i64| match cfg.init {
+            InitScheme::Orthogonal if out >= 64 && inp >= 64 => {
+                p.var("weight", &[out, inp], nn::Init::Orthogonal { gain: 1.0 })
+            }
+            InitScheme::OrthogonalBanks => {
+                p.var("weight", &[out, inp], nn::Init::Orthogonal { gain: 1.0 })
+            }
+            _ => {
+                let bound = 1.0 / (inp as f64).sqrt();
+                p.uniform("weight", &[out, inp], -bound, bound)
+            }
         };
         let mut blocks = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -207,6 +228,10 @@ impl Gpt {
                 0,
             );
             let resid_mix = add(format!("{pre}.resid_mix"), b.var_copy("resid_mix", &mix));
+            let norm_weights = cfg.norm_weights.then(|| {
+                ["attn_norm", "mlp_norm"]
+                    .map(|n| add(format!("{pre}.{n}.weight"), (&b / n).ones("weight", &[d])))
+            });
             blocks.push(Block {
                 c_q,
                 c_k,
@@ -218,6 +243,7 @@ impl Gpt {
                 attn_scale,
                 mlp_scale,
                 resid_mix,
+                norm_weights,
             });
         }
         let lm_head = (!cfg.tie_embeddings).then(|| {
@@ -226,14 +252,17 @@ impl Gpt {
                 (path / "lm_head").zeros("weight", &[cfg.vocab_size as i64, d]),
             )
         });
-        let rope = Rope::new(cfg.head_dim(), cfg.rope_base);
+        let addons = Addons::new(path, cfg, &mut add);
+        let rope = Rope::new(cfg);
         Ok(Gpt {
             cfg: cfg.clone(),
             tok_emb,
             lm_head,
             skip_weights,
             blocks,
+            addons,
             params,
+            fake_quant: Cell::new(false),
             compute: Kind::Float,
             rope: RefCell::new(rope),
             // Nothing compiled or loaded unasked: `Fast` preloads its kernels when chosen.
@@ -265,6 +294,11 @@ impl Gpt {
     /// later (and not inside a CUDA graph capture); on the CPU it loads nothing.
     pub fn set_formulation(&mut self, formulation: Formulation, device: tch::Device) -> Result<()> {
         if formulation == Formulation::Fast {
+            if device.is_cuda() {
+                let (hd, rd) = (self.cfg.head_dim() as i64, self.cfg.rope_dims() as i64);
+                pgolf_kernels::ops::qkv_norm_rope::kernels_support(hd, rd)
+                    .context("the fast formulation on CUDA")?;
+            }
             pgolf_kernels::ops::preload(device).context("fused kernels")?;
         }
         self.formulation = formulation;
@@ -294,11 +328,26 @@ impl Gpt {
         self.numerics
     }
 
-    /// Stores the embedding in `kind` (upstream keeps it bf16 for training; its Adam state
-    /// follows). The variable keeps its identity, so a VarStore holding it sees the change.
+    /// Turns late QAT's fake quantization of the matrices on or off (off in a new model). Only
+    /// training turns it on; evaluation never does (R0322 applies it in `training` mode only).
+    pub fn set_fake_quant(&self, on: bool) {
+        self.fake_quant.set(on);
+    }
+
+    pub fn fake_quant(&self) -> bool {
+        self.fake_quant.get()
+    }
+
+    /// Stores the embedding tables in `kind` (upstream keeps them bf16 for training, R0322 its
+    /// BigramHash and value-embedding tables too; their Adam state follows). The variables keep
+    /// their identity, so a VarStore holding them sees the change.
     pub fn set_embedding_kind(&mut self, kind: Kind) {
-        let converted = self.tok_emb.detach().to_kind(kind);
-        tch::no_grad(|| self.tok_emb.set_data(&converted));
+        let ve = self.addons.value_embed.as_ref().map(|(t, _)| &t.embed);
+        let bigram = self.addons.bigram.as_ref().map(|t| &t.embed);
+        for table in std::iter::once(&self.tok_emb).chain(ve).chain(bigram) {
+            let converted = table.detach().to_kind(kind);
+            tch::no_grad(|| table.shallow_clone().set_data(&converted));
+        }
     }
 
     /// Soft-capped logits `[B, T, V]` in f32 for token ids `x: [B, T]` (i64).
@@ -331,7 +380,7 @@ impl Gpt {
             Formulation::Literal => {
                 let cap_kind = self.cap_kind();
                 let mut logits = h
-                    .linear(&head.to_kind(ck), None::<Tensor>)
+                    .linear(&self.head_weight(head), None::<Tensor>)
                     .to_kind(cap_kind);
                 if let Some(delta) = hooks.delta(Site::Head, self.cfg.num_layers, &h) {
                     logits = &logits + delta.to_kind(cap_kind); // not `+=` (in place)
@@ -339,12 +388,25 @@ impl Gpt {
                 logits / cap
             }
             Formulation::Fast => {
-                let z = h.linear(&(head / cap).to_kind(ck), None::<Tensor>);
+                let z = h.linear(&(self.head_qat(head) / cap).to_kind(ck), None::<Tensor>);
                 match hooks.delta(Site::Head, self.cfg.num_layers, &h) {
                     Some(delta) => z + (delta / cap).to_kind(ck),
                     None => z,
                 }
             }
+        }
+    }
+
+    /// The head's weight in the compute kind: an untied head is a Linear (fake-quantized under late
+    /// QAT, as R0322's `CastedLinear`); the tied embedding never is.
+    fn head_weight(&self, head: &Tensor) -> Tensor {
+        self.head_qat(head).to_kind(self.compute)
+    }
+
+    fn head_qat(&self, head: &Tensor) -> Tensor {
+        match &self.lm_head {
+            Some(_) => self.qat(head),
+            None => head.shallow_clone(),
         }
     }
 
@@ -368,17 +430,23 @@ impl Gpt {
         Tensor::embedding(&self.tok_emb, x, -1, false, false).to_kind(self.compute)
     }
 
-    /// The literal trunk: the normed embedding, the U-Net of [`Gpt::block`]s, the final norm.
+    /// The literal trunk: the normed embedding (BigramHash before the norm, SmearGate after it),
+    /// the U-Net of [`Gpt::block`]s, the final norm.
     fn trunk(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
         let ck = self.compute;
         let (_, t) = x.size2().expect("forward expects token ids [B, T]");
         let upstream = self.numerics == Numerics::UpstreamBf16;
         let (cos, sin) = self.rope.borrow_mut().tables(t, ck, x.device(), upstream);
-        let mut h = rms(&self.embed(x));
-        let x0 = h.shallow_clone();
+        let mut h = self.smear(rms(&self.embed_input(x, hooks)));
+        let ctx = Frame {
+            x0: h.shallow_clone(),
+            value_embed: self.value_embedding(x, hooks),
+            cos,
+            sin,
+        };
         h = self.unet(
             h,
-            |i, h| self.block(i, h, &x0, &cos, &sin, hooks),
+            |i, h| self.block(i, h, &ctx, hooks),
             |h, w, skip| &h + w * skip, // not `+=` (in place)
         );
         rms(&h)
@@ -458,23 +526,41 @@ impl Gpt {
             .view_as(y)
     }
 
-    fn block(
-        &self,
-        i: usize,
-        x: &Tensor,
-        x0: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        hooks: &mut Hooks,
-    ) -> Tensor {
+    fn block(&self, i: usize, x: &Tensor, ctx: &Frame, hooks: &mut Hooks) -> Tensor {
         let ck = self.compute;
         let blk = &self.blocks[i];
         let mix = blk.resid_mix.to_kind(ck);
-        let x = mix.get(0) * x + mix.get(1) * x0;
-        let attn = self.attention(i, &rms(&x), cos, sin, hooks);
+        let x = mix.get(0) * x + mix.get(1) * &ctx.x0;
+        let attn = self.attention(
+            i,
+            &self.ln_scaled(i, self.norm_weight(i, 0, rms(&x))),
+            ctx,
+            hooks,
+        );
         let x = x + blk.attn_scale.to_kind(ck) * attn;
-        let mlp = self.mlp(i, &rms(&x), hooks);
+        let mlp = self.mlp(
+            i,
+            &self.ln_scaled(i, self.norm_weight(i, 1, rms(&x))),
+            hooks,
+        );
         x + blk.mlp_scale.to_kind(ck) * mlp
+    }
+
+    /// Block `i`'s norm `which` (0 before attention, 1 before the MLP) times its learnable weight,
+    /// when the norms have one.
+    pub(crate) fn norm_weight(&self, i: usize, which: usize, normed: Tensor) -> Tensor {
+        match &self.blocks[i].norm_weights {
+            Some(w) => normed * w[which].to_kind(self.compute),
+            None => normed,
+        }
+    }
+
+    /// A norm's output times layer `i`'s LN-scale factor (untouched when LN scale is off).
+    pub(crate) fn ln_scaled(&self, i: usize, normed: Tensor) -> Tensor {
+        match self.cfg.ln_scale {
+            true => normed * self.cfg.ln_scale_factor(i),
+            false => normed,
+        }
     }
 
     /// `relu(x)²` or `leaky_relu(x, slope)²`.
@@ -494,7 +580,7 @@ impl Gpt {
         layer: usize,
         hooks: &Hooks,
     ) -> Tensor {
-        let out = u.linear(&w.to_kind(self.compute), None::<Tensor>);
+        let out = u.linear(&self.matrix(w), None::<Tensor>);
         match hooks.delta(site, layer, u) {
             Some(delta) => out + delta.to_kind(self.compute),
             None => out,
@@ -508,14 +594,7 @@ impl Gpt {
         Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, gqa)
     }
 
-    fn attention(
-        &self,
-        i: usize,
-        u: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        hooks: &mut Hooks,
-    ) -> Tensor {
+    fn attention(&self, i: usize, u: &Tensor, ctx: &Frame, hooks: &mut Hooks) -> Tensor {
         let blk = &self.blocks[i];
         let (b, t, d) = u.size3().expect("attention input [B, T, d]");
         let (h, hkv, hd) = (
@@ -534,17 +613,31 @@ impl Gpt {
             .project(u, &blk.c_k, Site::K, i, hooks)
             .view([b, t, hkv, hd])
             .transpose(1, 2);
-        let v = self
-            .project(u, &blk.c_v, Site::V, i, hooks)
-            .view([b, t, hkv, hd])
-            .transpose(1, 2);
+        let mut v = self.project(u, &blk.c_v, Site::V, i, hooks);
+        if let Some(ve) = self.layer_value_embedding(i, ctx.value_embed.as_ref()) {
+            v = &v + ve; // not `+=` (in place)
+        }
+        let v = v.view([b, t, hkv, hd]);
+        let (cos, sin) = (&ctx.cos, &ctx.sin);
         let q =
             Rope::apply(&rms(&q), cos, sin) * blk.q_gain.to_kind(self.compute).view([1, h, 1, 1]);
         let k = Rope::apply(&rms(&k), cos, sin);
-        let y = self.causal_attention(&q, &k, &v);
-        let y = y.transpose(1, 2).contiguous().view([b, t, d]);
+        let y = self.causal_attention(&q, &k, &v.transpose(1, 2));
+        let y = self
+            .xsa_if(i, y.transpose(1, 2), &v)
+            .contiguous()
+            .view([b, t, d]);
         hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
         self.project(&y, &blk.attn_proj, Site::O, i, hooks)
+    }
+
+    /// XSA of attention output `y` `[B, T, H, hd]` with values `v` `[B, T, Hkv, hd]` in layers that
+    /// run it; `y` unchanged elsewhere.
+    pub(crate) fn xsa_if(&self, i: usize, y: Tensor, v: &Tensor) -> Tensor {
+        match self.cfg.xsa(i) {
+            true => xsa(&y, v),
+            false => y,
+        }
     }
 
     fn mlp(&self, i: usize, u: &Tensor, hooks: &mut Hooks) -> Tensor {
@@ -554,6 +647,15 @@ impl Gpt {
         hooks.tap(|| format!("blocks.{i}.mlp.proj.weight"), &act);
         self.project(&act, &blk.mlp_proj, Site::MlpOut, i, hooks)
     }
+}
+
+/// One forward pass's frame: what every block reads besides its input: the stream's `x0`, the shared
+/// value embedding (when on) and the RoPE tables of the formulation.
+pub(crate) struct Frame {
+    pub(crate) x0: Tensor,
+    pub(crate) value_embed: Option<Tensor>,
+    pub(crate) cos: Tensor,
+    pub(crate) sin: Tensor,
 }
 
 /// Builds a model in a fresh VarStore: initialised on the CPU (so a seed gives the same initial
@@ -587,6 +689,30 @@ mod tests {
     }
 
     const BOTH: [Formulation; 2] = [Formulation::Literal, Formulation::Fast];
+
+    /// Every R0322 option on, at a size where every path runs: partial RoPE rescaled (16 > 8),
+    /// XSA on two layers, projected BigramHash and value-embedding tables.
+    fn tiny_r0322() -> ModelConfig {
+        ModelConfig {
+            rope_dims: Some(4),
+            rope_ntk_len: Some(8),
+            xsa_last_n: 2,
+            ln_scale: true,
+            smear_gate: true,
+            bigram: Some(crate::config::BigramHash {
+                buckets: 16,
+                dim: 8,
+            }),
+            value_embed: Some(crate::config::ValueEmbedding {
+                dim: 4,
+                layers: vec![1, 2],
+            }),
+            init: InitScheme::Orthogonal,
+            mlp_hidden: Some(48),
+            norm_weights: true,
+            ..tiny()
+        }
+    }
 
     /// Perturbs every weight so zero-initialised projections take part.
     fn perturbed(cfg: &ModelConfig) -> (nn::VarStore, Gpt) {
@@ -664,6 +790,206 @@ mod tests {
         assert_eq!(param_role("blocks.0.resid_mix", 2), ParamRole::Control);
         assert_eq!(param_role("skip_weights", 2), ParamRole::Control);
         assert_eq!(param_role("tok_emb.weight", 2), ParamRole::Embedding);
+    }
+
+    /// R0322's own count (its log: `model_params:26993756`), with its names and shapes.
+    #[test]
+    fn the_r0322_stack_has_26_993_756_parameters_with_the_records_names() {
+        let cfg = ModelConfig {
+            num_layers: 11,
+            mlp_mult: 3,
+            seq_len: 2048,
+            rope_dims: Some(16),
+            rope_ntk_len: Some(1024),
+            xsa_last_n: 4,
+            ln_scale: true,
+            smear_gate: true,
+            bigram: Some(crate::config::BigramHash {
+                buckets: 2048,
+                dim: 128,
+            }),
+            value_embed: Some(crate::config::ValueEmbedding {
+                dim: 128,
+                layers: vec![9, 10],
+            }),
+            init: InitScheme::Orthogonal,
+            ..Default::default()
+        };
+        let (vs, gpt) = build(&cfg, Device::Cpu).unwrap();
+        let total: usize = gpt.named_parameters().iter().map(|(_, t)| t.numel()).sum();
+        assert_eq!(total, 26_993_756);
+        assert_eq!(cfg.num_params(), 26_993_756);
+        assert_eq!(vs.variables().len(), gpt.named_parameters().len());
+        let shapes: BTreeMap<String, Vec<i64>> = gpt
+            .named_parameters()
+            .iter()
+            .map(|(n, t)| (n.clone(), t.size()))
+            .collect();
+        let want: [(&str, &[i64]); 9] = [
+            ("smear.gate", &[512]),
+            ("bigram.embed.weight", &[2048, 128]),
+            ("bigram.proj.weight", &[512, 128]),
+            ("bigram.scale", &[]),
+            ("ve_shared.embed.weight", &[1024, 128]),
+            ("ve_shared.proj.weight", &[256, 128]),
+            ("ve_shared.scale", &[]),
+            ("ve_layer_scales.0", &[1]),
+            ("ve_layer_scales.1", &[1]),
+        ];
+        for (name, shape) in want {
+            assert_eq!(shapes[name], shape, "{name}");
+        }
+        // R0322's routing: the tables with the token embedding, projections in Muon, the rest
+        // scalars.
+        assert_eq!(param_role("bigram.embed.weight", 2), ParamRole::Embedding);
+        assert_eq!(
+            param_role("ve_shared.embed.weight", 2),
+            ParamRole::Embedding
+        );
+        assert_eq!(param_role("bigram.proj.weight", 2), ParamRole::Matrix);
+        assert_eq!(param_role("ve_shared.proj.weight", 2), ParamRole::Matrix);
+        for name in [
+            "smear.gate",
+            "bigram.scale",
+            "ve_shared.scale",
+            "ve_layer_scales.1",
+        ] {
+            assert_eq!(
+                param_role(name, shapes[name].len()),
+                ParamRole::Control,
+                "{name}"
+            );
+        }
+        // Orthogonal init: c_q has orthonormal rows; the projections are scaled by 1/√22;
+        // the output projections stay zero; the bigram table starts at zero.
+        let get = |n: &str| {
+            gpt.named_parameters()
+                .iter()
+                .find(|(m, _)| m == n)
+                .unwrap()
+                .1
+                .shallow_clone()
+        };
+        let w = get("blocks.4.attn.c_q.weight");
+        let gram = w.matmul(&w.tr()) - Tensor::eye(512, (Kind::Float, Device::Cpu));
+        assert!(gram.abs().max().double_value(&[]) < 1e-4);
+        let p = get("bigram.proj.weight"); // [512, 128]: orthonormal columns, then × 1/√22
+        let gram = p.tr().matmul(&p) * 22.0 - Tensor::eye(128, (Kind::Float, Device::Cpu));
+        assert!(gram.abs().max().double_value(&[]) < 1e-4);
+        assert_eq!(
+            get("blocks.4.mlp.proj.weight")
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        assert_eq!(
+            get("bigram.embed.weight")
+                .abs()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        assert_eq!(get("bigram.scale").double_value(&[]), 0.05f32 as f64);
+        let ve_std = get("ve_shared.embed.weight").std(true).double_value(&[]);
+        assert!((ve_std - 0.01).abs() < 5e-4, "{ve_std}");
+    }
+
+    /// The model builds exactly the config's parameter list (the one layout the evaluator and
+    /// ema-finalize read), option by option.
+    #[test]
+    fn the_built_model_has_exactly_the_configs_parameter_list() {
+        let untied = ModelConfig {
+            tie_embeddings: false,
+            bigram: Some(crate::config::BigramHash {
+                buckets: 9,
+                dim: 32,
+            }),
+            ..tiny_r0322()
+        };
+        for cfg in [ModelConfig::default(), tiny(), tiny_r0322(), untied] {
+            let (_vs, gpt) = build(&cfg, Device::Cpu).unwrap();
+            let built: BTreeMap<String, Vec<usize>> = gpt
+                .named_parameters()
+                .iter()
+                .map(|(n, t)| (n.clone(), t.size().iter().map(|&s| s as usize).collect()))
+                .collect();
+            let per_layer = ModelConfig {
+                banks: false,
+                ..cfg.clone()
+            };
+            let listed: BTreeMap<String, Vec<usize>> =
+                per_layer.parameter_shapes().into_iter().collect();
+            assert_eq!(built, listed);
+            assert_eq!(
+                built.len(),
+                gpt.named_parameters().len(),
+                "no duplicate names"
+            );
+        }
+    }
+
+    /// The options' formulas on a hand-checkable case: SmearGate with g = 0 (σ = ½) averages each
+    /// position with the previous one, and LN scale divides block 3's norm outputs by 2.
+    #[test]
+    fn smear_gate_and_ln_scale_follow_their_formulas() {
+        let cfg = ModelConfig {
+            smear_gate: true,
+            ln_scale: true,
+            ..tiny()
+        };
+        let (_vs, gpt) = build(&cfg, Device::Cpu).unwrap();
+        let x = Tensor::from_slice(&[2.0f32, 4.0, 6.0])
+            .view([1, 3, 1])
+            .expand([1, 3, 32], false);
+        let got: Vec<f32> = Vec::try_from(gpt.smear(x).select(2, 7).view([-1])).unwrap();
+        assert_eq!(got, vec![1.0, 3.0, 5.0]);
+        let n = Tensor::from_slice(&[2.0f32]);
+        assert_eq!(gpt.ln_scaled(3, n).double_value(&[0]), 1.0);
+        assert_eq!(cfg.ln_scale_factor(0), 1.0);
+    }
+
+    /// Late QAT: the forward pass sees per-row int6 weights (so the loss changes when it turns
+    /// on, in both formulations, alike), gradients pass straight through, and off restores the
+    /// exact function.
+    #[test]
+    fn fake_quant_changes_the_loss_and_passes_gradients_straight_through() {
+        let (_vs, mut gpt) = perturbed(&tiny_r0322());
+        let x = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
+        let y = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
+        let mut losses = vec![];
+        for formulation in BOTH {
+            gpt.set_formulation(formulation, Device::Cpu).unwrap();
+            let off = tch::no_grad(|| gpt.loss(&x, &y)).double_value(&[]);
+            gpt.set_fake_quant(true);
+            let on = gpt.loss(&x, &y);
+            on.backward();
+            let on = on.double_value(&[]);
+            gpt.set_fake_quant(false);
+            assert!(
+                (on - off).abs() > 1e-6,
+                "{formulation:?}: QAT must change the loss"
+            );
+            let again = tch::no_grad(|| gpt.loss(&x, &y)).double_value(&[]);
+            assert_eq!(again, off, "{formulation:?}: off must restore the function");
+            losses.push(on);
+        }
+        assert!((losses[0] - losses[1]).abs() < 1e-5, "{losses:?}");
+        // The quantized weight itself: per-row int6 on R0322's grid, the step max|w|/31 floored
+        // at 1/31 (the second row's).
+        let rows = [[3.1f32, -6.2, 0.0, 0.1], [0.31, -0.62, 0.0, 0.01]];
+        let w = Tensor::from_slice(rows.as_flattened()).view([2, 4]);
+        gpt.set_fake_quant(true);
+        let q: Vec<f32> = Vec::try_from(gpt.qat(&w).view([-1])).unwrap();
+        let want: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| {
+                let s = (6.2f32.min(r[1].abs()) / 31.0).max(1.0 / 31.0);
+                r.map(|v| (v / s).round().clamp(-32.0, 31.0) * s)
+            })
+            .collect();
+        assert_eq!(q, want);
+        assert_eq!(want[1], -6.2f32 / 31.0 * 31.0);
     }
 
     #[test]
@@ -845,6 +1171,33 @@ mod tests {
                 tie_embeddings: false,
                 activation: crate::Activation::LeakyRelu2(0.5),
                 ..tiny()
+            },
+            tiny_r0322(),
+            // R0322's own combination (no norm weights: LN scale is the norm kernels' output
+            // factor alone), partial RoPE on heads of 16 (8 dims rotated), XSA on every layer
+            // with two q heads per kv head.
+            ModelConfig {
+                norm_weights: false,
+                num_heads: 2,
+                num_kv_heads: 1,
+                rope_dims: Some(8),
+                xsa_last_n: 3,
+                ..tiny_r0322()
+            },
+            // The options with unprojected tables (dims equal to the widths), whole-head RoPE
+            // rescaled and MHA.
+            ModelConfig {
+                num_kv_heads: 4,
+                rope_dims: None,
+                bigram: Some(crate::config::BigramHash {
+                    buckets: 9,
+                    dim: 32,
+                }),
+                value_embed: Some(crate::config::ValueEmbedding {
+                    dim: 32,
+                    layers: vec![0],
+                }),
+                ..tiny_r0322()
             },
         ] {
             let (_vs, mut gpt) = perturbed(&cfg);

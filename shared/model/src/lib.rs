@@ -7,7 +7,13 @@
 //!   parameters by [`ModelConfig::num_params`]). Shape knobs: `vocab_size`, `num_layers`,
 //!   `model_dim`, `num_heads`, `num_kv_heads`, `mlp_mult`, `seq_len`, `rope_base`, `logit_softcap`,
 //!   `qk_gain_init`, `tie_embeddings`, `tied_embed_init_std`, `activation` (`"relu2"` or
-//!   `{"leaky_relu2": slope}`).
+//!   `{"leaky_relu2": slope}`). Architecture options, all off by default (the baseline is
+//!   bit-identical with them off): `mlp_hidden`, `rope_dims` (partial RoPE), `rope_ntk_len`
+//!   (R0322's NTK rescale), `xsa_last_n`, `ln_scale`, `norm_weights`, `smear_gate` (`smear.gate`),
+//!   `bigram` (`bigram.embed/proj/scale`), `value_embed` (`ve_shared.*`, `ve_layer_scales.{k}`),
+//!   `init` (`pytorch_default` | `orthogonal`); written once in `gpt/addons.rs` for both
+//!   formulations, names as R0322's `state_dict` (bench/check_model_vs_reference.py loads ours
+//!   into its `GPT` strictly). [`Gpt::set_fake_quant`] is late QAT's switch.
 //! - [`Gpt::new`]`(path: &nn::Path, cfg) -> Result<Gpt>`: variables named as upstream's
 //!   `state_dict` (`tok_emb.weight`, `skip_weights`, `blocks.{i}.attn.c_q.weight`, `c_k`, `c_v`,
 //!   `proj`, `blocks.{i}.attn.q_gain`, `blocks.{i}.mlp.fc.weight`, `blocks.{i}.mlp.proj.weight`,
@@ -46,7 +52,9 @@ pub mod hooks;
 mod rope;
 pub use pgolf_runtime::{cuda, device_from_str, profiler};
 
-pub use checkpoint::{load_into, load_safetensors, read_tensors, save_safetensors, save_tensors};
+pub use checkpoint::{
+    load_into, load_safetensors, read_tensors, save_safetensors, save_tensors, to_file_layout,
+};
 pub use config::{Activation, ModelConfig};
 pub use gpt::{build, param_role, Formulation, Gpt, Numerics, ParamRole, CONTROL_PATTERNS};
 pub use hooks::{Adapter, Hooks, Site};

@@ -58,6 +58,8 @@ pub struct Prepared {
     wt: Vec<f32>,
     /// U, upper triangular, `cols × cols` row-major.
     u: Vec<f32>,
+    /// Entries held at the integer 0 (pruned ones), laid out as `wt`; empty = none.
+    pinned: Vec<bool>,
 }
 
 /// Prepares `w` (`rows × cols`) with its Hessian `h` (`cols × cols`, row-major). `Ok(None)` when
@@ -116,6 +118,7 @@ pub fn prepare(
         perm,
         wt,
         u,
+        pinned: Vec::new(),
     }))
 }
 
@@ -195,6 +198,23 @@ fn linalg_error(what: &str, device: Device, err: tch::TchError) -> anyhow::Error
 }
 
 impl Prepared {
+    /// Holds the entries marked in `pinned` (row-major, as the weight) at the integer 0: their
+    /// error, like any other, is fed into the columns not yet quantized (a fixed-mask GPTQ, as
+    /// SparseGPT with a given mask). `None` leaves the sweep as it is.
+    pub fn pin_zeros(mut self, pinned: Option<&[bool]>) -> Prepared {
+        if let Some(mask) = pinned {
+            assert_eq!(mask.len(), self.rows * self.cols, "one flag per entry");
+            let mut t = vec![false; mask.len()];
+            for (k, &c) in self.perm.iter().enumerate() {
+                for r in 0..self.rows {
+                    t[k * self.rows + r] = mask[r * self.cols + c];
+                }
+            }
+            self.pinned = t;
+        }
+        self
+    }
+
     /// One GPTQ sweep with per-row scales; returns the integers in the original column order
     /// (row-major `rows × cols`).
     pub fn quantize(&self, scales: &[f16], bits: u8) -> Vec<i8> {
@@ -213,8 +233,12 @@ impl Prepared {
                 let (done, rest) = w.split_at_mut((j + 1) * rows);
                 let col = &done[j * rows..];
                 let e = &mut err[(j - i1) * rows..(j - i1 + 1) * rows];
+                let pinned = self.pinned.get(j * rows..(j + 1) * rows);
                 for ri in 0..rows {
-                    let q = quantize_value(col[ri], s[ri], r);
+                    let q = match pinned {
+                        Some(p) if p[ri] => 0,
+                        _ => quantize_value(col[ri], s[ri], r),
+                    };
                     qt[j * rows + ri] = q;
                     e[ri] = (col[ri] - q as f32 * s[ri]) / d;
                 }

@@ -18,6 +18,7 @@
 //! - [`rows`]: per-row scales (percentile clip, SDClip), round-to-nearest, GPTQ-lite search.
 //! - [`gptq`]: full-Hessian GPTQ with act-order and lazy block updates.
 //! - [`plan`]: which scheme each tensor gets (by size, name category and patterns).
+//! - [`prune`]: magnitude pruning of a matrix before it is quantized.
 //! - [`quantize`]: applies a plan to a model's weights, with a per-tensor report.
 //! - [`encoded`]: a tensor as stored, and its exact dequantization.
 //! - [`container`], [`artifact`], [`compress`], [`chunks`]: the file format (docs/ARTIFACT.md).
@@ -39,6 +40,7 @@ pub mod gptq;
 pub mod int8;
 pub mod numeric;
 pub mod plan;
+pub mod prune;
 #[cfg(feature = "torch")]
 pub mod quantize;
 pub mod rows;
@@ -54,4 +56,4 @@ pub use gptq::GptqSettings;
 pub use plan::{Method, Override, Routing, Rule, SmallFloat};
 #[cfg(feature = "torch")]
 pub use quantize::{quantize_all, QuantInputs, TensorReport};
-pub use weights::{read_safetensors, read_safetensors_map, write_safetensors, Weight};
+pub use weights::{read_safetensors, read_safetensors_map, unbank, write_safetensors, Weight};

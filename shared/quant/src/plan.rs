@@ -37,6 +37,10 @@ pub struct Rule {
     pub clip_sigmas: Option<f64>,
     /// Percentile candidates of the search (1.0 = row maximum).
     pub percentiles: Vec<f64>,
+    /// Magnitude pruning before quantization: the fraction (in [0, 1)) of each matrix's entries,
+    /// those of smallest |w|, set to 0 ([`crate::prune`]). 0 = off. Matrices only; a quantized
+    /// tensor of another shape is not pruned.
+    pub prune: f64,
 }
 
 impl Default for Rule {
@@ -46,6 +50,7 @@ impl Default for Rule {
             bits: 8,
             clip_sigmas: None,
             percentiles: LITE_PERCENTILES.to_vec(),
+            prune: 0.0,
         }
     }
 }
@@ -84,6 +89,9 @@ pub struct Routing {
     pub overrides: Vec<Override>,
     /// When set, replaces `clip_sigmas` of the attn and mlp rules (the one-knob clip sweep).
     pub clip_sigmas: Option<f64>,
+    /// When set, replaces `prune` of the four category rules (the records prune every large
+    /// matrix); an override keeps its own.
+    pub prune: Option<f64>,
 }
 
 impl Default for Routing {
@@ -98,6 +106,7 @@ impl Default for Routing {
             other: Rule::default(),
             overrides: vec![],
             clip_sigmas: None,
+            prune: None,
         }
     }
 }
@@ -152,6 +161,21 @@ impl Routing {
             if r.percentiles.is_empty() || r.percentiles.iter().any(|p| !(*p > 0.0 && *p <= 1.0)) {
                 bail!("{what}: percentiles must be a non-empty list in (0, 1]");
             }
+            if !(0.0..1.0).contains(&r.prune) {
+                bail!(
+                    "{what}: prune must be a fraction in [0, 1), got {}",
+                    r.prune
+                );
+            }
+            if r.prune > 0.0 && matches!(r.method, Method::Fp16 | Method::Keep) {
+                bail!(
+                    "{what}: prune applies to quantized matrices, not to method {:?}",
+                    r.method
+                );
+            }
+        }
+        if let Some(p) = self.prune.filter(|p| !(0.0..1.0).contains(p)) {
+            bail!("prune must be a fraction in [0, 1), got {p}");
         }
         Ok(())
     }
@@ -185,6 +209,9 @@ impl Routing {
         };
         if matched.is_none() && matches!(cat, "attn" | "mlp") && self.clip_sigmas.is_some() {
             rule.clip_sigmas = self.clip_sigmas;
+        }
+        if let (None, Some(p)) = (matched, self.prune) {
+            rule.prune = p;
         }
         match rule.method {
             Method::Fp16 => Decision::Raw(DType::F16),
@@ -312,5 +339,65 @@ mod tests {
             ..Routing::default()
         };
         assert!(bad.validate().is_err());
+        for (bad, what) in [
+            (
+                Routing {
+                    mlp: Rule {
+                        prune: 1.0,
+                        ..Rule::default()
+                    },
+                    ..Routing::default()
+                },
+                "mlp: prune must be a fraction in [0, 1), got 1",
+            ),
+            (
+                Routing {
+                    embed: Rule {
+                        method: Method::Fp16,
+                        prune: 0.1,
+                        ..Rule::default()
+                    },
+                    ..Routing::default()
+                },
+                "embed: prune applies to quantized matrices, not to method Fp16",
+            ),
+            (
+                Routing {
+                    prune: Some(-0.1),
+                    ..Routing::default()
+                },
+                "prune must be a fraction in [0, 1), got -0.1",
+            ),
+        ] {
+            assert_eq!(bad.validate().unwrap_err().to_string(), what);
+        }
+    }
+
+    #[test]
+    fn the_prune_knob_sets_every_category_but_not_overrides() {
+        let r = Routing {
+            embed: Rule {
+                method: Method::Fp16,
+                ..Rule::default()
+            },
+            overrides: vec![Override {
+                pattern: "blocks.0.mlp.*".into(),
+                rule: Rule::default(),
+            }],
+            prune: Some(0.05),
+            ..Routing::default()
+        };
+        r.validate().unwrap();
+        let big = 262_144;
+        let prune = |name: &str| match r.decide(name, big, DType::F32) {
+            Decision::Quantize(q) => Some(q.prune),
+            Decision::Raw(_) => None,
+        };
+        assert_eq!(prune("blocks.1.attn.c_q.weight"), Some(0.05));
+        assert_eq!(prune("blocks.1.mlp.fc.weight"), Some(0.05));
+        assert_eq!(prune("blocks.0.extra.weight"), Some(0.05));
+        assert_eq!(prune("blocks.0.mlp.fc.weight"), Some(0.0));
+        // A raw (fp16) embedding stays raw: the knob prunes only what is quantized.
+        assert_eq!(prune("tok_emb.weight"), None);
     }
 }

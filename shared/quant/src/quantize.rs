@@ -12,6 +12,7 @@ use crate::encoded::{Encoding, Scale, StoredTensor};
 use crate::gptq::{self, GptqSettings};
 use crate::int8::{int8_rows, int8_tensor, INT8_CLIP_Q};
 use crate::plan::{Decision, Method, Routing, Rule};
+use crate::prune::prune_smallest;
 use crate::rows::{
     lite_search, lite_tensor, percentile_scales, quantize_rows, rows_mse, sdclip_scales,
     sorted_rows, Matrix,
@@ -38,6 +39,8 @@ pub struct TensorReport {
     pub rel_output_err: Option<f64>,
     /// Bytes stored before compression (integers + scales, or raw values).
     pub stored_bytes: usize,
+    /// Entries set to 0 by magnitude pruning before quantization (the rule's `prune`); 0 when off.
+    pub pruned: usize,
 }
 
 /// The inputs every tensor's quantization may need.
@@ -71,19 +74,35 @@ fn quantize_one(w: &Weight, ctx: &QuantInputs) -> Result<(StoredTensor, TensorRe
     if w.data.len() != w.numel() {
         bail!("{} values for shape {:?}", w.data.len(), w.shape);
     }
-    let (encoding, scheme, bits, clip) = match ctx.routing.decide(&w.name, w.numel(), w.dtype) {
-        Decision::Raw(stored) => {
-            let enc = Encoding::Raw {
-                stored,
-                bytes: floats_to_bytes(stored, &w.data),
-            };
-            (enc, format!("raw_{}", stored.name()), None, String::new())
-        }
-        Decision::Quantize(rule) => {
-            let (enc, scheme, clip) = quantize_with(w, &rule, ctx)?;
-            (enc, scheme, Some(rule.bits), clip)
-        }
-    };
+    let (encoding, scheme, bits, clip, pruned) =
+        match ctx.routing.decide(&w.name, w.numel(), w.dtype) {
+            Decision::Raw(stored) => {
+                let enc = Encoding::Raw {
+                    stored,
+                    bytes: floats_to_bytes(stored, &w.data),
+                };
+                (
+                    enc,
+                    format!("raw_{}", stored.name()),
+                    None,
+                    String::new(),
+                    0,
+                )
+            }
+            Decision::Quantize(rule) if rule.prune > 0.0 && w.shape.len() == 2 => {
+                // Pruned first, then quantized as usual; the report's errors stay against the
+                // original weights, so they include what pruning cost.
+                let mut data = w.data.clone();
+                let mask = prune_smallest(&mut data, rule.prune);
+                let pruned = mask.iter().filter(|p| **p).count();
+                let (enc, scheme, clip) = quantize_with(w, &data, Some(&mask), &rule, ctx)?;
+                (enc, scheme, Some(rule.bits), clip, pruned)
+            }
+            Decision::Quantize(rule) => {
+                let (enc, scheme, clip) = quantize_with(w, &w.data, None, &rule, ctx)?;
+                (enc, scheme, Some(rule.bits), clip, 0)
+            }
+        };
     let stored = StoredTensor {
         name: w.name.clone(),
         shape: w.shape.clone(),
@@ -114,6 +133,7 @@ fn quantize_one(w: &Weight, ctx: &QuantInputs) -> Result<(StoredTensor, TensorRe
         mse,
         rel_output_err,
         stored_bytes: crate::encoded::stored_bytes(&stored),
+        pruned,
     };
     Ok((stored, report))
 }
@@ -144,19 +164,27 @@ fn relative_output_error(w: &Weight, decoded: &[f32], h: &Weight, device: Device
     })
 }
 
-fn quantize_with(w: &Weight, rule: &Rule, ctx: &QuantInputs) -> Result<(Encoding, String, String)> {
+/// Quantizes `data` (the weight's values, pruned where `pinned` says) by `rule`. Every scheme maps
+/// 0 to the integer 0; GPTQ, whose error feedback would refill pruned entries, holds them at 0.
+fn quantize_with(
+    w: &Weight,
+    data: &[f32],
+    pinned: Option<&[bool]>,
+    rule: &Rule,
+    ctx: &QuantInputs,
+) -> Result<(Encoding, String, String)> {
     let bits = rule.bits;
-    let matrix = (w.shape.len() == 2).then(|| Matrix::new(&w.data, w.shape[0], w.shape[1]));
+    let matrix = (w.shape.len() == 2).then(|| Matrix::new(data, w.shape[0], w.shape[1]));
     let Some(m) = matrix else {
         // Not a matrix: one scale for the whole tensor.
         return Ok(match rule.method {
             Method::Int8Upstream => (
-                int8_tensor(&w.data),
+                int8_tensor(data),
                 "int8_upstream".into(),
                 format!("q={INT8_CLIP_Q}"),
             ),
             _ => {
-                let (q, s) = lite_tensor(&w.data, bits);
+                let (q, s) = lite_tensor(data, bits);
                 (
                     Encoding::Tensor {
                         bits,
@@ -172,7 +200,7 @@ fn quantize_with(w: &Weight, rule: &Rule, ctx: &QuantInputs) -> Result<(Encoding
     let rows = |q: Vec<i8>, scales: Vec<f16>| Encoding::Rows { bits, q, scales };
     Ok(match (rule.method, rule.clip_sigmas) {
         (Method::Int8Upstream, _) => (
-            int8_rows(&w.data, m.cols),
+            int8_rows(data, m.cols),
             "int8_upstream".into(),
             format!("q={INT8_CLIP_Q}"),
         ),
@@ -200,7 +228,7 @@ fn quantize_with(w: &Weight, rule: &Rule, ctx: &QuantInputs) -> Result<(Encoding
                     m.cols
                 );
             }
-            match gptq::prepare(m, &h.data, ctx.gptq, ctx.device)? {
+            match gptq::prepare(m, &h.data, ctx.gptq, ctx.device)?.map(|p| p.pin_zeros(pinned)) {
                 None => {
                     // Not positive definite even after damping: GPTQ-lite, as the records do.
                     let (p, q, s) = lite_search(m, bits, &rule.percentiles);

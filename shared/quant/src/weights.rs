@@ -185,3 +185,83 @@ mod tests {
         assert_eq!(back, vec![ws[1].clone(), ws[0].clone()]);
     }
 }
+
+/// R0323's parameter banks (`pgolf_evaluator::bank_slices`) split into their per-layer matrices,
+/// which is how an artifact stores them (R0323 quantizes its unbanked state dict); weights
+/// without banks come back as they are. The layer count is `mlp_up_bank`'s first dim.
+pub fn unbank(weights: Vec<Weight>) -> Result<Vec<Weight>> {
+    let Some(layers) = weights
+        .iter()
+        .find(|w| w.name == "mlp_up_bank")
+        .map(|w| w.shape[0])
+    else {
+        return Ok(weights);
+    };
+    let banks = pgolf_evaluator::bank_slices(layers);
+    let mut out = Vec::with_capacity(weights.len());
+    for w in weights {
+        let Some((_, slices)) = banks.iter().find(|(bank, _)| *bank == w.name) else {
+            out.push(w);
+            continue;
+        };
+        if w.shape.len() != 3 || w.shape[0] != slices.len() {
+            bail!(
+                "{}: shape {:?}, expected {} slices of a matrix",
+                w.name,
+                w.shape,
+                slices.len()
+            );
+        }
+        let per = w.shape[1] * w.shape[2];
+        for (k, name) in slices.iter().enumerate() {
+            out.push(Weight {
+                name: name.clone(),
+                shape: w.shape[1..].to_vec(),
+                dtype: w.dtype,
+                data: w.data[k * per..(k + 1) * per].to_vec(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod bank_tests {
+    use super::*;
+
+    #[test]
+    fn banks_split_into_their_layers_in_order() {
+        // 2 layers, d = 1: qo_bank holds [q0, q1, o0, o1].
+        let w = |name: &str, shape: Vec<usize>, data: Vec<f32>| Weight {
+            name: name.into(),
+            shape,
+            dtype: DType::F32,
+            data,
+        };
+        let weights = vec![
+            w("qo_bank", vec![4, 1, 1], vec![1.0, 2.0, 3.0, 4.0]),
+            w("kv_bank", vec![4, 1, 1], vec![5.0, 6.0, 7.0, 8.0]),
+            w("mlp_up_bank", vec![2, 2, 1], vec![9.0, 10.0, 11.0, 12.0]),
+            w("mlp_down_bank", vec![2, 1, 2], vec![13.0, 14.0, 15.0, 16.0]),
+            w("tok_emb.weight", vec![1, 1], vec![0.5]),
+        ];
+        let out: HashMap<String, (Vec<usize>, Vec<f32>)> = unbank(weights)
+            .unwrap()
+            .into_iter()
+            .map(|w| (w.name, (w.shape, w.data)))
+            .collect();
+        assert_eq!(out.len(), 13);
+        assert_eq!(out["blocks.1.attn.c_q.weight"].1, vec![2.0]);
+        assert_eq!(out["blocks.0.attn.proj.weight"].1, vec![3.0]);
+        assert_eq!(out["blocks.1.attn.c_v.weight"].1, vec![8.0]);
+        assert_eq!(
+            out["blocks.1.mlp.fc.weight"],
+            (vec![2, 1], vec![11.0, 12.0])
+        );
+        assert_eq!(
+            out["blocks.0.mlp.proj.weight"],
+            (vec![1, 2], vec![13.0, 14.0])
+        );
+        assert_eq!(out["tok_emb.weight"].1, vec![0.5]);
+    }
+}

@@ -71,7 +71,13 @@ fn compression(codec: Codec, chunks: u32) -> Compression {
     }
 }
 
-const CODECS: [Codec; 3] = [Codec::None, Codec::Zstd, Codec::Brotli];
+const CODECS: [Codec; 5] = [
+    Codec::None,
+    Codec::Zstd,
+    Codec::Brotli,
+    Codec::Zlib,
+    Codec::Lzma,
+];
 
 fn err_of(bytes: &[u8]) -> String {
     format!("{:#}", Artifact::from_bytes(bytes).unwrap_err())
@@ -138,7 +144,7 @@ fn every_compressor_and_chunk_count_round_trips() {
 fn each_chunk_is_a_standard_stream_as_documented() {
     let (config, tensors) = (config(), tensors());
     let body = encode_body(&config, &tensors).unwrap();
-    for codec in [Codec::Zstd, Codec::Brotli] {
+    for codec in [Codec::Zstd, Codec::Brotli, Codec::Zlib, Codec::Lzma] {
         let file = encode_artifact(&config, &tensors, &compression(codec, 5)).unwrap();
         assert_eq!(&file[..5], b"PGQA\x02");
         let stride = file[6];
@@ -151,11 +157,22 @@ fn each_chunk_is_a_standard_stream_as_documented() {
             // The codecs' ordinary decoders, not ours.
             match codec {
                 Codec::Zstd => shuffled.extend(zstd::decode_all(chunk).unwrap()),
-                _ => {
+                Codec::Brotli => {
                     brotli::Decompressor::new(chunk, 4096)
                         .read_to_end(&mut shuffled)
                         .unwrap();
                 }
+                Codec::Zlib => {
+                    flate2::read::ZlibDecoder::new(chunk)
+                        .read_to_end(&mut shuffled)
+                        .unwrap();
+                }
+                Codec::Lzma => {
+                    liblzma::read::XzDecoder::new(chunk)
+                        .read_to_end(&mut shuffled)
+                        .unwrap();
+                }
+                Codec::None => unreachable!(),
             }
         }
         let again = byte_unshuffle(&shuffled, stride);
@@ -171,7 +188,7 @@ fn each_chunk_is_a_standard_stream_as_documented() {
 #[test]
 fn the_bytes_do_not_depend_on_the_thread_count() {
     let (config, tensors) = (config(), tensors());
-    for codec in [Codec::Zstd, Codec::Brotli] {
+    for codec in [Codec::Zstd, Codec::Brotli, Codec::Zlib, Codec::Lzma] {
         let c = Compression {
             chunks: 16,
             ..compression(codec, 16)

@@ -1,13 +1,14 @@
 //! decode(encode(W)) gives exactly the quantizer's `q·s` (cast to the model dtype) for every scheme,
-//! through both compressors; damaged files are refused with the reason.
+//! through every compressor; damaged files are refused with the reason; pruned entries stay 0.
 
 use std::collections::HashMap;
 
 use half::f16;
 use pgolf_quant::container::{decode_body, encode_body};
+use pgolf_quant::prune::{prune_count, prune_smallest};
 use pgolf_quant::{
     encode_artifact, quantize_all, Artifact, Codec, Compression, DType, Encoding, GptqSettings,
-    Method, Override, QuantInputs, Routing, Rule, Scale, StoredTensor, ToTch, Weight,
+    Method, Override, QuantInputs, Routing, Rule, Scale, StoredTensor, TensorReport, ToTch, Weight,
 };
 use serde_json::json;
 
@@ -113,15 +114,39 @@ fn model() -> (Vec<Weight>, HashMap<String, Weight>, Routing) {
 
 fn quantized() -> (Vec<Weight>, Vec<StoredTensor>, Vec<String>) {
     let (weights, hessians, routing) = model();
-    let ctx = QuantInputs {
-        routing: &routing,
-        gptq: &GptqSettings::default(),
-        hessians: &hessians,
-        device: tch::Device::Cpu,
-    };
-    let out = quantize_all(&weights, &ctx, &|_| {}).unwrap();
+    let out = quantize_with(&weights, &hessians, &routing);
     let schemes = out.iter().map(|(_, r)| r.scheme.clone()).collect();
     (weights, out.into_iter().map(|(t, _)| t).collect(), schemes)
+}
+
+fn quantize_with(
+    weights: &[Weight],
+    hessians: &HashMap<String, Weight>,
+    routing: &Routing,
+) -> Vec<(StoredTensor, TensorReport)> {
+    let ctx = QuantInputs {
+        routing,
+        gptq: &GptqSettings::default(),
+        hessians,
+        device: tch::Device::Cpu,
+    };
+    quantize_all(weights, &ctx, &|_| {}).unwrap()
+}
+
+/// Each compressor at its default level (zstd 22, brotli 11, zlib 9, xz preset 6), and none.
+fn every_compressor() -> Vec<Compression> {
+    [
+        Codec::Zstd,
+        Codec::Brotli,
+        Codec::Zlib,
+        Codec::Lzma,
+        Codec::None,
+    ]
+    .map(|codec| Compression {
+        codec,
+        ..Compression::default()
+    })
+    .to_vec()
 }
 
 #[test]
@@ -147,14 +172,7 @@ fn every_scheme_is_covered() {
 fn decode_of_encode_reproduces_every_scheme_exactly() {
     let (weights, stored, _) = quantized();
     let config = json!({"num_layers": 1, "model_dim": 16});
-    for compression in [
-        Compression::default(),
-        Compression::brotli(),
-        Compression {
-            codec: Codec::None,
-            ..Compression::default()
-        },
-    ] {
+    for compression in every_compressor() {
         let bytes = encode_artifact(&config, &stored, &compression).unwrap();
         let art = Artifact::from_bytes(&bytes).unwrap();
         assert_eq!(art.config, config);
@@ -256,7 +274,10 @@ fn err_of(bytes: &[u8]) -> String {
 #[test]
 fn truncated_and_corrupted_artifacts_are_refused_with_the_reason() {
     let (_, stored, _) = quantized();
-    for compression in [Compression::default(), Compression::brotli()] {
+    for compression in every_compressor()
+        .into_iter()
+        .filter(|c| c.codec != Codec::None)
+    {
         let good = encode_artifact(&json!({"a": 1}), &stored, &compression).unwrap();
         assert!(
             err_of(&good[..30]).contains("truncated"),
@@ -318,4 +339,250 @@ fn a_directory_that_disagrees_with_the_payload_is_refused() {
     let n = wide.len();
     wide[n - 2 - 2] = 40u8; // q[1], before the 2-byte scale
     assert!(format!("{:#}", decode_body(&wide).unwrap_err()).contains("outside the 6-bit range"));
+}
+
+/// `prune` under every scheme that quantizes a matrix (int8_upstream, lite, rtn, GPTQ with SDClip
+/// and with the percentile search): exactly round(fraction·numel) entries, the smallest |w|, are
+/// counted and decode to 0 through the artifact; raw and non-matrix tensors are not pruned; the
+/// report's error is against the unpruned weights.
+#[test]
+fn pruned_entries_are_counted_and_decode_to_zero_under_every_scheme() {
+    let (weights, hessians, routing) = model();
+    let plain = quantize_with(&weights, &hessians, &routing);
+    let fraction = 0.2;
+    let pruned_routing = Routing {
+        prune: Some(fraction),
+        overrides: routing
+            .overrides
+            .iter()
+            .map(|o| {
+                let mut o = o.clone();
+                if !matches!(o.rule.method, Method::Fp16 | Method::Keep) {
+                    o.rule.prune = fraction;
+                }
+                o
+            })
+            .collect(),
+        ..routing.clone()
+    };
+    let pruned = quantize_with(&weights, &hessians, &pruned_routing);
+    let stored: Vec<StoredTensor> = pruned.iter().map(|(t, _)| t.clone()).collect();
+    let art = Artifact::from_bytes(
+        &encode_artifact(&json!({}), &stored, &Compression::default()).unwrap(),
+    )
+    .unwrap();
+    let mut schemes = vec![];
+    for ((w, (_, report)), (_, before)) in weights.iter().zip(&pruned).zip(&plain) {
+        let decoded = art.decode(&w.name).unwrap().data;
+        let matrix = w.shape.len() == 2 && report.bits.is_some();
+        if !matrix {
+            assert_eq!(report.pruned, 0, "{}", w.name);
+            assert_eq!(report, before, "{}: not pruned, so unchanged", w.name);
+            continue;
+        }
+        assert_eq!(
+            report.pruned,
+            prune_count(w.numel(), fraction),
+            "{}",
+            w.name
+        );
+        assert!(report.pruned > 0);
+        let mut copy = w.data.clone();
+        let mask = prune_smallest(&mut copy, fraction);
+        for (i, (m, v)) in mask.iter().zip(&decoded).enumerate() {
+            assert!(
+                !m || *v == 0.0,
+                "{} entry {i}: pruned, decodes to {v}",
+                w.name
+            );
+        }
+        // The error is measured against the original weights: it includes the pruned values.
+        let floor = w
+            .data
+            .iter()
+            .zip(&mask)
+            .filter(|(_, m)| **m)
+            .map(|(v, _)| (*v as f64).powi(2))
+            .sum::<f64>()
+            / w.numel() as f64;
+        assert!(
+            report.mse >= floor * 0.999,
+            "{}: mse {} < {floor}",
+            w.name,
+            report.mse
+        );
+        schemes.push(report.scheme.clone());
+    }
+    schemes.sort();
+    schemes.dedup();
+    assert_eq!(schemes, ["gptq", "int8_upstream", "lite", "rtn"]);
+}
+
+/// `prune: 0` (per rule or by the knob) is the unpruned quantization, bit for bit.
+#[test]
+fn prune_zero_is_the_unpruned_output() {
+    let (weights, hessians, routing) = model();
+    let plain = quantize_with(&weights, &hessians, &routing);
+    let zero = Routing {
+        prune: Some(0.0),
+        ..routing
+    };
+    assert_eq!(quantize_with(&weights, &hessians, &zero), plain);
+    assert!(plain.iter().all(|(_, r)| r.pruned == 0));
+}
+
+/// GPTQ's error feedback would refill a pruned entry; held at 0, the error of the pruned entries
+/// is fed into the columns not yet quantized instead, so the layer's output error is lower than
+/// pruning the GPTQ result afterwards.
+#[test]
+fn gptq_holds_pruned_entries_at_zero_and_compensates_for_them() {
+    let (weights, _, _) = model();
+    let w: Vec<Weight> = weights
+        .into_iter()
+        .filter(|w| w.name == "blocks.0.mlp.fc.weight")
+        .collect();
+    // Inputs driven by a few shared factors (H = AᵀA + 0.05·I, A 3 × cols), as real activations
+    // nearly are: GPTQ then moves later columns by more than the error it compensates, enough to
+    // refill a pruned entry with the rounding errors alone.
+    let cols = w[0].shape[1];
+    let mut seed = 3u64;
+    let a: Vec<f32> = (0..3 * cols).map(|_| lcg(&mut seed)).collect();
+    let corr: Vec<f32> = (0..cols * cols)
+        .map(|k| {
+            let (i, j) = (k / cols, k % cols);
+            let dot: f32 = (0..3).map(|f| a[f * cols + i] * a[f * cols + j]).sum();
+            dot + if i == j { 0.05 } else { 0.0 }
+        })
+        .collect();
+    let hessians = HashMap::from([(
+        w[0].name.clone(),
+        Weight {
+            name: w[0].name.clone(),
+            shape: vec![cols, cols],
+            dtype: DType::F32,
+            data: corr,
+        },
+    )]);
+    let gptq = Rule {
+        method: Method::Gptq,
+        bits: 8,
+        clip_sigmas: Some(4.0),
+        ..Rule::default()
+    };
+    let routing = |prune| Routing {
+        small_numel: 20,
+        mlp: Rule {
+            prune,
+            ..gptq.clone()
+        },
+        ..Routing::default()
+    };
+    let (held, held_report) = quantize_with(&w, &hessians, &routing(0.3)).remove(0);
+    let (after, _) = quantize_with(&w, &hessians, &routing(0.0)).remove(0);
+    let mut pruned_w = w[0].data.clone();
+    let mask = prune_smallest(&mut pruned_w, 0.3);
+    let (Encoding::Rows { q: qh, .. }, Encoding::Rows { q: qa, scales, .. }) =
+        (&held.encoding, &after.encoding)
+    else {
+        panic!("per-row")
+    };
+    assert!(mask.iter().zip(qh).all(|(m, q)| !m || *q == 0));
+    // The same sweep on the pruned matrix without holding: the feedback refills pruned entries.
+    let rows = w[0].shape[0];
+    let h = &hessians["blocks.0.mlp.fc.weight"];
+    let m = pgolf_quant::rows::Matrix::new(&pruned_w, rows, cols);
+    let s = pgolf_quant::rows::sdclip_scales(m, 4.0, 8);
+    let prep = pgolf_quant::gptq::prepare(m, &h.data, &GptqSettings::default(), tch::Device::Cpu)
+        .unwrap()
+        .unwrap();
+    let refilled = mask
+        .iter()
+        .zip(prep.quantize(&s, 8))
+        .filter(|(m, q)| **m && *q != 0)
+        .count();
+    assert!(refilled > 0, "unheld GPTQ kept every pruned entry at 0");
+    // GPTQ's result with the same entries zeroed afterwards.
+    let zeroed: Vec<f32> = qa
+        .iter()
+        .zip(&mask)
+        .enumerate()
+        .map(|(i, (q, m))| {
+            if *m {
+                0.0
+            } else {
+                *q as f32 * scales[i / cols].to_f32()
+            }
+        })
+        .collect();
+    let out_err = |dec: &[f32]| {
+        let e: Vec<f64> = w[0]
+            .data
+            .iter()
+            .zip(dec)
+            .map(|(a, b)| (a - b) as f64)
+            .collect();
+        (0..rows)
+            .map(|r| {
+                let er = &e[r * cols..(r + 1) * cols];
+                (0..cols)
+                    .flat_map(|i| (0..cols).map(move |j| (i, j)))
+                    .map(|(i, j)| er[i] * h.data[i * cols + j] as f64 * er[j])
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+    };
+    let held_err = out_err(&held.dequantize().unwrap());
+    assert!(
+        held_err < out_err(&zeroed),
+        "held {held_err} vs zeroed after {}",
+        out_err(&zeroed)
+    );
+    assert_eq!(held_report.pruned, prune_count(w[0].numel(), 0.3));
+}
+
+/// `embed: {method: fp16}` (PROTEUS EMA's and the int6 records' fp16 tied embedding): the tied
+/// `tok_emb.weight`, however large, is stored as raw fp16 (never quantized, never pruned) and
+/// decodes to each value rounded to fp16, in the model's dtype.
+#[test]
+fn a_tied_embedding_passes_through_as_fp16() {
+    let mut seed = 5u64;
+    let emb = weight("tok_emb.weight", &[300, 256], DType::F32, &mut seed);
+    assert!(emb.numel() > Routing::default().small_numel);
+    let routing = Routing {
+        embed: Rule {
+            method: Method::Fp16,
+            ..Rule::default()
+        },
+        prune: Some(0.05),
+        ..Routing::default()
+    };
+    let (t, report) =
+        quantize_with(std::slice::from_ref(&emb), &HashMap::new(), &routing).remove(0);
+    assert_eq!(
+        (report.scheme.as_str(), report.bits, report.pruned),
+        ("raw_f16", None, 0)
+    );
+    assert!(matches!(
+        t.encoding,
+        Encoding::Raw {
+            stored: DType::F16,
+            ..
+        }
+    ));
+    assert_eq!(report.stored_bytes, 2 * emb.numel());
+    let art =
+        Artifact::from_bytes(&encode_artifact(&json!({}), &[t], &Compression::default()).unwrap())
+            .unwrap();
+    let back = art.decode("tok_emb.weight").unwrap();
+    assert_eq!(back.dtype, DType::F32);
+    let expect: Vec<f32> = emb
+        .data
+        .iter()
+        .map(|v| f16::from_f32(*v).to_f32())
+        .collect();
+    assert_eq!(back.data, expect);
+    assert!(
+        back.data != emb.data,
+        "fp16 rounding is visible on random f32 values"
+    );
 }

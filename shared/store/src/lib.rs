@@ -10,6 +10,7 @@
 //! - [`device`]: the device record every manifest carries.
 //! - [`vocab`]: the parameter words all stages share (`precision`, `compute`).
 //! - [`lock`]: one run of a key at a time.
+//! - [`testing`]: hold points for the crash-safety harness (inert unless it sets them).
 
 pub mod device;
 pub mod files;
@@ -20,6 +21,7 @@ pub mod lock;
 pub mod manifest;
 pub mod progress;
 pub mod stage;
+pub mod testing;
 pub mod vocab;
 
 pub use device::{Backend, DeviceRecord};

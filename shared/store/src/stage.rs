@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use crate::device::DeviceRecord;
 use crate::files::MANIFEST;
-use crate::hashing::{hash_file, write_atomic, HashCache};
+use crate::hashing::{hash_file, HashCache};
 use crate::inputs::{input_key, Keyed};
 use crate::key::{canonical_json, run_key};
 use crate::manifest::{describe_outputs, list_files, InputRef, Manifest, MANIFEST_SCHEMA};
@@ -191,6 +191,7 @@ where
     match result {
         Ok(()) => std::process::exit(0),
         Err(err) => {
+            let err = name_the_disk(err, created_out.as_deref());
             if let Some(out) = created_out {
                 let _ = fs::remove_dir_all(&out);
             }
@@ -236,6 +237,27 @@ pub fn sweep_worker_scratch(name: &str) {
     }
 }
 
+/// A full disk or a read-only one surfaces as a bare `No space left on device (os error 28)` from
+/// whichever write hit it; the stage bodies do not name every file they write, so the wrapper names
+/// the output folder when the message does not already name a path in it.
+fn name_the_disk(err: anyhow::Error, out: Option<&Path>) -> anyhow::Error {
+    use std::io::ErrorKind::{FileTooLarge, QuotaExceeded, ReadOnlyFilesystem, StorageFull};
+    let disk = err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                StorageFull | ReadOnlyFilesystem | QuotaExceeded | FileTooLarge
+            )
+        })
+    });
+    match out {
+        Some(out) if disk && !format!("{err:#}").contains(&out.display().to_string()) => {
+            err.context(format!("writing into {}", out.display()))
+        }
+        _ => err,
+    }
+}
+
 /// An error chain on one line: `outer: inner: root`.
 pub fn one_line(err: &anyhow::Error) -> String {
     format!("{err:#}").replace('\n', " ")
@@ -273,7 +295,22 @@ where
             .as_ref()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "params".into());
-        anyhow!("{source}: {e}")
+        // serde names an unknown or missing field, not the field holding a value of the wrong
+        // type: parsed again from the text, the error's position gives its key.
+        let key = cli
+            .params
+            .as_ref()
+            .and_then(|p| fs::read_to_string(p).ok())
+            .and_then(|text| {
+                let at = serde_json::from_str::<P>(&text).err()?;
+                key_before(&text, at.line(), at.column())
+            });
+        match key {
+            Some(key) if !e.to_string().contains(&format!("`{key}`")) => {
+                anyhow!("{source}: `{key}`: {e}")
+            }
+            _ => anyhow!("{source}: {e}"),
+        }
     })?;
     let inputs = resolve_inputs(&cli.inputs)?;
     let input_keys: BTreeMap<String, String> = inputs
@@ -305,7 +342,9 @@ where
         return Ok(());
     }
 
-    fs::remove_file(out.join(INCOMPLETE_MARKER))?;
+    crate::testing::hold(crate::testing::STAGE_OUTPUTS_WRITTEN, name);
+    fs::remove_file(out.join(INCOMPLETE_MARKER))
+        .with_context(|| format!("{}: cannot remove", out.join(INCOMPLETE_MARKER).display()))?;
     let manifest = Manifest {
         schema: MANIFEST_SCHEMA,
         stage: name.to_string(),
@@ -344,8 +383,37 @@ where
             .unwrap_or_else(DeviceRecord::cpu),
         headline: stage.headline.clone(),
     };
-    write_atomic(&out.join(MANIFEST), &serde_json::to_vec_pretty(&manifest)?)?;
+    let path = out.join(MANIFEST);
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    fs::write(&tmp, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("{}: cannot write", tmp.display()))?;
+    crate::testing::hold(crate::testing::STAGE_MANIFEST_TEMP, name);
+    fs::rename(&tmp, &path)
+        .with_context(|| format!("{}: cannot rename into place", path.display()))?;
     Ok(())
+}
+
+/// The object key whose value holds byte `column` (1-based) of line `line` of a JSON text: the
+/// nearest `"key":` before that position.
+fn key_before(text: &str, line: usize, column: usize) -> Option<String> {
+    let start: usize = text
+        .split_inclusive('\n')
+        .take(line.saturating_sub(1))
+        .map(str::len)
+        .sum();
+    let end = (start + column).min(text.len());
+    let before = text.get(..end)?;
+    let mut rest = before;
+    while let Some(colon) = rest.rfind(':') {
+        let head = rest[..colon].trim_end();
+        if let Some(key_end) = head.strip_suffix('"') {
+            if let Some(open) = key_end.rfind('"') {
+                return Some(key_end[open + 1..].to_string());
+            }
+        }
+        rest = &rest[..colon];
+    }
+    None
 }
 
 fn read_params(path: Option<&Path>) -> Result<Value> {
@@ -376,7 +444,9 @@ fn resolve_inputs(specs: &[String]) -> Result<BTreeMap<String, Input>> {
             .or_default()
             .push(PathBuf::from(path));
     }
-    let cache = std::env::var_os(HASH_CACHE_ENV).map(|p| HashCache::open(Path::new(&p)));
+    // Hashed afresh, whatever the memo says: the key this run publishes rests on the bytes it
+    // reads (the memo is refreshed for the driver's next plan).
+    let cache = std::env::var_os(HASH_CACHE_ENV).map(|p| HashCache::refreshing(Path::new(&p)));
     let mut inputs = BTreeMap::new();
     for (name, paths) in grouped {
         let Keyed { key, manifests } =
@@ -448,4 +518,41 @@ fn host_description() -> String {
         std::env::consts::OS,
         std::env::consts::ARCH
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wrongly_typed_value_is_named_by_its_key() {
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct Inner {
+            layers: u32,
+        }
+        #[derive(serde::Deserialize, Debug)]
+        #[allow(dead_code)]
+        struct P {
+            iterations: u64,
+            model: Inner,
+        }
+        for (text, key) in [
+            (
+                r#"{"iterations": "six", "model": {"layers": 2}}"#,
+                "iterations",
+            ),
+            (
+                "{\"iterations\": 6,\n \"model\": {\"layers\": [2]}}",
+                "layers",
+            ),
+        ] {
+            let e = serde_json::from_str::<P>(text).unwrap_err();
+            assert_eq!(
+                key_before(text, e.line(), e.column()).as_deref(),
+                Some(key),
+                "{e}"
+            );
+        }
+    }
 }

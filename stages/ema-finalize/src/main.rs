@@ -10,11 +10,46 @@
 
 mod sources;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use pgolf_evaluator::ModelConfig;
+use pgolf_quant::weights::Weight;
 use pgolf_quant::{read_safetensors, write_safetensors};
 use pgolf_store::files;
 use pgolf_store::Stage;
 use sources::{Params, Sources, TrainFacts};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The raw weights must be exactly the parameters the config's model has: what is written here is
+/// what every later stage loads as that model.
+fn check_against_config(path: &Path, weights: &[Weight], cfg: &ModelConfig) -> Result<()> {
+    let mut want: BTreeMap<String, Vec<usize>> = cfg.parameter_shapes().into_iter().collect();
+    for w in weights {
+        match want.remove(&w.name) {
+            None => bail!(
+                "{}: unexpected tensor {} (not a parameter of the model in config.json)",
+                path.display(),
+                w.name
+            ),
+            Some(shape) if shape != w.shape => bail!(
+                "{}: tensor {} has shape {:?}, the model in config.json has {:?}",
+                path.display(),
+                w.name,
+                w.shape,
+                shape
+            ),
+            Some(_) => {}
+        }
+    }
+    if let Some(name) = want.keys().next() {
+        bail!(
+            "{}: tensor {name} is missing (a parameter of the model in config.json; {} missing in all)",
+            path.display(),
+            want.len()
+        );
+    }
+    Ok(())
+}
 
 fn main() {
     pgolf_store::run_stage::<Params, _>("ema-finalize", env!("PGOLF_STAGE_IDENTITY"), run);
@@ -28,6 +63,8 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         _ => None,
     });
     let raw = read_safetensors(&dir.join(files::WEIGHTS))?;
+    let cfg = ModelConfig::read(&dir.join(files::MODEL_CONFIG))?;
+    check_against_config(&dir.join(files::WEIGHTS), &raw, &cfg)?;
     let sources = Sources::new(&dir, facts);
     let chosen = sources.finalize(&stage.params, &raw)?;
 

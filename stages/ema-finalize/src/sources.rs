@@ -77,6 +77,8 @@ impl Default for Params {
 pub struct TrainFacts {
     pub ema_updates: Option<u64>,
     pub ema_decay: Option<f64>,
+    /// Steps per update (train's `ema_every`; 0, a headline that predates it, counts as 1).
+    pub ema_every: u64,
     pub swa_snapshots: Option<u64>,
 }
 
@@ -94,14 +96,20 @@ impl TrainFacts {
         TrainFacts {
             ema_updates: m.headline.get("ema_updates").and_then(|v| v.as_u64()),
             ema_decay,
+            ema_every: m
+                .headline
+                .get("ema_every")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(1),
             swa_snapshots: m.headline.get("swa_snapshots").and_then(|v| v.as_u64()),
         }
     }
 
-    /// d^N, the weight the EMA still gives the initial weights; `None` if d or N is unknown.
+    /// d^(k·N), the weight the EMA still gives the initial weights after N updates of cadence k
+    /// (each a lerp of weight 1 − d^k); `None` if d or N is unknown.
     pub fn ema_initial_share(&self) -> Option<f64> {
         match (self.ema_decay, self.ema_updates) {
-            (Some(d), Some(n)) => Some(d.powf(n as f64)),
+            (Some(d), Some(n)) => Some(d.powf((n * self.ema_every.max(1)) as f64)),
             _ => None,
         }
     }
@@ -338,8 +346,21 @@ mod tests {
         TrainFacts {
             ema_updates: Some(updates),
             ema_decay: Some(0.9),
+            ema_every: 1,
             swa_snapshots: Some(snapshots),
         }
+    }
+
+    /// With a cadence of k steps each update is a lerp of weight 1 − d^k: N updates leave d^(kN).
+    #[test]
+    fn the_initial_share_counts_the_cadence() {
+        let every_step = facts(20, 0);
+        assert!((every_step.ema_initial_share().unwrap() - 0.9f64.powi(20)).abs() < 1e-15);
+        let every_10 = TrainFacts {
+            ema_every: 10,
+            ..facts(20, 0)
+        };
+        assert!((every_10.ema_initial_share().unwrap() - 0.9f64.powi(200)).abs() < 1e-15);
     }
 
     /// A train output: raw weights, and optionally an EMA and an SWA average.

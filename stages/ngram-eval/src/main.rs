@@ -16,7 +16,7 @@ mod params;
 use anyhow::{bail, Result};
 use pgolf_data::{list_shards, Split, TokenStream};
 use pgolf_eval::guards::Normalization;
-use pgolf_eval::ngram::{diagnose_pass, mix_pass, HashedCache, KneserNey};
+use pgolf_eval::ngram::{diagnose_pass, mix_pass, ClaimedCache, HashedCache, KneserNey, StyxCache};
 use pgolf_eval::pass::PassOptions;
 use pgolf_eval::report::{summarize, write_doc_results, write_summary, Denominator};
 use pgolf_eval::schedule::{check_single_pass, flat, sliding};
@@ -187,7 +187,21 @@ fn score_mixed(pass: &mut Pass, p: &Params, vocab: usize, bos: u16, data: &Path)
 /// and the mass of its implied distribution, measured beside it.
 fn diagnose_hashed_cache(pass: &mut Pass, p: &Params, vocab: usize, bos: u16) -> Result<Side> {
     let h = &p.hashed;
-    let mut cache = HashedCache::new(h.max_order, h.bucket_bits, h.min_count, vocab, bos)?;
+    let mut cache: Box<dyn ClaimedCache> = match h.variant {
+        params::Variant::Generic => Box::new(HashedCache::new(
+            h.max_order,
+            h.bucket_bits,
+            h.min_count,
+            vocab,
+            bos,
+        )?),
+        params::Variant::Styx => Box::new(StyxCache::new(
+            h.max_order,
+            h.bucket_bits,
+            h.min_count,
+            h.ranks,
+        )?),
+    };
     let opts = PassOptions {
         probes: p.probes.max(1),
         ..pass.opts
@@ -196,7 +210,7 @@ fn diagnose_hashed_cache(pass: &mut Pass, p: &Params, vocab: usize, bos: u16) ->
         pass.ledger,
         pass.windows,
         pass.net,
-        &mut cache,
+        cache.as_mut(),
         h.alpha,
         &opts,
         pass.norm,

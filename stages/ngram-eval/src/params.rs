@@ -24,24 +24,44 @@ pub enum Windows {
     Sliding,
 }
 
+/// Which script's cache `diagnose` reproduces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Variant {
+    /// The ruled-invalid PRs' two-table cache (REFERENCE.md §5.5): XOR hashes, the longest
+    /// context with enough count, `min(full/ctx, 1)`.
+    #[default]
+    Generic,
+    /// PROTEUS+STYX's exactly (`pgolf_eval::ngram::styx`): its hashes, its order choice (the
+    /// target's count > 0), no clip, its lookup aligned with the input token, per-window updates,
+    /// one cache per rank.
+    Styx,
+}
+
 /// The hashed cache being diagnosed (REFERENCE.md §5.5).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Hashed {
+    pub variant: Variant,
     pub max_order: usize,
     pub bucket_bits: u32,
     pub min_count: u32,
     /// Fixed mixing weight α of the scripts.
     pub alpha: f64,
+    /// `styx`: the ranks its script would run on (each with its own cache over its slice of the
+    /// windows; 8 in its 8-GPU run).
+    pub ranks: usize,
 }
 
 impl Default for Hashed {
     fn default() -> Self {
         Hashed {
+            variant: Variant::Generic,
             max_order: 7,
             bucket_bits: 22,
             min_count: 2,
             alpha: 0.4,
+            ranks: 1,
         }
     }
 }

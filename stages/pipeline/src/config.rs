@@ -33,6 +33,10 @@ pub struct NodeSpec {
     pub params: Option<Value>,
     #[serde(default)]
     pub device: Option<String>,
+    /// Ranks to run the stage on (`--nproc N`, for stages that take it: train). Like the device,
+    /// an execution detail: it is recorded in the run's manifest, not in its key.
+    #[serde(default)]
+    pub nproc: Option<usize>,
 }
 
 /// A profile's change to one node: params are deep-merged, inputs replace the node's inputs.
@@ -45,6 +49,8 @@ pub struct NodeOverride {
     pub inputs: Option<IndexMap<String, InputSpec>>,
     #[serde(default)]
     pub device: Option<String>,
+    #[serde(default)]
+    pub nproc: Option<usize>,
 }
 
 #[derive(Deserialize, Debug, Clone, PartialEq)]

@@ -25,6 +25,8 @@ struct Candidate {
     what: String,
     path: PathBuf,
     lock: PathBuf,
+    /// A finished run's use-lock: shared by every driver whose plan uses it.
+    use_lock: Option<PathBuf>,
     why: &'static str,
 }
 
@@ -38,6 +40,17 @@ pub fn gc(session: &Session, dry_run: bool) -> Result<()> {
         let Ok(_lock) = KeyLock::acquire(&c.lock, Duration::ZERO) else {
             println!("in use, kept: {}", c.what);
             continue;
+        };
+        // A driver's plan uses it (a sweep variant, another pipeline file): it may be reading it.
+        let _use = match &c.use_lock {
+            Some(path) => match KeyLock::acquire(path, Duration::ZERO) {
+                Ok(lock) => Some(lock),
+                Err(_) => {
+                    println!("in use, kept: {}", c.what);
+                    continue;
+                }
+            },
+            None => None,
         };
         let size = disk_bytes(&c.path);
         if dry_run {
@@ -156,6 +169,7 @@ fn candidates(
                 what: name.clone(),
                 path,
                 lock,
+                use_lock: None,
                 why: UNFINISHED_IMPORT,
             });
             continue;
@@ -172,6 +186,7 @@ fn candidates(
                         what: format!("{stage}/{entry}"),
                         path: run_path,
                         lock: project.lock_path(&stage, key),
+                        use_lock: None,
                         why: "left by a driver that died",
                     });
                 }
@@ -184,6 +199,7 @@ fn candidates(
                     what,
                     path: run_path,
                     lock: project.lock_path(&stage, &entry),
+                    use_lock: Some(project.use_lock_path(&stage, &entry)),
                     why: "not reachable from any profile",
                 });
             }

@@ -16,6 +16,7 @@ pub struct Node {
     pub params: Value,
     pub inputs: IndexMap<String, InputSpec>,
     pub device: Option<String>,
+    pub nproc: Option<usize>,
 }
 
 pub struct Graph {
@@ -77,6 +78,7 @@ impl Graph {
             let mut params = object_params(spec.params.as_ref(), yaml, name)?;
             let mut inputs = spec.inputs.clone();
             let mut device = spec.device.clone();
+            let mut nproc = spec.nproc;
             if let Some(over) = overrides.get(name) {
                 if let Some(p) = &over.params {
                     params = deep_merge(&params, &object_params(Some(p), yaml, name)?);
@@ -86,6 +88,9 @@ impl Graph {
                 }
                 if over.device.is_some() {
                     device = over.device.clone();
+                }
+                if over.nproc.is_some() {
+                    nproc = over.nproc;
                 }
             }
             let exe = spec.exe.clone().unwrap_or_else(|| name.clone());
@@ -97,8 +102,12 @@ impl Graph {
                     params,
                     inputs,
                     device,
+                    nproc,
                 },
             );
+            if nproc == Some(0) {
+                bail!("{yaml}: node {name}: nproc must be a positive number of ranks");
+            }
         }
         for node in nodes.values() {
             for (input, spec) in &node.inputs {

@@ -1,19 +1,23 @@
 //! Stage identities (`<exe> --identity`, `name@hash`), memoised in `out/.identity-cache.json` by
-//! executable path + size + mtime, so a run where nothing changed spawns no process at all.
+//! executable path + size + mtime + ctime + inode (a rebuilt binary gets a new inode or ctime even
+//! when its size and mtime match), so a run where nothing changed spawns no process at all. A memo
+//! that still lies can only make the driver's key differ from the one the stage writes, which the
+//! driver refuses (and then drops this memo).
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::UNIX_EPOCH;
 
-use pgolf_store::hashing::write_atomic;
+use pgolf_store::hashing::{now_ns, write_atomic, Stamp};
 
 #[derive(Serialize, Deserialize, Clone, PartialEq)]
 struct Entry {
-    size: u64,
-    mtime_ns: u128,
+    stamp: Stamp,
+    /// When the identity was asked (ns since the epoch): an entry made while the executable was
+    /// still being written is not trusted.
+    asked_ns: i128,
     identity: String,
 }
 
@@ -40,23 +44,21 @@ impl Identities {
     pub fn of(&mut self, exe: &Path) -> Result<String> {
         let meta = std::fs::metadata(exe)
             .with_context(|| format!("executable {} not found", exe.display()))?;
-        let mtime_ns = meta
-            .modified()?
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
+        let stamp = Stamp::of(&meta);
         let name = exe.to_string_lossy().to_string();
         if let Some(e) = self.entries.get(&name) {
-            if e.size == meta.len() && e.mtime_ns == mtime_ns {
+            if e.stamp == stamp && stamp.settled_at(e.asked_ns) && stage_name(&e.identity).is_some()
+            {
                 return Ok(e.identity.clone());
             }
         }
+        let asked_ns = now_ns();
         let identity = ask(exe)?;
         self.entries.insert(
             name,
             Entry {
-                size: meta.len(),
-                mtime_ns,
+                stamp,
+                asked_ns,
                 identity: identity.clone(),
             },
         );

@@ -34,6 +34,7 @@ pub struct Instance {
     pub stage: String,
     pub params: Value,
     pub device: Option<String>,
+    pub nproc: Option<usize>,
     pub inputs: Vec<PlannedInput>,
     pub key: String,
 }
@@ -196,6 +197,7 @@ impl Planner<'_> {
                 stage: stage.clone(),
                 params,
                 device: node.device.clone(),
+                nproc: node.nproc,
                 inputs: planned,
                 key,
             });

@@ -52,6 +52,15 @@ impl Project {
         self.out.join(stage).join(".locks").join(key)
     }
 
+    /// Held shared by every driver whose plan uses the run (to run it, reuse it or read it), for
+    /// the driver's whole life; `gc` removes a run only while it can hold it exclusively.
+    pub fn use_lock_path(&self, stage: &str, key: &str) -> PathBuf {
+        self.out
+            .join(stage)
+            .join(".locks")
+            .join(format!("{key}.use"))
+    }
+
     /// Memo of raw input content hashes, shared with the stages through `PGOLF_HASH_CACHE`.
     pub fn hash_cache(&self) -> PathBuf {
         self.out.join(".hash-cache.json")

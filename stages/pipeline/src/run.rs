@@ -3,10 +3,13 @@
 
 use anyhow::{bail, Result};
 use pgolf_store::files;
+use pgolf_store::lock::{KeyLock, LockError};
 use std::collections::BTreeSet;
 
 use crate::display::sweep_table;
 use crate::last_runs::LastRuns;
+use crate::plan::Plan;
+use crate::project::Project;
 use crate::schedule;
 use crate::session::Session;
 use crate::settings;
@@ -15,6 +18,23 @@ pub struct RunArgs {
     pub target: Option<String>,
     pub sets: Vec<String>,
     pub jobs: usize,
+}
+
+/// Shared locks on the use-lock of every run in the plan (held until the driver ends).
+fn in_use(project: &Project, plan: &Plan) -> Result<Vec<KeyLock>> {
+    let mut locks = Vec::new();
+    let mut seen = BTreeSet::new();
+    for inst in &plan.instances {
+        if seen.insert((inst.stage.as_str(), inst.key.as_str())) {
+            match KeyLock::shared(&project.use_lock_path(&inst.stage, &inst.key)) {
+                Ok(lock) => locks.push(lock),
+                // A read-only out/: no gc can remove anything there either.
+                Err(LockError::ReadOnly) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(locks)
 }
 
 pub fn run(session: &Session, args: &RunArgs) -> Result<()> {
@@ -36,6 +56,8 @@ pub fn run(session: &Session, args: &RunArgs) -> Result<()> {
     }
     let plan = session.plan(Some(&closure), &settings)?;
     plan.first_error(graph.nodes.keys().filter(|n| closure.contains(*n)))?;
+    // Before anything is checked for freshness: from here on `gc` keeps every run this plan uses.
+    let _in_use = in_use(&session.project, &plan)?;
 
     let target_ids: Vec<usize> = targets
         .iter()

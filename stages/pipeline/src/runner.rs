@@ -102,6 +102,7 @@ fn run_locked(
     let _ = std::fs::remove_file(&side.error);
     match result {
         Ok(manifest) => {
+            pgolf_store::testing::hold(pgolf_store::testing::DRIVER_VERIFIED, &inst.stage);
             let target = project.run_dir(&inst.stage, &inst.key);
             if target.exists() {
                 // A damaged run of this key (checked above): ours replaces it.
@@ -111,6 +112,7 @@ fn run_locked(
             }
             std::fs::rename(&tmp, &target)
                 .with_context(|| format!("{}: cannot move into place", target.display()))?;
+            pgolf_store::testing::hold(pgolf_store::testing::DRIVER_PUBLISHED, &inst.stage);
             Ok(Some(manifest))
         }
         Err(e) => {
@@ -145,9 +147,13 @@ fn spawn_and_verify(
     if let Some(device) = &inst.device {
         cmd.arg("--device").arg(device);
     }
+    if let Some(n) = inst.nproc {
+        cmd.arg("--nproc").arg(n.to_string());
+    }
     cmd.env(HASH_CACHE_ENV, project.hash_cache())
         .env(ERROR_FILE_ENV, &side.error)
         .stdin(Stdio::null());
+    die_with_driver(&mut cmd);
     let status = match output {
         StageOutput::Inherit => {
             // The driver's stdout carries only its own lines; a stage's stdout joins its stderr.
@@ -167,8 +173,12 @@ fn spawn_and_verify(
     }
     let manifest = Manifest::read(tmp)?;
     if manifest.key != inst.key || manifest.stage != inst.stage {
+        // The stage keys its inputs from their bytes and its identity from its build; the driver's
+        // from memos. A memo that lied (an executable or file changed behind its stamps) is
+        // dropped, so the next run plans from the files themselves.
+        let _ = std::fs::remove_file(project.identity_cache());
         bail!(
-            "{} wrote run {}/{} but the driver computed {}/{}: the stage and pipeline.yaml disagree on its identity, params or inputs",
+            "{} wrote run {}/{} but the driver computed {}/{}: the stage and pipeline.yaml disagree on its identity, params or inputs (the driver's identity memo is cleared and the stage refreshed the hash memo: if a file or executable changed behind them, run again)",
             inst.exe.display(),
             manifest.stage,
             short(&manifest.key),
@@ -178,6 +188,27 @@ fn spawn_and_verify(
     }
     manifest.verify_sizes(tmp)?;
     Ok(manifest)
+}
+
+/// The stage is killed when this thread of the driver dies (Linux `PR_SET_PDEATHSIG`; the thread
+/// that spawns a stage waits for it, so that is when the driver dies): only the driver publishes a
+/// run, so a stage whose driver was killed computes for nothing, and would hold a GPU meanwhile.
+fn die_with_driver(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    let driver = std::process::id() as libc::pid_t;
+    // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The driver died before the prctl took effect: do not start at all.
+            if libc::getppid() != driver {
+                return Err(std::io::Error::other("the pipeline driver is gone"));
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Runs the stage with its stdout and stderr passed on line by line through the reporter.

@@ -120,6 +120,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         .collect();
     table::write(&stage.out_path(files::TENSOR_TABLE), &rows)?;
     stage.headline("tensors", stored.len());
+    stage.headline("pruned", reports.iter().map(|r| r.pruned).sum::<usize>());
     stage.headline("quantized_mse", quantized_mse(&reports));
     stage.headline("mean_rel_output_err", mean_rel_output_err(&reports));
 
@@ -138,11 +139,18 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
 /// artifact verbatim, so evaluation rebuilds the model from the artifact alone).
 fn read_weights(stage: &Stage<Params>) -> Result<(Vec<Weight>, Value)> {
     let dir = stage.input_dir("weights")?;
-    let weights = read_safetensors(&dir.join(files::WEIGHTS))?;
+    let mut weights = read_safetensors(&dir.join(files::WEIGHTS))?;
     let path = dir.join(files::MODEL_CONFIG);
     let text = fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let config =
+    let mut config: Value =
         serde_json::from_slice(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    // R0323's parameter banks are a training layout: the artifact stores (and quantizes) the
+    // per-layer matrices, as R0323 does, and says so in its config.
+    if config.get("banks") == Some(&Value::Bool(true)) {
+        weights = pgolf_quant::unbank(weights)
+            .with_context(|| format!("{}", dir.join(files::WEIGHTS).display()))?;
+        config["banks"] = Value::Bool(false);
+    }
     Ok((weights, config))
 }
 

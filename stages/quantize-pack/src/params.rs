@@ -18,10 +18,14 @@ pub struct Params {
     pub overrides: Vec<Override>,
     /// Replaces attn's and mlp's `clip_sigmas` when set (`--set quantize-pack.clip_sigmas=12,13`).
     pub clip_sigmas: Option<f64>,
+    /// Replaces the `prune` fraction of the embed, attn, mlp and other rules when set
+    /// (`--set quantize-pack.prune=0.03,0.05`); overrides keep their own.
+    pub prune: Option<f64>,
     pub gptq: GptqSettings,
-    /// `zstd` (level 22) or `brotli` (byte shuffle, quality 11), or `none`.
+    /// `zstd` (level 22), `brotli` (byte shuffle, quality 11), `zlib` (level 9), `lzma` (.xz,
+    /// preset 6), or `none`.
     pub compressor: Codec,
-    /// zstd level or brotli quality; default 22 / 11.
+    /// zstd level, brotli quality, zlib level or xz preset; default 22 / 11 / 9 / 6.
     pub level: Option<i32>,
     /// Byte-shuffle stride; default 2 for brotli, 1 (none) for zstd.
     pub shuffle: Option<u8>,
@@ -49,6 +53,7 @@ impl Default for Params {
             other: r.other,
             overrides: r.overrides,
             clip_sigmas: r.clip_sigmas,
+            prune: r.prune,
             gptq: GptqSettings::default(),
             compressor: c.codec,
             level: c.level,
@@ -73,6 +78,7 @@ impl Params {
             other: self.other.clone(),
             overrides: self.overrides.clone(),
             clip_sigmas: self.clip_sigmas,
+            prune: self.prune,
         }
     }
 

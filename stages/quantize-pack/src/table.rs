@@ -28,6 +28,7 @@ pub fn write(path: &Path, rows: &[Row]) -> Result<()> {
         Field::new("rel_output_err", DataType::Float64, true),
         Field::new("stored_bytes", DataType::UInt64, false),
         Field::new("compressed_bytes", DataType::UInt64, false),
+        Field::new("pruned", DataType::UInt64, false),
     ]));
     let r = |f: &dyn Fn(&TensorReport) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(
@@ -67,6 +68,9 @@ pub fn write(path: &Path, rows: &[Row]) -> Result<()> {
         )),
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|x| x.compressed_bytes),
+        )),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|x| x.report.pruned as u64),
         )),
     ];
     let what = || format!("{}: cannot write the table", path.display());

@@ -1,8 +1,13 @@
 //! The real chain tokenize → train → ema-finalize → gptq-calibrate → quantize-pack on a micro model,
 //! driven by the real `pipeline` binary (all built by `cargo build --release --workspace`):
-//! a clip sweep reruns only quantize-pack; the cap is enforced; an EMA never updated is refused.
+//! a clip sweep reruns only quantize-pack; the cap is enforced; an EMA never updated is refused;
+//! every compressor gives the counted evaluator the same weights; pruning is counted per tensor.
 
-use pgolf_quant::Artifact;
+use arrow::array::{AsArray, RecordBatch};
+use arrow::datatypes::UInt64Type;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use pgolf_quant::prune::{prune_count, prune_smallest};
+use pgolf_quant::{read_safetensors, Artifact, Codec};
 use pgolf_store::files;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -301,4 +306,166 @@ fn the_chunk_count_changes_the_file_not_the_tensors() {
         !out.status.success() && err.contains("chunks 0 outside 1..=4096"),
         "{err}"
     );
+}
+
+/// zlib-9 and LZMA-6 (the records' `zlib.compress(…, 9)` and `lzma.compress(…, preset=6)`) beside
+/// zstd and brotli: the frame names the compressor, the tensors are the same, and so the counted
+/// evaluator's binary, which an artifact's score comes from, prints the same val_bpb to the last bit.
+#[test]
+fn every_compressor_gives_the_counted_evaluator_the_same_weights_and_score() {
+    let p = Project::new();
+    p.ok(&["run", "quantize-pack"]);
+    p.ok(&[
+        "run",
+        "quantize-pack",
+        "--set",
+        "quantize-pack.compressor=brotli",
+    ]);
+    for (codec, level) in [("zlib", "9"), ("lzma", "6")] {
+        let compressor = format!("quantize-pack.compressor={codec}");
+        let level = format!("quantize-pack.level={level}");
+        p.ok(&[
+            "run",
+            "quantize-pack",
+            "--set",
+            &compressor,
+            "--set",
+            &level,
+        ]);
+    }
+    let data = p.runs("tokenize").remove(0);
+    let mut seen = Vec::new();
+    for run in p.runs("quantize-pack") {
+        let path = run.join(files::ARTIFACT);
+        let file = std::fs::read(&path).unwrap();
+        let art = Artifact::from_bytes(&file).unwrap();
+        let out = Command::new(release_bin("pgolf-evaluate"))
+            .arg(&path)
+            .arg(&data)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "pgolf-evaluate {}: {err}",
+            path.display()
+        );
+        let score: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let label = manifest(&run)["headline"]["compressor"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        seen.push((label, file[5], art, score));
+    }
+    seen.sort_by_key(|s| s.1);
+    let labels: Vec<(&str, u8)> = seen.iter().map(|s| (s.0.as_str(), s.1)).collect();
+    assert_eq!(
+        labels,
+        [("zstd-3", 1), ("brotli-3", 2), ("zlib-9", 3), ("lzma-6", 4)]
+    );
+    let (_, _, zstd, zstd_score) = &seen[0];
+    let bpb = |v: &Value| v["val_bpb"].as_f64().unwrap().to_bits();
+    assert!(
+        zstd_score["targets"].as_u64().unwrap() > 1000,
+        "{zstd_score}"
+    );
+    for (label, id, art, score) in &seen[1..] {
+        assert_eq!(art.codec, Codec::from_id(*id).unwrap());
+        assert_eq!(&art.tensors, &zstd.tensors, "{label}");
+        assert_eq!(
+            bpb(score),
+            bpb(zstd_score),
+            "{label}: {score} vs {zstd_score}"
+        );
+        // And every other field but the timing.
+        let untimed = |v: &Value| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("seconds");
+            v
+        };
+        assert_eq!(untimed(score), untimed(zstd_score), "{label}");
+    }
+}
+
+/// tensors.parquet's `pruned` column as u64s, with the `numel` and `scheme` columns.
+fn pruned_column(run: &Path) -> Vec<(String, u64, String, u64)> {
+    let file = std::fs::File::open(run.join(files::TENSOR_TABLE)).unwrap();
+    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut rows = Vec::new();
+    for b in batches {
+        let text = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().clone();
+        let num = |c: &str| {
+            b.column_by_name(c)
+                .unwrap()
+                .as_primitive::<UInt64Type>()
+                .clone()
+        };
+        let (name, scheme, numel, pruned) =
+            (text("name"), text("scheme"), num("numel"), num("pruned"));
+        for i in 0..b.num_rows() {
+            rows.push((
+                name.value(i).to_string(),
+                numel.value(i),
+                scheme.value(i).to_string(),
+                pruned.value(i),
+            ));
+        }
+    }
+    rows
+}
+
+/// `prune: 0.1` zeroes round(0.1·numel) entries of every quantized matrix (GPTQ included, which
+/// holds them at 0): tensors.parquet counts them, the headline sums them, and they decode to 0.
+/// Off by default: every count is 0.
+#[test]
+fn pruning_is_counted_per_tensor_and_the_pruned_entries_decode_to_zero() {
+    let p = Project::new();
+    p.ok(&["run", "quantize-pack"]);
+    p.ok(&["run", "quantize-pack", "--set", "quantize-pack.prune=0.1"]);
+    let runs = p.runs("quantize-pack");
+    let (pruned_run, plain_run) = match manifest(&runs[0])["params"]["prune"].as_f64() {
+        Some(_) => (&runs[0], &runs[1]),
+        None => (&runs[1], &runs[0]),
+    };
+    assert!(pruned_column(plain_run).iter().all(|r| r.3 == 0));
+    assert_eq!(manifest(plain_run)["headline"]["pruned"], 0);
+
+    let art = Artifact::read(&pruned_run.join(files::ARTIFACT)).unwrap();
+    let weights = read_safetensors(&p.runs("ema-finalize")[0].join(files::WEIGHTS)).unwrap();
+    let rows = pruned_column(pruned_run);
+    let mut total = 0;
+    for (name, numel, scheme, pruned) in &rows {
+        let t = art.decode(name).unwrap();
+        let expect = if scheme.starts_with("raw") || t.shape.len() != 2 {
+            0
+        } else {
+            prune_count(*numel as usize, 0.1) as u64
+        };
+        assert_eq!(*pruned, expect, "{name} ({scheme})");
+        if *pruned > 0 {
+            // The k smallest |w| of the weights quantize-pack read are exactly 0 after decoding.
+            let mut w = weights
+                .iter()
+                .find(|w| &w.name == name)
+                .unwrap()
+                .data
+                .clone();
+            let mask = prune_smallest(&mut w, 0.1);
+            assert!(
+                mask.iter().zip(&t.data).all(|(m, v)| !m || *v == 0.0),
+                "{name}: a pruned entry decodes to a non-zero value"
+            );
+        }
+        total += pruned;
+    }
+    assert!(
+        rows.iter().any(|r| r.2 == "gptq" && r.3 > 0),
+        "a GPTQ matrix was pruned: {rows:?}"
+    );
+    assert_eq!(manifest(pruned_run)["headline"]["pruned"], total);
 }

@@ -180,6 +180,25 @@ pub fn results(doc: &mut Doc, f: &Findings) {
     if !missing.is_empty() {
         notes.push(Line::text(format!("Not run: {}.", missing.join(", "))));
     }
+    // Late QAT is easy to configure and silently never run (R0322's never did under
+    // torch.compile), so the report says for each run whether and when it switched on.
+    for (p, label) in f.points.iter().zip(&f.labels) {
+        let Some(t) = p.train else { continue };
+        let threshold = t.headline_f64("late_qat_threshold").unwrap_or(0.0);
+        if threshold <= 0.0 {
+            continue;
+        }
+        let steps = t.headline_f64("steps").unwrap_or(0.0) as u64;
+        notes.push(Line::text(match t.headline_f64("late_qat_step") {
+            Some(step) => format!(
+                "{label}: late QAT (lr_mul < {threshold}) switched on at step {} of {steps}.",
+                step as u64
+            ),
+            None => format!(
+                "{label}: late QAT was configured (lr_mul < {threshold}) but never switched on in {steps} steps."
+            ),
+        }));
+    }
     if f.points.iter().any(|p| p.train.is_none()) {
         notes.push(Line::text(
             "Runs with \"not run\" under steps/train were given without their train run.",

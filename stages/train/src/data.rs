@@ -76,9 +76,18 @@ impl BatchLoader {
             self.tokens_taken += chunk.len() as u64;
             let rank_span = &chunk[self.rank * span..(self.rank + 1) * span];
             if let Some(&bad) = rank_span.iter().find(|&&t| t as usize >= self.vocab) {
+                // Name the shard (a one-time scan, on the way out).
+                let culprit = self.paths.iter().find_map(|p| {
+                    let shard = pgolf_data::Shard::open(p).ok()?;
+                    let at = shard
+                        .tokens()
+                        .iter()
+                        .position(|&t| t as usize >= self.vocab)?;
+                    Some(format!("{} (position {at})", p.display()))
+                });
                 bail!(
                     "{}: train token id {bad} is outside the model's vocab of {} (shards from another tokenizer?)",
-                    self.dir.display(),
+                    culprit.unwrap_or_else(|| self.dir.display().to_string()),
                     self.vocab
                 );
             }

@@ -17,6 +17,7 @@ pub struct GraphedMicroStep {
     x: Tensor,
     y: Tensor,
     loss_sum: Tensor,
+    scale: f64,
 }
 
 /// Forward, `(loss · scale).backward()`, and the loss added to `loss_sum`.
@@ -55,17 +56,29 @@ impl GraphedMicroStep {
             x,
             y,
             loss_sum,
+            scale,
         })
     }
 
-    /// Replays the graph once per micro-batch; returns the sum of their losses (on the device).
-    pub fn run(&mut self, batches: &[(Tensor, Tensor)]) -> Result<Tensor> {
+    /// Captures the micro-batch again, for a model whose forward pass changed (late QAT turning
+    /// on): a graph replays the kernels it recorded, so without this the change would never run.
+    pub fn recapture(&mut self, gpt: &Gpt, opt: &mut Optimizers) -> Result<()> {
+        let (rows, seq_len) = self.x.size2()?;
+        *self = GraphedMicroStep::capture(gpt, opt, rows, seq_len, self.scale, self.x.device())?;
+        Ok(())
+    }
+
+    /// Replays the graph once per micro-batch; returns the sum of their losses and the running
+    /// sum after each replay (on the device; read only to find a micro-batch whose loss is bad).
+    pub fn run(&mut self, batches: &[(Tensor, Tensor)]) -> Result<(Tensor, Vec<Tensor>)> {
         let _ = self.loss_sum.zero_();
+        let mut sums = Vec::with_capacity(batches.len());
         for (x, y) in batches {
             self.x.copy_(x);
             self.y.copy_(y);
             self.graph.replay()?;
+            sums.push(self.loss_sum.copy());
         }
-        Ok(self.loss_sum.copy())
+        Ok((self.loss_sum.copy(), sums))
     }
 }

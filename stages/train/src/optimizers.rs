@@ -22,6 +22,11 @@ impl Optimizers {
         let (mut matrices, mut embed, mut head, mut scalars) = (vec![], vec![], vec![], vec![]);
         for (name, t) in gpt.named_parameters() {
             let t = t.shallow_clone();
+            let projection = name == "bigram.proj.weight" || name == "ve_shared.proj.weight";
+            if p.projections_to_adam && projection {
+                scalars.push(t);
+                continue;
+            }
             match param_role(name, t.dim()) {
                 ParamRole::Matrix => matrices.push(t),
                 ParamRole::Embedding => embed.push(t),
@@ -46,7 +51,9 @@ impl Optimizers {
         if !head.is_empty() {
             groups.push(AdamGroup::new("lm_head", head, p.head_lr));
         }
-        for g in &mut groups {
+        // AdamW's decay on the token and scalar groups; the untied head keeps plain Adam (R0322's
+        // `optimizer_head` is `torch.optim.Adam`).
+        for g in groups.iter_mut().filter(|g| g.name != "lm_head") {
             g.weight_decay = p.adam_weight_decay;
         }
         let adam = Adam::new(groups, p.beta1, p.beta2, p.adam_eps);

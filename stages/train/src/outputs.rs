@@ -2,7 +2,7 @@
 //! updated, SWA only if it took a snapshot), the config, the metrics table and the headline.
 
 use anyhow::Result;
-use pgolf_model::{save_safetensors, save_tensors};
+use pgolf_model::{save_tensors, to_file_layout};
 use pgolf_runtime::cuda;
 use pgolf_store::files;
 use pgolf_store::Stage;
@@ -23,14 +23,20 @@ pub fn write(
     log: &mut RunLog,
 ) -> Result<()> {
     let p = &stage.params.clone();
-    save_safetensors(vs, &stage.out_path(files::WEIGHTS))?;
+    // The weights, the EMA and the SWA average in the model's stored layout (per layer, or R0323's
+    // banks).
+    let save = |named: &[(String, tch::Tensor)], name: &str| {
+        save_tensors(&to_file_layout(&p.model, named)?, &stage.out_path(name))
+    };
+    let raw: Vec<(String, tch::Tensor)> = vs.variables().into_iter().collect();
+    save(&raw, files::WEIGHTS)?;
     let ema_updates = run.ema.as_ref().map_or(0, |e| e.updates());
     if let Some(ema) = run.ema.as_ref().filter(|e| e.updates() > 0) {
-        save_tensors(ema.shadow(), &stage.out_path(files::EMA_WEIGHTS))?;
+        save(ema.shadow(), files::EMA_WEIGHTS)?;
     }
     let swa_snapshots = run.swa.as_ref().map_or(0, |s| s.count());
     if let Some(average) = run.swa.as_ref().map(Swa::average).transpose()?.flatten() {
-        save_tensors(&average, &stage.out_path(files::SWA_WEIGHTS))?;
+        save(&average, files::SWA_WEIGHTS)?;
         log.line(&format!(
             "swa: averaged {swa_snapshots} snapshots from step {}",
             run.swa.as_ref().and_then(Swa::first_step).unwrap_or(0)
@@ -65,7 +71,10 @@ pub fn write(
     stage.headline("val_targets", val_set.targets);
     stage.headline("ema_updates", ema_updates);
     stage.headline("ema_decay", p.ema_decay);
+    stage.headline("ema_every", p.ema_every);
     stage.headline("swa_snapshots", swa_snapshots);
+    stage.headline("late_qat_threshold", p.late_qat_threshold);
+    stage.headline("late_qat_step", run.qat_step);
     // With CUDA graphs the graph's activations live in its private pool: they count as reserved,
     // not allocated, so both figures are reported.
     stage.headline("peak_gpu_mib", peak.map(|(allocated, _)| allocated >> 20));

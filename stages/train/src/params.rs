@@ -54,12 +54,24 @@ pub struct Params {
     pub adam_weight_decay: f64,
     /// Global gradient-norm clip; 0 = off.
     pub grad_clip_norm: f64,
+    /// Stop (fail) at the first step whose train loss is above this: a diverging run. Off by
+    /// default; a NaN or infinite loss always stops the run.
+    pub max_loss: Option<f64>,
     /// EMA decay of the weight average saved beside the raw weights; 0 = no EMA.
     pub ema_decay: f64,
+    /// EMA cadence: update after every this-many steps with the decay of that many (PROTEUS EMA:
+    /// 10); 1 = every step.
+    pub ema_every: u64,
     /// SWA (REFERENCE.md §5.6): average the weights after every this-many steps while the step's
     /// lr_mul is below `swa_lr_threshold`, saved as `swa.safetensors`; 0 = off.
     pub swa_every: u64,
     pub swa_lr_threshold: f64,
+    /// Late QAT (REFERENCE.md §5.9): from the first step whose lr_mul is below this, the block
+    /// matrices train through per-row int6 fake quantization (straight-through); 0 = off.
+    pub late_qat_threshold: f64,
+    /// PROTEUS+STYX's routing: BigramHash's and VE's projections trained by the scalar AdamW group
+    /// instead of Muon (R0322's routing, the default).
+    pub projections_to_adam: bool,
 
     // Execution.
     /// `auto` (bf16 on CUDA, f32 on the CPU), `f32` or `bf16`.
@@ -106,9 +118,13 @@ impl Default for Params {
             adam_eps: 1e-8,
             adam_weight_decay: 0.0,
             grad_clip_norm: 0.0,
+            max_loss: None,
             ema_decay: 0.997,
+            ema_every: 1,
             swa_every: 0,
             swa_lr_threshold: 0.4,
+            late_qat_threshold: 0.0,
+            projections_to_adam: false,
             precision: Precision::Auto,
             threads: 0,
             formulation: Formulation::Fast,
@@ -137,11 +153,24 @@ impl Params {
         if self.max_wallclock_seconds.is_nan() || self.max_wallclock_seconds < 0.0 {
             bail!("params: max_wallclock_seconds must be ≥ 0");
         }
+        if let Some(max) = self.max_loss {
+            if !(max.is_finite() && max > 0.0) {
+                bail!(
+                    "params: max_loss must be a positive number (leave it out for none), got {max}"
+                );
+            }
+        }
         if !(0.0..1.0).contains(&self.ema_decay) {
             bail!(
                 "params: ema_decay must be in [0, 1), got {}",
                 self.ema_decay
             );
+        }
+        if self.ema_every == 0 {
+            bail!("params: ema_every must be ≥ 1 (1 = every step)");
+        }
+        if self.late_qat_threshold.is_nan() || self.late_qat_threshold < 0.0 {
+            bail!("params: late_qat_threshold must be ≥ 0 (0 = off)");
         }
         if !(self.swa_lr_threshold > 0.0 && self.swa_lr_threshold <= 1.0) {
             bail!(

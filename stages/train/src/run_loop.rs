@@ -15,7 +15,7 @@ use crate::metrics::{Metrics, Row};
 use crate::optimizers::Optimizers;
 use crate::params::Params;
 use crate::profile::ProfileWindow;
-use crate::step::{train_step, StepSettings};
+use crate::step::{train_step, StepOutcome, StepSettings};
 use crate::swa::Swa;
 use crate::validate::{validate, ValResult};
 
@@ -41,6 +41,8 @@ pub struct Finished {
     pub val: ValResult,
     pub ema: Option<Ema>,
     pub swa: Option<Swa>,
+    /// The step at which late QAT turned on, if it did.
+    pub qat_step: Option<u64>,
 }
 
 pub fn run(t: Training) -> Result<Finished> {
@@ -56,6 +58,9 @@ pub fn run(t: Training) -> Result<Finished> {
         log,
     } = t;
     let mut ema = (p.ema_decay > 0.0).then(|| Ema::new(gpt.named_parameters(), p.ema_decay));
+    if let Some(ema) = ema.as_mut() {
+        ema.every = p.ema_every;
+    }
     let mut swa = Swa::new(p.swa_every, p.swa_lr_threshold);
     let schedule = Warmdown {
         iterations: p.iterations,
@@ -68,7 +73,9 @@ pub fn run(t: Training) -> Result<Finished> {
     let mut step: u64 = 0;
     let mut stop_after: Option<u64> = None;
     let mut last_val = None;
+    let mut last_loss: Option<(u64, f64)> = None;
     let mut profile = ProfileWindow::from_env()?;
+    let mut qat_step = None;
     loop {
         let last = step == p.iterations || stop_after.is_some_and(|s| step >= s);
         if last || (p.val_loss_every > 0 && step.is_multiple_of(p.val_loss_every)) {
@@ -94,6 +101,14 @@ pub fn run(t: Training) -> Result<Finished> {
         }
 
         let lr_mul = schedule.lr_mul(step, train_ms);
+        if qat_step.is_none() && p.late_qat_threshold > 0.0 && lr_mul < p.late_qat_threshold {
+            gpt.set_fake_quant(true);
+            if let Some(g) = graphed.as_deref_mut() {
+                g.recapture(gpt, opt)?;
+            }
+            log.line(&format!("late_qat:enabled step:{step} lr_mul:{lr_mul:.4}"))?;
+            qat_step = Some(step);
+        }
         let settings = StepSettings {
             lr_mul,
             muon_momentum: muon_momentum(
@@ -109,15 +124,10 @@ pub fn run(t: Training) -> Result<Finished> {
         let mut out = train_step(gpt, loader, opt, graphed.as_deref_mut(), settings, comm)?;
         // The loss over all ranks' tokens (every rank then stops on divergence together).
         [out.loss] = crate::ranks::agree_mean(comm, val_set.tokens.device(), [out.loss])?;
-        if !out.loss.is_finite() {
-            bail!(
-                "step {}: the train loss is {} (diverged); stopping",
-                step + 1,
-                out.loss
-            );
-        }
+        check_loss(step + 1, &out, p.max_loss, last_loss)?;
+        last_loss = Some((step + 1, out.loss));
         if let Some(ema) = ema.as_mut() {
-            ema.update(gpt.named_parameters());
+            ema.after_step(step, gpt.named_parameters());
         }
         if let Some(swa) = swa.as_mut() {
             if swa.after_step(step + 1, lr_mul, gpt.named_parameters()) && swa.count() == 1 {
@@ -174,5 +184,49 @@ pub fn run(t: Training) -> Result<Finished> {
         val: last_val.expect("the loop validates before it ends"),
         ema,
         swa,
+        qat_step,
     })
+}
+
+/// Stops the run at a step whose loss is not finite, or above `max_loss` (a diverging run), naming
+/// the step, the first bad micro-batch (this rank's; the loss is the mean over ranks) and the last
+/// finite loss before it.
+fn check_loss(
+    step: u64,
+    out: &StepOutcome,
+    max_loss: Option<f64>,
+    last: Option<(u64, f64)>,
+) -> Result<()> {
+    let too_high = |l: f64| max_loss.is_some_and(|max| l > max);
+    if out.loss.is_finite() && !too_high(out.loss) {
+        return Ok(());
+    }
+    let micro = out.micro.values();
+    let bad = |l: &f64| !l.is_finite() || too_high(*l);
+    let which = match micro.iter().position(bad) {
+        Some(i) => format!(
+            "micro-batch {} of {} (loss {:.4})",
+            i + 1,
+            micro.len(),
+            micro[i]
+        ),
+        None => format!(
+            "no micro-batch of this rank's {} (another rank's)",
+            micro.len()
+        ),
+    };
+    let before = match last {
+        Some((s, l)) => format!("last finite loss {l:.4} at step {s}"),
+        None => "no earlier step".to_string(),
+    };
+    let what = match max_loss {
+        Some(max) if out.loss.is_finite() => {
+            format!(
+                "the train loss {:.4} is above max_loss {max} (diverging)",
+                out.loss
+            )
+        }
+        _ => format!("the train loss is {} (diverged)", out.loss),
+    };
+    bail!("step {step}, {which}: {what}; {before}; stopping")
 }

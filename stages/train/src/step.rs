@@ -21,6 +21,42 @@ pub struct StepOutcome {
     /// With phase timing: ms of (data to the device, forward + backward of all micro-batches,
     /// optimizers), each measured to a device sync.
     pub phases_ms: Option<[f64; 3]>,
+    /// The micro-batches' losses, left on the device: read only when the step's loss is bad, to
+    /// say which micro-batch went first.
+    pub micro: MicroLosses,
+}
+
+/// Each micro-batch's loss (eager), or the running sum after each replay (a CUDA graph adds its
+/// loss into one fixed scalar).
+pub enum MicroLosses {
+    Each(Vec<Tensor>),
+    RunningSums(Vec<Tensor>),
+}
+
+impl MicroLosses {
+    /// The losses as numbers (a device read).
+    pub fn values(&self) -> Vec<f64> {
+        let read = |t: &Tensor| t.to_kind(Kind::Double).double_value(&[]);
+        match self {
+            MicroLosses::Each(all) => all.iter().map(read).collect(),
+            MicroLosses::RunningSums(sums) => {
+                let mut before = 0.0;
+                sums.iter()
+                    .map(|t| {
+                        let sum = read(t);
+                        let loss = sum - before;
+                        before = sum;
+                        // Once the sum is not finite, the difference says nothing more.
+                        if sum.is_finite() {
+                            loss
+                        } else {
+                            sum
+                        }
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 /// Waits for the device and returns the ms since `since`, when phase timing is on.
@@ -64,20 +100,28 @@ pub fn train_step(
     let data_ms = phase(phase_timing, device, &mut mark);
     let scale = 1.0 / batches.len() as f64;
     opt.zero_grad();
-    let loss_sum = match graphed {
-        Some(graph) => graph.run(&batches)?,
+    let (loss_sum, micro) = match graphed {
+        Some(graph) => {
+            let (sum, sums) = graph.run(&batches)?;
+            (sum, MicroLosses::RunningSums(sums))
+        }
         None => {
             let mut total: Option<Tensor> = None;
+            let mut each = Vec::with_capacity(batches.len());
             for (x, y) in &batches {
                 let loss = gpt.loss(x, y);
                 (&loss * scale).backward();
                 let loss = loss.detach();
+                each.push(loss.shallow_clone());
                 total = Some(match total {
                     Some(t) => t + loss,
                     None => loss,
                 });
             }
-            total.expect("at least one micro-batch")
+            (
+                total.expect("at least one micro-batch"),
+                MicroLosses::Each(each),
+            )
         }
     };
     let micro_ms = phase(phase_timing, device, &mut mark);
@@ -89,5 +133,6 @@ pub fn train_step(
         loss: loss_sum.to_kind(Kind::Double).double_value(&[]) * scale,
         host_ms,
         phases_ms,
+        micro,
     })
 }

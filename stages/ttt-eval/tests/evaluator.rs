@@ -216,3 +216,45 @@ fn variants_int6_brotli_agree_with_libtorch() {
     };
     check(cfg, routing, compression);
 }
+
+/// R0322's options, every one on (partial RoPE rescaled past its built length, XSA, LN scale,
+/// SmearGate, projected BigramHash and value-embedding tables, a set MLP width), int6 GPTQ-lite
+/// matrices, zstd.
+#[test]
+fn the_r0322_options_agree_with_libtorch() {
+    let cfg = ModelConfig {
+        num_layers: 4,
+        rope_dims: Some(4),
+        rope_ntk_len: Some(8),
+        xsa_last_n: 2,
+        ln_scale: true,
+        smear_gate: true,
+        bigram: Some(pgolf_model::config::BigramHash {
+            buckets: 64,
+            dim: 8,
+        }),
+        value_embed: Some(pgolf_model::config::ValueEmbedding {
+            dim: 8,
+            layers: vec![2, 3],
+        }),
+        mlp_hidden: Some(48),
+        norm_weights: true,
+        ..tiny()
+    };
+    let lite = Rule {
+        method: Method::Lite,
+        bits: 6,
+        ..Rule::default()
+    };
+    let routing = Routing {
+        small_numel: 256,
+        attn: lite.clone(),
+        mlp: lite,
+        ..Routing::default()
+    };
+    let compression = Compression {
+        level: Some(3),
+        ..Compression::default()
+    };
+    check(cfg, routing, compression);
+}

@@ -12,10 +12,11 @@ use super::hashed::HashedCache;
 use super::kn::KneserNey;
 use crate::bpb::BpbSums;
 use crate::guards::Normalization;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, ScoredSpan};
 use crate::pass::{run_windows, PassOptions, ProbePlan};
 use crate::schedule::Window;
 use crate::scorer::Scorer;
+use std::ops::Range;
 
 /// The n-gram weight λ.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,11 +160,55 @@ pub struct DiagnoseStats {
 /// Scores with the network (the ledger gets the network's valid NLL), and on the side computes what
 /// the hashed cache mixed at weight `alpha` would claim, plus its implied mass at probe positions.
 #[allow(clippy::too_many_arguments)]
+/// An invalid cache as a script computes it, for [`diagnose_pass`]: what it would blend at a
+/// target, the mass of the blended "distribution" there, and its updates.
+pub trait ClaimedCache {
+    /// Before the targets `scored` of window `index` of `windows`.
+    fn begin_window(
+        &mut self,
+        _val: &[u16],
+        _index: usize,
+        _windows: usize,
+        _scored: Range<usize>,
+    ) {
+    }
+    /// The cache probability the script blends at target position `t` (None: the model alone).
+    fn claimed(&self, val: &[u16], t: usize) -> Option<f64>;
+    /// The total mass of the script's blend at `t` given the model's row there, if it blends.
+    fn blended_mass(&self, val: &[u16], t: usize, alpha: f64, model: Option<&[f64]>)
+        -> Option<f64>;
+    /// After target `span` was scored.
+    fn observe(&mut self, span: &ScoredSpan<'_>) -> Result<()>;
+    /// After a window's targets.
+    fn end_window(&mut self, _val: &[u16]) {}
+}
+
+impl ClaimedCache for HashedCache {
+    fn claimed(&self, val: &[u16], t: usize) -> Option<f64> {
+        HashedCache::claimed(self, val[t])
+    }
+
+    fn blended_mass(
+        &self,
+        _val: &[u16],
+        _t: usize,
+        alpha: f64,
+        _model: Option<&[f64]>,
+    ) -> Option<f64> {
+        self.implied_mass().map(|mass| (1.0 - alpha) + alpha * mass)
+    }
+
+    fn observe(&mut self, span: &ScoredSpan<'_>) -> Result<()> {
+        HashedCache::observe(self, span)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn diagnose_pass<S: Scorer + ?Sized>(
     ledger: &mut Ledger,
     windows: &[Window],
     scorer: &mut S,
-    cache: &mut HashedCache,
+    cache: &mut dyn ClaimedCache,
     alpha: f64,
     opts: &PassOptions,
     norm: &mut Normalization,
@@ -177,6 +222,7 @@ pub fn diagnose_pass<S: Scorer + ?Sized>(
     };
     let (mut mass_sum, mut claimed_sum, mut normalized_sum) = (0.0, 0.0, 0.0);
     let group = opts.batch_windows.max(1) * 8;
+    let mut index = 0;
     for (g, part) in windows.chunks(group).enumerate() {
         run_windows(
             &val.tokens,
@@ -187,10 +233,11 @@ pub fn diagnose_pass<S: Scorer + ?Sized>(
             g * group,
             norm,
             |w, probe, s, _| {
+                cache.begin_window(&val.tokens, index, windows.len(), w.scored());
+                index += 1;
                 for (i, t) in w.scored().enumerate() {
-                    let y = val.tokens[t];
                     let p_net = (-s.nll[i]).exp();
-                    let claimed = match cache.claimed(y) {
+                    let claimed = match cache.claimed(&val.tokens, t) {
                         Some(p_ng) => {
                             d.cache_hits += 1;
                             -((1.0 - alpha) * p_net + alpha * p_ng).ln()
@@ -198,8 +245,8 @@ pub fn diagnose_pass<S: Scorer + ?Sized>(
                         None => s.nll[i],
                     };
                     if probe == Some(i) {
-                        if let Some(mass) = cache.implied_mass() {
-                            let z = (1.0 - alpha) + alpha * mass;
+                        let row = s.probe.as_deref();
+                        if let Some(z) = cache.blended_mass(&val.tokens, t, alpha, row) {
                             d.mass_probes += 1;
                             mass_sum += z;
                             d.mass_min = d.mass_min.min(z);
@@ -212,6 +259,7 @@ pub fn diagnose_pass<S: Scorer + ?Sized>(
                     ledger.record(t, &[s.nll[i]])?;
                     cache.observe(&ledger.span(t..t + 1)?)?;
                 }
+                cache.end_window(&val.tokens);
                 Ok(())
             },
         )?;

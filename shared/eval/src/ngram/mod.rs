@@ -6,7 +6,9 @@ pub mod fxhash;
 pub mod hashed;
 pub mod kn;
 pub mod mix;
+pub mod styx;
 
 pub use hashed::HashedCache;
 pub use kn::KneserNey;
-pub use mix::{diagnose_pass, mix_pass, DiagnoseStats, MixStats, MixWeight};
+pub use mix::{diagnose_pass, mix_pass, ClaimedCache, DiagnoseStats, MixStats, MixWeight};
+pub use styx::StyxCache;

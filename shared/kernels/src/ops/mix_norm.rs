@@ -1,10 +1,11 @@
 //! `mix_norm`: a block's entry, `xm = m0 ⊙ x + m1 ⊙ x0` (upstream's `resid_mix`) and
-//! `n = rms_norm(xm)` (the attention's input norm, no weight), in one pass each way.
+//! `n = f · rms_norm(xm)` (the attention's input norm, no weight; `f` an output factor: R0322's LN
+//! scale 1/√(i+1), 1 otherwise, bit-identical to the norm without one), in one pass each way.
 //!
 //! Outputs both `xm` (the residual stream continues from it) and `n` (to the QKV GEMM). `xm` is
 //! rounded to bf16 before it is normalised, so `n` is exactly `rms_norm` of the `xm` returned.
 //! Backward from `dxm` and `dn` (hand-derived; `r = 1/sqrt(mean(xm²) + eps)`, `n̂ = r·xm`):
-//! `dt = dxm + r·(dn − n̂·mean(dn·n̂))`, `dx = m0 ⊙ dt`, `dx0 = m1 ⊙ dt`,
+//! `dt = dxm + f·r·(dn − n̂·mean(dn·n̂))`, `dx = m0 ⊙ dt`, `dx0 = m1 ⊙ dt`,
 //! `d mix = [Σ_rows dt ⊙ x, Σ_rows dt ⊙ x0]` (per-block partial sums reduced with one tch sum:
 //! deterministic). Saves `x`, `x0` and `mix` (alive anyway); `xm` is recomputed bit-identically.
 //!
@@ -49,17 +50,23 @@ pub(crate) const WARPS_PER_BLOCK: u32 = 4;
 const THREADS: u32 = 32 * WARPS_PER_BLOCK;
 
 /// Launches a kernel of `cuda/mix_norm.cu` on `blocks` blocks of one warp per row, with its
-/// tensor arguments followed by `n_rows`, `d` and `eps` (how every entry point there takes them).
+/// tensor arguments followed by `n_rows`, `d`, `eps` and the output factor `scale` (how every
+/// entry point there takes them).
 pub(crate) fn launch_rows(
     kernel: &Kernel,
     blocks: u32,
     tensors: &[&Tensor],
     rows: i64,
     d: i64,
-    eps: f64,
+    [eps, scale]: [f64; 2],
 ) -> Result<()> {
     let mut args: Vec<Arg> = tensors.iter().map(|&t| Arg::from(t)).collect();
-    args.extend([Arg::I64(rows), Arg::I32(d as i32), Arg::F32(eps as f32)]);
+    args.extend([
+        Arg::I64(rows),
+        Arg::I32(d as i32),
+        Arg::F32(eps as f32),
+        Arg::F32(scale as f32),
+    ]);
     launch(kernel, (blocks, 1, 1), (THREADS, 1, 1), 0, &args)
 }
 
@@ -78,15 +85,26 @@ pub(crate) fn variant(d: i64, op: &str) -> Result<usize> {
     })
 }
 
-/// The op (pass to [`crate::apply`]); inputs `[x, x0, mix]`, scalars `[eps]`, outputs `[xm, n]`.
+/// The op (pass to [`crate::apply`]); inputs `[x, x0, mix]`, scalars `[eps, scale]`, outputs
+/// `[xm, n]`.
 pub struct MixNorm;
 pub static MIX_NORM: MixNorm = MixNorm;
 
 /// `x`, `x0` bf16 `[..., d]` (same shape), `mix` f32 `[2, d]`: `(xm, n)` of `x`'s shape and
 /// kind, as one autograd node (gradients for all three inputs). `eps`: rms_norm's, normally
-/// [`super::rms_norm::DEFAULT_EPS`].
-pub fn mix_norm(x: &Tensor, x0: &Tensor, mix: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
-    let mut out = apply(&MIX_NORM, &[x, x0, mix], &[eps])?;
+/// [`super::rms_norm::DEFAULT_EPS`]; `scale`: the norm's output factor (1: the plain norm).
+pub fn mix_norm(
+    x: &Tensor,
+    x0: &Tensor,
+    mix: &Tensor,
+    eps: f64,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    ensure!(
+        scale.is_finite(),
+        "mix_norm: the output factor must be finite, got {scale}"
+    );
+    let mut out = apply(&MIX_NORM, &[x, x0, mix], &[eps, scale])?;
     ensure!(
         out.len() == 2,
         "mix_norm: {} outputs, expected 2",
@@ -122,7 +140,13 @@ fn rounded_to(t: &Tensor, kind: Kind) -> Tensor {
 
 /// The same function in plain tch ops (differentiable by autograd; any device): math in f32
 /// (f64 for f64 inputs), `xm` rounded to `x`'s kind before the norm, outputs in `x`'s kind.
-pub fn reference(x: &Tensor, x0: &Tensor, mix: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+pub fn reference(
+    x: &Tensor,
+    x0: &Tensor,
+    mix: &Tensor,
+    eps: f64,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
     let d = width(x, x0, mix)?;
     let kind = x.kind();
     let mk = math_kind(kind);
@@ -131,7 +155,7 @@ pub fn reference(x: &Tensor, x0: &Tensor, mix: &Tensor, eps: f64) -> Result<(Ten
         &(x.to_kind(mk) * m.get(0) + x0.to_kind(mk) * m.get(1)),
         kind,
     );
-    let n = xm.rms_norm([d], None::<Tensor>, eps);
+    let n = super::rms_norm::scaled(xm.rms_norm([d], None::<Tensor>, eps), scale);
     Ok((xm.to_kind(kind), n.to_kind(kind)))
 }
 
@@ -141,7 +165,7 @@ pub fn backward_formula(
     x: &Tensor,
     x0: &Tensor,
     mix: &Tensor,
-    eps: f64,
+    [eps, scale]: [f64; 2],
     dxm: &Tensor,
     dn: &Tensor,
 ) -> Result<(Tensor, Tensor, Tensor)> {
@@ -154,7 +178,7 @@ pub fn backward_formula(
     let nh = &xm * &r;
     let dn = dn.to_kind(mk);
     let dot = (&dn * &nh).mean_dim(-1, true, mk);
-    let dt = dxm.to_kind(mk) + &r * (dn - &nh * dot);
+    let dt = dxm.to_kind(mk) + &r * scale * (dn - &nh * dot);
     let rows = |t: Tensor| t.reshape([-1, d]).sum_dim_intlist(0, false, mk);
     let dmix = Tensor::stack(&[rows(&dt * &xf), rows(&dt * &x0f)], 0);
     Ok((
@@ -170,9 +194,9 @@ impl FusedFunction for MixNorm {
     }
 
     fn forward(&self, inputs: &[Tensor], scalars: &[f64]) -> Result<Forward> {
-        let ([x, x0, mix], [eps]) = (inputs, scalars) else {
+        let ([x, x0, mix], &[eps, scale]) = (inputs, scalars) else {
             bail!(
-                "mix_norm: expected [x, x0, mix] and [eps], got {} tensors and {} scalars",
+                "mix_norm: expected [x, x0, mix] and [eps, scale], got {} tensors and {} scalars",
                 inputs.len(),
                 scalars.len()
             );
@@ -181,7 +205,7 @@ impl FusedFunction for MixNorm {
         match x.device() {
             Device::Cpu => {
                 let _guard = tch::no_grad_guard();
-                let (xm, n) = reference(x, x0, mix, *eps)?;
+                let (xm, n) = reference(x, x0, mix, eps, scale)?;
                 let saved = Vec::from([x, x0, mix].map(Tensor::shallow_clone));
                 Ok(Forward {
                     outputs: vec![xm, n],
@@ -201,7 +225,7 @@ impl FusedFunction for MixNorm {
                     &[&x, &x0, &mix, &xm, &n],
                     rows,
                     d,
-                    *eps,
+                    [eps, scale],
                 )?;
                 Ok(Forward {
                     outputs: vec![xm, n],
@@ -218,8 +242,8 @@ impl FusedFunction for MixNorm {
         grad_outputs: &[Tensor],
         scalars: &[f64],
     ) -> Result<Vec<Option<Tensor>>> {
-        let ([x, x0, mix], [dxm, dn], [eps]) = (saved, grad_outputs, scalars) else {
-            bail!("mix_norm backward: expected 3 saved tensors, 2 gradients and 1 scalar");
+        let ([x, x0, mix], [dxm, dn], &[eps, scale]) = (saved, grad_outputs, scalars) else {
+            bail!("mix_norm backward: expected 3 saved tensors, 2 gradients and 2 scalars");
         };
         let d = width(x, x0, mix)?;
         ensure!(
@@ -230,7 +254,7 @@ impl FusedFunction for MixNorm {
             x.size()
         );
         let (dx, dx0, dmix) = match x.device() {
-            Device::Cpu => backward_formula(x, x0, mix, *eps, dxm, dn)?,
+            Device::Cpu => backward_formula(x, x0, mix, [eps, scale], dxm, dn)?,
             Device::Cuda(ordinal) => {
                 let k = variant(d, "mix_norm")?;
                 let dxm = kernel_input(dxm, "mix_norm dxm", Kind::BFloat16)?;
@@ -247,7 +271,7 @@ impl FusedFunction for MixNorm {
                     &[x, x0, mix, &dxm, &dn, &dx, &dx0, &partial],
                     rows,
                     d,
-                    *eps,
+                    [eps, scale],
                 )?;
                 // Per-block partials reduced by one deterministic tch sum (no float atomics).
                 (dx, dx0, partial.sum_dim_intlist(0, false, Kind::Float))
@@ -275,8 +299,8 @@ mod tests {
     }
 
     /// Autograd of the reference (or of the op through the bridge) for random output gradients:
-    /// `([xm, n], [dx, dx0, dmix])`.
-    fn run(fused: bool, eps: f64) -> (Vec<Tensor>, Vec<Tensor>) {
+    /// `([xm, n, dxm, dn], [dx, dx0, dmix])`.
+    fn run(fused: bool, eps: f64, scale: f64) -> (Vec<Tensor>, Vec<Tensor>) {
         let (x, x0, mix) = inputs();
         let (x, x0, mix) = (
             x.set_requires_grad(true),
@@ -284,9 +308,9 @@ mod tests {
             mix.set_requires_grad(true),
         );
         let (xm, n) = if fused {
-            mix_norm(&x, &x0, &mix, eps).unwrap()
+            mix_norm(&x, &x0, &mix, eps, scale).unwrap()
         } else {
-            reference(&x, &x0, &mix, eps).unwrap()
+            reference(&x, &x0, &mix, eps, scale).unwrap()
         };
         tch::manual_seed(6);
         let dxm = Tensor::randn(xm.size(), (Kind::Double, Device::Cpu));
@@ -296,33 +320,58 @@ mod tests {
         (vec![xm.detach(), n.detach(), dxm, dn], grads)
     }
 
+    /// The plain norm and R0322's LN scale of block 3 (1/2) and block 10 (1/√11).
+    const SCALES: [f64; 3] = [1.0, 0.5, 0.301_511_344_577_763_6];
+
     #[test]
     fn hand_derived_backward_equals_autograd_of_the_reference() {
         let eps = 1e-2; // large enough that a formula ignoring eps would fail
-        let (out, grads) = run(false, eps);
-        let (x, x0, mix) = inputs();
-        let (dx, dx0, dmix) = backward_formula(&x, &x0, &mix, eps, &out[2], &out[3]).unwrap();
-        for (name, a, b) in [
-            ("dx", &dx, &grads[0]),
-            ("dx0", &dx0, &grads[1]),
-            ("dmix", &dmix, &grads[2]),
-        ] {
-            assert_eq!(a.size(), b.size(), "{name}");
-            let e = max_abs_diff(a, b);
-            assert!(e < 1e-12, "{name} differs from autograd by {e:e}");
-            assert!(
-                b.abs().max().double_value(&[]) > 0.1,
-                "{name} must be non-trivial"
-            );
+        for scale in SCALES {
+            let (out, grads) = run(false, eps, scale);
+            let (x, x0, mix) = inputs();
+            let (dx, dx0, dmix) =
+                backward_formula(&x, &x0, &mix, [eps, scale], &out[2], &out[3]).unwrap();
+            for (name, a, b) in [
+                ("dx", &dx, &grads[0]),
+                ("dx0", &dx0, &grads[1]),
+                ("dmix", &dmix, &grads[2]),
+            ] {
+                assert_eq!(a.size(), b.size(), "{name}");
+                let e = max_abs_diff(a, b);
+                assert!(
+                    e < 1e-12,
+                    "scale {scale}: {name} differs from autograd by {e:e}"
+                );
+                assert!(
+                    b.abs().max().double_value(&[]) > 0.1,
+                    "{name} must be non-trivial"
+                );
+            }
         }
     }
 
     #[test]
     fn the_op_through_autograd_equals_the_reference() {
-        let (out_f, g_f) = run(true, 1e-2);
-        let (out_r, g_r) = run(false, 1e-2);
-        let outputs = out_f[..2].iter().zip(&out_r[..2]);
-        assert_all_close(outputs.chain(g_f.iter().zip(&g_r)), 1e-12);
+        for scale in SCALES {
+            let (out_f, g_f) = run(true, 1e-2, scale);
+            let (out_r, g_r) = run(false, 1e-2, scale);
+            let outputs = out_f[..2].iter().zip(&out_r[..2]);
+            assert_all_close(outputs.chain(g_f.iter().zip(&g_r)), 1e-12);
+        }
+    }
+
+    /// The output factor scales `n` only (the stream `xm` continues unscaled), and 1 is the plain
+    /// norm exactly.
+    #[test]
+    fn the_output_factor_scales_n_only() {
+        let (x, x0, mix) = inputs();
+        let (xm1, n1) = reference(&x, &x0, &mix, 1e-6, 1.0).unwrap();
+        let (xm, n) = reference(&x, &x0, &mix, 1e-6, 0.25).unwrap();
+        assert!(xm.equal(&xm1));
+        assert!(max_abs_diff(&n, &(&n1 * 0.25)) < 1e-15);
+        let plain = xm1.rms_norm([16], None::<Tensor>, 1e-6);
+        assert!(n1.equal(&plain));
+        assert!(mix_norm(&x, &x0, &mix, 1e-6, f64::NAN).is_err());
     }
 
     /// In bf16, `n` is the norm of the rounded `xm` that is returned (what the kernel does).
@@ -334,7 +383,7 @@ mod tests {
             x0.to_kind(Kind::BFloat16),
             mix.to_kind(Kind::Float),
         );
-        let (xm, n) = reference(&x, &x0, &mix, 1e-6).unwrap();
+        let (xm, n) = reference(&x, &x0, &mix, 1e-6, 1.0).unwrap();
         assert_eq!(xm.kind(), Kind::BFloat16);
         let direct = (x.to_kind(Kind::Float) * mix.get(0) + x0.to_kind(Kind::Float) * mix.get(1))
             .to_kind(Kind::BFloat16);
@@ -355,11 +404,11 @@ mod tests {
     #[test]
     fn bad_shapes_and_widths_are_one_line_errors() {
         let (x, x0, mix) = inputs();
-        let err = reference(&x, &x0.narrow(0, 0, 1), &mix, 1e-6)
+        let err = reference(&x, &x0.narrow(0, 0, 1), &mix, 1e-6, 1.0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("differ in shape"), "{err}");
-        let err = reference(&x, &x0, &mix.narrow(1, 0, 8), 1e-6)
+        let err = reference(&x, &x0, &mix.narrow(1, 0, 8), 1e-6, 1.0)
             .unwrap_err()
             .to_string();
         assert!(err.contains("[2, 16]"), "{err}");

@@ -8,11 +8,14 @@ mod norms_emulated;
 pub mod qkv_norm_rope;
 pub mod relu_square;
 pub mod rms_norm;
+pub mod smear_gate;
 pub mod softcap_cross_entropy;
 #[cfg(test)]
 mod test_util;
+pub mod xsa;
 
 use crate::launch::Kernel;
+use tch::Tensor;
 
 /// Every kernel of every op, for [`preload`].
 pub const KERNELS: &[&Kernel] = &[
@@ -34,6 +37,10 @@ pub const KERNELS: &[&Kernel] = &[
     &rms_norm::BACKWARD[0],
     &rms_norm::BACKWARD[1],
     &rms_norm::BACKWARD[2],
+    &xsa::FORWARD,
+    &xsa::BACKWARD,
+    &smear_gate::FORWARD,
+    &smear_gate::BACKWARD,
 ];
 
 /// Compiles and loads every op's kernels on `device` now (before a CUDA graph capture, where
@@ -60,11 +67,7 @@ pub(crate) fn math_kind(kind: tch::Kind) -> tch::Kind {
 
 /// `t` ready for a vectorised kernel: of `kind` (else an error naming `what`), contiguous, and
 /// 16-byte aligned (a copy when it is a view that is not: kernels load 8 bf16 at a time).
-pub(crate) fn kernel_input(
-    t: &tch::Tensor,
-    what: &str,
-    kind: tch::Kind,
-) -> anyhow::Result<tch::Tensor> {
+pub(crate) fn kernel_input(t: &Tensor, what: &str, kind: tch::Kind) -> anyhow::Result<Tensor> {
     if t.kind() != kind {
         anyhow::bail!("{what}: expected {kind:?}, got {:?}", t.kind());
     }
@@ -74,6 +77,32 @@ pub(crate) fn kernel_input(
     } else {
         t.copy()
     })
+}
+
+/// A `[B, T, heads, hd]` bf16 tensor as a kernel that takes (batch, time, head) strides reads it:
+/// itself when its last stride is 1, the others multiples of 8 and the pointer 16-byte aligned
+/// (e.g. SDPA's `[B, H, T, hd]` output or gradients seen through a transpose: no copy); otherwise
+/// a contiguous copy. Returns the tensor and its (batch, time, head) strides in elements.
+pub(crate) fn strided_rows(t: &Tensor, what: &str) -> anyhow::Result<(Tensor, [i64; 3])> {
+    anyhow::ensure!(t.dim() == 4, "{what}: expected 4 dims, got {:?}", t.size());
+    let s = t.stride();
+    let aligned = (t.data_ptr() as usize).trailing_zeros() >= 4;
+    let usable = s[3] == 1 && s[..3].iter().all(|x| x % 8 == 0) && aligned;
+    let t = if t.kind() == tch::Kind::BFloat16 && usable {
+        t.shallow_clone()
+    } else {
+        kernel_input(t, what, tch::Kind::BFloat16)?
+    };
+    let s = t.stride();
+    Ok((t, [s[0], s[1], s[2]]))
+}
+
+pub(crate) fn gcd(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// Blocks for a grid-stride loop over `n` items with `threads` per block.

@@ -1,6 +1,7 @@
 //! `qkv_norm_rope`: from the fused QKV GEMM output to SDPA's q, k and v in one pass — per-head
-//! RMSNorm (no weight) of the q and k heads, half-split RoPE, the per-head q gain, and v copied
-//! through — with a one-pass backward that writes the whole d(qkv) and d(q_gain).
+//! RMSNorm (no weight) of the q and k heads, half-split RoPE over the first `rd` dims of each head
+//! (partial RoPE, R0322's 16 of 64; `rd = hd` rotates whole heads), the per-head q gain, and v
+//! copied through — with a one-pass backward that writes the whole d(qkv) and d(q_gain).
 //!
 //! Upstream (REFERENCE.md §3.2) and the literal formulation run `rms_norm`, the rotation and the gain as separate
 //! ops, each a pass over q and k (and their backwards as many more); here each direction reads
@@ -26,24 +27,32 @@ pub static BACKWARD: Kernel = Kernel::new(FILE, SOURCE, "qkv_norm_rope_backward"
 /// Threads per block we aim for (whole rows per block: rows_per_block · W/8 threads).
 const TARGET_BLOCK_THREADS: i64 = 256;
 
-/// The op (pass to [`crate::apply`]); inputs `[qkv, cos, sin, q_gain]`, scalars `[eps]`,
-/// outputs `[q, k, v]`.
+/// The op (pass to [`crate::apply`]); inputs `[qkv, cos, sin, q_gain]`, scalars
+/// `[head_dim, eps]`, outputs `[q, k, v]`.
 pub struct QkvNormRope;
 pub static QKV_NORM_ROPE: QkvNormRope = QkvNormRope;
 
-/// `qkv` bf16 `[B, T, (H + 2·Hkv)·hd]` (q heads, k heads, v heads), RoPE tables `cos`, `sin` f32
-/// `[T, hd/2]`, `q_gain` f32 `[H]`, RMSNorm `eps` (f32 machine epsilon is rms_norm's default):
+/// `qkv` bf16 `[B, T, (H + 2·Hkv)·hd]` (q heads, k heads, v heads) with heads of `head_dim` = hd,
+/// RoPE tables `cos`, `sin` f32 `[T, rd/2]` (rd ≤ hd the rotated dims: the first rd of each head,
+/// half-split within them; the rest pass through after the norm), `q_gain` f32 `[H]` (on the
+/// whole head), RMSNorm `eps` (f32 machine epsilon is rms_norm's default):
 /// `(q [B, T, H, hd], k [B, T, Hkv, hd], v [B, T, Hkv, hd])`, bf16, as one autograd node
 /// (gradients for `qkv` and `q_gain`). The caller views q, k, v as `[B, heads, T, hd]` with
-/// `transpose(1, 2)` for SDPA. [`reference`] is the same function in tch ops.
+/// `transpose(1, 2)` for SDPA. [`reference`] is the same function in tch ops. The kernels take
+/// rd a multiple of 16 ([`kernels_support`]); the CPU path any even rd.
 pub fn qkv_norm_rope(
     qkv: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
     q_gain: &Tensor,
+    head_dim: i64,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let mut out = apply(&QKV_NORM_ROPE, &[qkv, cos, sin, q_gain], &[eps])?;
+    let mut out = apply(
+        &QKV_NORM_ROPE,
+        &[qkv, cos, sin, q_gain],
+        &[head_dim as f64, eps],
+    )?;
     ensure!(
         out.len() == 3,
         "qkv_norm_rope: {} outputs, expected 3",
@@ -55,7 +64,7 @@ pub fn qkv_norm_rope(
     Ok((q, k, v))
 }
 
-/// Head layout of a `[B, T, W]` qkv with tables `[T, hd/2]` and `H` q heads.
+/// Head layout of a `[B, T, W]` qkv with heads of `dim`, tables `[T, rope/2]` and `H` q heads.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Heads {
     pub batch: i64,
@@ -63,16 +72,25 @@ pub struct Heads {
     pub q: i64,
     pub kv: i64,
     pub dim: i64,
+    /// The rotated dims of each head (the first `rope`; `dim` when RoPE is not partial).
+    pub rope: i64,
 }
 
 impl Heads {
-    /// Infers the layout from the shapes, with a one-line error for anything inconsistent.
-    pub fn of(qkv: &Tensor, cos: &Tensor, sin: &Tensor, q_gain: &Tensor) -> Result<Heads> {
+    /// Infers the layout from the shapes and the head dim, with a one-line error for anything
+    /// inconsistent.
+    pub fn of(
+        qkv: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        q_gain: &Tensor,
+        head_dim: i64,
+    ) -> Result<Heads> {
         let (batch, seq, width) = qkv.size3().map_err(|_| {
             anyhow::anyhow!("qkv_norm_rope: qkv must be [B, T, W], got {:?}", qkv.size())
         })?;
         let (t, half) = cos.size2().map_err(|_| {
-            anyhow::anyhow!("qkv_norm_rope: cos must be [T, hd/2], got {:?}", cos.size())
+            anyhow::anyhow!("qkv_norm_rope: cos must be [T, rd/2], got {:?}", cos.size())
         })?;
         ensure!(
             sin.size() == cos.size(),
@@ -89,7 +107,11 @@ impl Heads {
             "qkv_norm_rope: q_gain must be [H], got {:?}",
             q_gain.size()
         );
-        let dim = 2 * half;
+        let (dim, rope) = (head_dim, 2 * half);
+        ensure!(
+            rope > 0 && rope <= dim,
+            "qkv_norm_rope: tables for {rope} rotated dims, heads of {dim} (need 0 < rd ≤ hd)"
+        );
         let q = q_gain.size()[0];
         ensure!(
             dim > 0 && width % dim == 0,
@@ -106,6 +128,7 @@ impl Heads {
             q,
             kv: (all - q) / 2,
             dim,
+            rope,
         })
     }
 
@@ -118,14 +141,25 @@ impl Heads {
     }
 }
 
+/// Whether the kernels take heads of `head_dim` with the first `rope_dims` rotated: hd 16, 32,
+/// 64, 128 or 256 (a head is a power-of-two group of 8-element lanes within a warp), rd a
+/// multiple of 16 (each half of the rotated dims whole lanes). `Err` says why not.
+pub fn kernels_support(head_dim: i64, rope_dims: i64) -> Result<()> {
+    ensure!(
+        [16, 32, 64, 128, 256].contains(&head_dim),
+        "qkv_norm_rope kernels: head_dim {head_dim} unsupported (16, 32, 64, 128 or 256)"
+    );
+    ensure!(
+        rope_dims > 0 && rope_dims <= head_dim && rope_dims % 16 == 0,
+        "qkv_norm_rope kernels: {rope_dims} rotated dims of {head_dim} unsupported (a multiple of 16, at most head_dim)"
+    );
+    Ok(())
+}
+
 /// The launch geometry shared by forward and backward: `(rows_per_block, threads_per_block)`,
 /// whole rows per block, and whole warps (the kernels shuffle with full-warp masks).
 pub(crate) fn block_shape(heads: &Heads) -> Result<(i64, i64)> {
-    ensure!(
-        [16, 32, 64, 128, 256].contains(&heads.dim),
-        "qkv_norm_rope kernels: head_dim {} unsupported (16, 32, 64, 128 or 256)",
-        heads.dim
-    );
+    kernels_support(heads.dim, heads.rope)?;
     let row_threads = heads.width() / 8;
     // The fewest rows whose threads fill whole warps (row_threads is a multiple of hd/8 ≥ 2).
     let rows_per_warp_multiple = 32 / gcd(row_threads, 32);
@@ -179,18 +213,19 @@ impl FusedFunction for QkvNormRope {
     }
 
     fn forward(&self, inputs: &[Tensor], scalars: &[f64]) -> Result<Forward> {
-        let ([qkv, cos, sin, q_gain], [eps]) = (inputs, scalars) else {
+        let ([qkv, cos, sin, q_gain], [head_dim, eps]) = (inputs, scalars) else {
             bail!(
-                "qkv_norm_rope: expected [qkv, cos, sin, q_gain] and [eps], got {} tensors and {} scalars",
+                "qkv_norm_rope: expected [qkv, cos, sin, q_gain] and [head_dim, eps], got {} tensors and {} scalars",
                 inputs.len(),
                 scalars.len()
             );
         };
-        let heads = Heads::of(qkv, cos, sin, q_gain)?;
+        let head_dim = *head_dim as i64;
+        let heads = Heads::of(qkv, cos, sin, q_gain, head_dim)?;
         match qkv.device() {
             Device::Cpu => {
                 let _guard = tch::no_grad_guard();
-                let (q, k, v) = reference(qkv, cos, sin, q_gain, *eps)?;
+                let (q, k, v) = reference(qkv, cos, sin, q_gain, head_dim, *eps)?;
                 let saved = Vec::from([qkv, cos, sin, q_gain].map(Tensor::shallow_clone));
                 Ok(Forward {
                     outputs: vec![q, k, v],
@@ -218,13 +253,16 @@ impl FusedFunction for QkvNormRope {
         grad_outputs: &[Tensor],
         scalars: &[f64],
     ) -> Result<Vec<Option<Tensor>>> {
-        let ([qkv, cos, sin, q_gain], [dq, dk, dv], [eps]) = (saved, grad_outputs, scalars) else {
-            bail!("qkv_norm_rope backward: expected 4 saved tensors, 3 gradients and 1 scalar");
+        let ([qkv, cos, sin, q_gain], [dq, dk, dv], [head_dim, eps]) =
+            (saved, grad_outputs, scalars)
+        else {
+            bail!("qkv_norm_rope backward: expected 4 saved tensors, 3 gradients and 2 scalars");
         };
+        let heads = Heads::of(qkv, cos, sin, q_gain, *head_dim as i64)?;
         let (dqkv, dgain) = match qkv.device() {
-            Device::Cpu => backward_formula(qkv, cos, sin, q_gain, *eps, dq, dk, dv)?,
+            Device::Cpu => backward_formula(qkv, cos, sin, q_gain, heads.dim, *eps, [dq, dk, dv])?,
             Device::Cuda(ordinal) => {
-                backward_cuda(ordinal, qkv, cos, sin, q_gain, *eps, dq, dk, dv)?
+                backward_cuda(ordinal, qkv, cos, sin, q_gain, &heads, *eps, [dq, dk, dv])?
             }
             other => bail!("qkv_norm_rope: unsupported device {other:?}"),
         };
@@ -247,6 +285,7 @@ fn forward_cuda(
         q: h,
         kv: hkv,
         dim: hd,
+        rope: rd,
     } = *heads;
     let opts = (Kind::BFloat16, qkv.device());
     let q = Tensor::empty([b, t, h, hd], opts);
@@ -273,6 +312,7 @@ fn forward_cuda(
             Arg::I32(h as i32),
             Arg::I32(hkv as i32),
             Arg::I32(hd as i32),
+            Arg::I32(rd as i32),
             Arg::F32(eps as f32),
         ],
     )?;
@@ -286,12 +326,11 @@ fn backward_cuda(
     cos: &Tensor,
     sin: &Tensor,
     q_gain: &Tensor,
+    heads: &Heads,
     eps: f64,
-    dq: &Tensor,
-    dk: &Tensor,
-    dv: &Tensor,
+    [dq, dk, dv]: [&Tensor; 3],
 ) -> Result<(Tensor, Tensor)> {
-    let heads = Heads::of(qkv, cos, sin, q_gain)?;
+    let heads = *heads;
     let (rows_per_block, threads) = block_shape(&heads)?;
     let (dq, sq) = strided_grad(dq, &heads, heads.q, "qkv_norm_rope dq")?;
     let (dk, sk) = strided_grad(dk, &heads, heads.kv, "qkv_norm_rope dk")?;
@@ -334,6 +373,7 @@ fn backward_cuda(
             Arg::I32(heads.q as i32),
             Arg::I32(heads.kv as i32),
             Arg::I32(heads.dim as i32),
+            Arg::I32(heads.rope as i32),
             Arg::F32(eps as f32),
         ],
     )?;
@@ -348,6 +388,7 @@ pub fn reference(
     cos: &Tensor,
     sin: &Tensor,
     q_gain: &Tensor,
+    head_dim: i64,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
     let Heads {
@@ -356,7 +397,8 @@ pub fn reference(
         q: h,
         kv: hkv,
         dim: hd,
-    } = Heads::of(qkv, cos, sin, q_gain)?;
+        ..
+    } = Heads::of(qkv, cos, sin, q_gain, head_dim)?;
     let kind = qkv.kind();
     let mk = math_kind(kind);
     let x = qkv.to_kind(mk).view([b, t, h + 2 * hkv, hd]);
@@ -374,19 +416,17 @@ pub fn reference(
 
 /// The hand-derived backward the kernel implements, in tch ops (math in f32, or f64 for f64
 /// inputs): `(d qkv in qkv's kind, d q_gain in q_gain's kind)`. Per q or k head, with
-/// `u = R x̂` the rotated normalised head before the gain `g` (1 for k heads):
-/// `d g = Σ dy·u`, `dx̂ = Rᵀ (g·dy)`, `dx = r·(dx̂ − x̂·g·Σ(dy·u)/hd)` (as
-/// `mean(dx̂·x̂) = mean(g·dy·R x̂)`); `d v = dv`.
-#[allow(clippy::too_many_arguments)]
+/// `u = R x̂` the (partially) rotated normalised head before the gain `g` (1 for k heads):
+/// `d g = Σ dy·u`, `dx̂ = Rᵀ (g·dy)` (the identity on the dims past rd),
+/// `dx = r·(dx̂ − x̂·g·Σ(dy·u)/hd)` (as `mean(dx̂·x̂) = mean(g·dy·R x̂)`, R linear); `d v = dv`.
 pub fn backward_formula(
     qkv: &Tensor,
     cos: &Tensor,
     sin: &Tensor,
     q_gain: &Tensor,
+    head_dim: i64,
     eps: f64,
-    dq: &Tensor,
-    dk: &Tensor,
-    dv: &Tensor,
+    [dq, dk, dv]: [&Tensor; 3],
 ) -> Result<(Tensor, Tensor)> {
     let Heads {
         batch: b,
@@ -394,9 +434,10 @@ pub fn backward_formula(
         q: h,
         kv: hkv,
         dim: hd,
-    } = Heads::of(qkv, cos, sin, q_gain)?;
+        rope: rd,
+    } = Heads::of(qkv, cos, sin, q_gain, head_dim)?;
     let mk = math_kind(qkv.kind());
-    let half = hd / 2;
+    let half = rd / 2;
     let x = qkv
         .to_kind(mk)
         .view([b, t, h + 2 * hkv, hd])
@@ -413,14 +454,18 @@ pub fn backward_formula(
         .sum_dim_intlist([0, 1, 3].as_slice(), false, mk);
     let du = &dy * &g;
     let (du1, du2) = (du.narrow(-1, 0, half), du.narrow(-1, half, half));
-    let dxh = Tensor::cat(&[&du1 * &c - &du2 * &s, &du1 * &s + &du2 * &c], -1);
+    let rotated = [&du1 * &c - &du2 * &s, &du1 * &s + &du2 * &c];
+    let dxh = match rd == hd {
+        true => Tensor::cat(&rotated, -1),
+        false => Tensor::cat(&[&rotated[0], &rotated[1], &du.narrow(-1, rd, hd - rd)], -1),
+    };
     let dx = &r * (dxh - &xh * (&g * &dot / hd as f64));
     let dqkv = Tensor::cat(&[dx, dv.to_kind(mk)], 2).view([b, t, -1]);
     Ok((dqkv.to_kind(qkv.kind()), dgain.to_kind(q_gain.kind())))
 }
 
-/// The RoPE tables `[T, hd/2]` in `mk`, viewed `[1, T, 1, hd/2]` to broadcast over the heads of
-/// `[B, T, heads, hd/2]` halves.
+/// The RoPE tables `[T, rd/2]` in `mk`, viewed `[1, T, 1, rd/2]` to broadcast over the heads of
+/// `[B, T, heads, rd/2]` halves.
 fn tables(cos: &Tensor, sin: &Tensor, mk: Kind) -> (Tensor, Tensor) {
     let view = |t: &Tensor| {
         let size = t.size();
@@ -429,11 +474,24 @@ fn tables(cos: &Tensor, sin: &Tensor, mk: Kind) -> (Tensor, Tensor) {
     (view(cos), view(sin))
 }
 
-/// `R x`, the half-split rotation of the last dimension: `[x1·c + x2·s, x2·c − x1·s]`.
+/// `R x`, the half-split rotation of the first rd dims of the last dimension (rd/2 = the tables'
+/// last dim): `[x1·c + x2·s, x2·c − x1·s, x_rest]`.
 fn rotate(x: &Tensor, c: &Tensor, s: &Tensor) -> Tensor {
-    let half = x.size().last().unwrap() / 2;
+    let hd = *x.size().last().unwrap();
+    let half = *c.size().last().unwrap();
     let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
-    Tensor::cat(&[&x1 * c + &x2 * s, &x2 * c - &x1 * s], -1)
+    let rotated = [&x1 * c + &x2 * s, &x2 * c - &x1 * s];
+    match 2 * half == hd {
+        true => Tensor::cat(&rotated, -1),
+        false => Tensor::cat(
+            &[
+                &rotated[0],
+                &rotated[1],
+                &x.narrow(-1, 2 * half, hd - 2 * half),
+            ],
+            -1,
+        ),
+    }
 }
 
 /// The gain of each q and k head, `[1, 1, H + Hkv, 1]` in `mk`: `q_gain`, then 1 for the k heads.
@@ -447,122 +505,33 @@ mod tests {
     use super::*;
     use crate::ops::test_util::{assert_all_close, max_abs_diff};
 
-    /// Random f64 inputs: B = 2, T = 5, H = 4, Hkv = 2, hd = 8; tables random (the backward must
-    /// not rely on cos² + sin² = 1).
-    fn inputs() -> (Tensor, Tensor, Tensor, Tensor) {
+    /// The head dim of [`inputs`].
+    const HD: i64 = 8;
+
+    /// Random f64 inputs: B = 2, T = 5, H = 4, Hkv = 2, hd = 8, tables for `rd` rotated dims
+    /// (random: the backward must not rely on cos² + sin² = 1).
+    fn inputs(rd: i64) -> (Tensor, Tensor, Tensor, Tensor) {
         tch::manual_seed(7);
         let opts = (Kind::Double, Device::Cpu);
-        let qkv = Tensor::randn([2, 5, 8 * 8], opts);
-        let cos = Tensor::randn([5, 4], opts);
-        let sin = Tensor::randn([5, 4], opts);
+        let qkv = Tensor::randn([2, 5, 8 * HD], opts);
+        let cos = Tensor::randn([5, rd / 2], opts);
+        let sin = Tensor::randn([5, rd / 2], opts);
         let q_gain = Tensor::randn([4], opts) + 1.5;
         (qkv, cos, sin, q_gain)
     }
 
+    /// Whole-head and partial RoPE (4 of 8 dims rotated, and 2 of 8).
+    const ROPE_DIMS: [i64; 3] = [8, 4, 2];
+
     #[test]
     fn hand_derived_backward_equals_autograd_of_the_reference() {
-        let (qkv, cos, sin, q_gain) = inputs();
-        let eps = 1e-3; // large enough that a formula ignoring eps would fail
-        let qkv = qkv.set_requires_grad(true);
-        let q_gain = q_gain.set_requires_grad(true);
-        let (q, k, v) = reference(&qkv, &cos, &sin, &q_gain, eps).unwrap();
-        let opts = (Kind::Double, Device::Cpu);
-        let (dq, dk, dv) = (
-            Tensor::randn(q.size(), opts),
-            Tensor::randn(k.size(), opts),
-            Tensor::randn(v.size(), opts),
-        );
-        let loss = (&q * &dq).sum(Kind::Double)
-            + (&k * &dk).sum(Kind::Double)
-            + (&v * &dv).sum(Kind::Double);
-        let grads = Tensor::run_backward(&[loss], &[&qkv, &q_gain], false, false);
-        let (dqkv, dgain) = backward_formula(
-            &qkv.detach(),
-            &cos,
-            &sin,
-            &q_gain.detach(),
-            eps,
-            &dq,
-            &dk,
-            &dv,
-        )
-        .unwrap();
-        assert_eq!(dqkv.size(), qkv.size());
-        assert_eq!(dgain.size(), [4]);
-        let e_qkv = max_abs_diff(&dqkv, &grads[0]);
-        let e_gain = max_abs_diff(&dgain, &grads[1]);
-        assert!(e_qkv < 1e-12, "d qkv differs from autograd by {e_qkv:e}");
-        assert!(
-            e_gain < 1e-12,
-            "d q_gain differs from autograd by {e_gain:e}"
-        );
-        assert!(
-            grads[0].abs().max().double_value(&[]) > 0.1,
-            "gradients must be non-trivial"
-        );
-    }
-
-    /// The reference is upstream's attention prologue (REFERENCE.md §3.2): separate q, k, v
-    /// projections viewed [B, H, T, hd], rms_norm, RoPE on [B, H, T, hd], q × gain.
-    #[test]
-    fn reference_equals_the_literal_upstream_formulation() {
-        let (qkv, cos, sin, q_gain) = inputs();
-        let eps = f64::EPSILON;
-        let (q, k, v) = reference(&qkv, &cos, &sin, &q_gain, eps).unwrap();
-        let (h, hkv, hd) = (4, 2, 8);
-        let split = qkv.split_with_sizes([h * hd, hkv * hd, hkv * hd], -1);
-        let heads = |x: &Tensor, n: i64| x.view([2, 5, n, hd]).transpose(1, 2);
-        let rope = |x: &Tensor| {
-            let c = cos.view([1, 1, 5, 4]);
-            let s = sin.view([1, 1, 5, 4]);
-            let (x1, x2) = (x.narrow(-1, 0, 4), x.narrow(-1, 4, 4));
-            Tensor::cat(&[&x1 * &c + &x2 * &s, &x1 * (-&s) + &x2 * &c], -1)
-        };
-        let norm = |x: &Tensor| x.rms_norm([hd], None::<Tensor>, eps);
-        let q_ref = rope(&norm(&heads(&split[0], h))) * q_gain.view([1, h, 1, 1]);
-        let k_ref = rope(&norm(&heads(&split[1], hkv)));
-        let v_ref = heads(&split[2], hkv);
-        assert!(max_abs_diff(&q.transpose(1, 2), &q_ref) < 1e-12);
-        assert!(max_abs_diff(&k.transpose(1, 2), &k_ref) < 1e-12);
-        assert!(max_abs_diff(&v.transpose(1, 2), &v_ref) < 1e-12);
-    }
-
-    #[test]
-    fn inconsistent_shapes_are_one_line_errors() {
-        let (qkv, cos, sin, q_gain) = inputs();
-        let err = Heads::of(&qkv, &cos.narrow(0, 0, 4), &sin.narrow(0, 0, 4), &q_gain).unwrap_err();
-        assert!(err.to_string().contains("T = 5"), "{err}");
-        let err = Heads::of(&qkv, &cos, &sin, &q_gain.narrow(0, 0, 3)).unwrap_err();
-        assert!(err.to_string().contains("H = 3"), "{err}");
-        let heads = Heads::of(&qkv, &cos, &sin, &q_gain).unwrap();
-        assert_eq!(
-            heads,
-            Heads {
-                batch: 2,
-                seq: 5,
-                q: 4,
-                kv: 2,
-                dim: 8
-            }
-        );
-    }
-
-    /// Through the autograd bridge (the op's CPU path: reference forward, hand-derived backward):
-    /// outputs and gradients in the right order and the right places.
-    #[test]
-    fn the_op_through_autograd_equals_the_reference() {
-        let (qkv, cos, sin, q_gain) = inputs();
-        let eps = 1e-3;
-        let opts = (Kind::Double, Device::Cpu);
-        let grads = |fused: bool| {
-            let qkv = qkv.copy().set_requires_grad(true);
-            let q_gain = q_gain.copy().set_requires_grad(true);
-            let (q, k, v) = if fused {
-                qkv_norm_rope(&qkv, &cos, &sin, &q_gain, eps).unwrap()
-            } else {
-                reference(&qkv, &cos, &sin, &q_gain, eps).unwrap()
-            };
-            tch::manual_seed(11);
+        for rd in ROPE_DIMS {
+            let (qkv, cos, sin, q_gain) = inputs(rd);
+            let eps = 1e-3; // large enough that a formula ignoring eps would fail
+            let qkv = qkv.set_requires_grad(true);
+            let q_gain = q_gain.set_requires_grad(true);
+            let (q, k, v) = reference(&qkv, &cos, &sin, &q_gain, HD, eps).unwrap();
+            let opts = (Kind::Double, Device::Cpu);
             let (dq, dk, dv) = (
                 Tensor::randn(q.size(), opts),
                 Tensor::randn(k.size(), opts),
@@ -571,13 +540,131 @@ mod tests {
             let loss = (&q * &dq).sum(Kind::Double)
                 + (&k * &dk).sum(Kind::Double)
                 + (&v * &dv).sum(Kind::Double);
-            let g = Tensor::run_backward(&[&loss], &[&qkv, &q_gain], false, false);
-            (vec![q.detach(), k.detach(), v.detach()], g)
-        };
-        let (out_fused, g_fused) = grads(true);
-        let (out_ref, g_ref) = grads(false);
-        let pairs = out_fused.iter().zip(&out_ref);
-        assert_all_close(pairs.chain(g_fused.iter().zip(&g_ref)), 1e-12);
+            let grads = Tensor::run_backward(&[loss], &[&qkv, &q_gain], false, false);
+            let (dqkv, dgain) = backward_formula(
+                &qkv.detach(),
+                &cos,
+                &sin,
+                &q_gain.detach(),
+                HD,
+                eps,
+                [&dq, &dk, &dv],
+            )
+            .unwrap();
+            assert_eq!(dqkv.size(), qkv.size());
+            assert_eq!(dgain.size(), [4]);
+            let e_qkv = max_abs_diff(&dqkv, &grads[0]);
+            let e_gain = max_abs_diff(&dgain, &grads[1]);
+            assert!(
+                e_qkv < 1e-12,
+                "rd {rd}: d qkv differs from autograd by {e_qkv:e}"
+            );
+            assert!(
+                e_gain < 1e-12,
+                "rd {rd}: d q_gain differs from autograd by {e_gain:e}"
+            );
+            assert!(
+                grads[0].abs().max().double_value(&[]) > 0.1,
+                "gradients must be non-trivial"
+            );
+        }
+    }
+
+    /// The reference is upstream's attention prologue (REFERENCE.md §3.2, R0322's partial RoPE):
+    /// separate q, k, v projections viewed [B, H, T, hd], rms_norm, RoPE on the first rd dims of
+    /// [B, H, T, hd] (the rest passed through), q × gain.
+    #[test]
+    fn reference_equals_the_literal_upstream_formulation() {
+        for rd in ROPE_DIMS {
+            let (qkv, cos, sin, q_gain) = inputs(rd);
+            let eps = f64::EPSILON;
+            let (q, k, v) = reference(&qkv, &cos, &sin, &q_gain, HD, eps).unwrap();
+            let (h, hkv, hd, half) = (4, 2, HD, rd / 2);
+            let split = qkv.split_with_sizes([h * hd, hkv * hd, hkv * hd], -1);
+            let heads = |x: &Tensor, n: i64| x.view([2, 5, n, hd]).transpose(1, 2);
+            let rope = |x: &Tensor| {
+                let c = cos.view([1, 1, 5, half]);
+                let s = sin.view([1, 1, 5, half]);
+                let (x1, x2) = (x.narrow(-1, 0, half), x.narrow(-1, half, half));
+                let pass = x.narrow(-1, rd, hd - rd);
+                Tensor::cat(&[&x1 * &c + &x2 * &s, &x1 * (-&s) + &x2 * &c, pass], -1)
+            };
+            let norm = |x: &Tensor| x.rms_norm([hd], None::<Tensor>, eps);
+            let q_ref = rope(&norm(&heads(&split[0], h))) * q_gain.view([1, h, 1, 1]);
+            let k_ref = rope(&norm(&heads(&split[1], hkv)));
+            let v_ref = heads(&split[2], hkv);
+            assert!(max_abs_diff(&q.transpose(1, 2), &q_ref) < 1e-12, "rd {rd}");
+            assert!(max_abs_diff(&k.transpose(1, 2), &k_ref) < 1e-12, "rd {rd}");
+            assert!(max_abs_diff(&v.transpose(1, 2), &v_ref) < 1e-12, "rd {rd}");
+        }
+    }
+
+    #[test]
+    fn inconsistent_shapes_are_one_line_errors() {
+        let (qkv, cos, sin, q_gain) = inputs(HD);
+        let err = Heads::of(
+            &qkv,
+            &cos.narrow(0, 0, 4),
+            &sin.narrow(0, 0, 4),
+            &q_gain,
+            HD,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("T = 5"), "{err}");
+        let err = Heads::of(&qkv, &cos, &sin, &q_gain.narrow(0, 0, 3), HD).unwrap_err();
+        assert!(err.to_string().contains("H = 3"), "{err}");
+        // Tables for more dims than a head has.
+        let err = Heads::of(&qkv, &cos, &sin, &q_gain, 4).unwrap_err();
+        assert!(err.to_string().contains("rd ≤ hd"), "{err}");
+        let heads = Heads::of(&qkv, &cos, &sin, &q_gain, HD).unwrap();
+        assert_eq!(
+            heads,
+            Heads {
+                batch: 2,
+                seq: 5,
+                q: 4,
+                kv: 2,
+                dim: 8,
+                rope: 8
+            }
+        );
+        let (_, cos, sin, _) = inputs(4);
+        assert_eq!(Heads::of(&qkv, &cos, &sin, &q_gain, HD).unwrap().rope, 4);
+    }
+
+    /// Through the autograd bridge (the op's CPU path: reference forward, hand-derived backward):
+    /// outputs and gradients in the right order and the right places.
+    #[test]
+    fn the_op_through_autograd_equals_the_reference() {
+        for rd in ROPE_DIMS {
+            let (qkv, cos, sin, q_gain) = inputs(rd);
+            let eps = 1e-3;
+            let opts = (Kind::Double, Device::Cpu);
+            let grads = |fused: bool| {
+                let qkv = qkv.copy().set_requires_grad(true);
+                let q_gain = q_gain.copy().set_requires_grad(true);
+                let (q, k, v) = if fused {
+                    qkv_norm_rope(&qkv, &cos, &sin, &q_gain, HD, eps).unwrap()
+                } else {
+                    reference(&qkv, &cos, &sin, &q_gain, HD, eps).unwrap()
+                };
+                tch::manual_seed(11);
+                let (dq, dk, dv) = (
+                    Tensor::randn(q.size(), opts),
+                    Tensor::randn(k.size(), opts),
+                    Tensor::randn(v.size(), opts),
+                );
+                let loss = (&q * &dq).sum(Kind::Double)
+                    + (&k * &dk).sum(Kind::Double)
+                    + (&v * &dv).sum(Kind::Double);
+                let g = Tensor::run_backward(&[&loss], &[&qkv, &q_gain], false, false);
+                (vec![q.detach(), k.detach(), v.detach()], g)
+            };
+            let (out_fused, g_fused) = grads(true);
+            let (out_ref, g_ref) = grads(false);
+            let pairs = out_fused.iter().zip(&out_ref);
+            assert_all_close(pairs.chain(g_fused.iter().zip(&g_ref)), 1e-12);
+        }
     }
 
     #[test]
@@ -588,6 +675,7 @@ mod tests {
             q,
             kv,
             dim,
+            rope: dim,
         };
         // The baseline: rows of 1024 elements = 128 threads, two rows per block.
         assert_eq!(block_shape(&heads(8, 4, 64)).unwrap(), (2, 256));
@@ -598,5 +686,19 @@ mod tests {
         }
         assert!(block_shape(&heads(8, 4, 48)).is_err());
         assert!(block_shape(&heads(40, 20, 256)).is_err()); // a row needs 2560 threads
+                                                            // Partial RoPE: R0322's 16 of 64 (and 48 of 64: halves of 3 lanes) run; 8 of 64 does not.
+        for rope in [16, 48] {
+            let partial = Heads {
+                rope,
+                ..heads(8, 4, 64)
+            };
+            assert_eq!(block_shape(&partial).unwrap(), (2, 256));
+        }
+        let err = block_shape(&Heads {
+            rope: 8,
+            ..heads(8, 4, 64)
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("multiple of 16"), "{err}");
     }
 }

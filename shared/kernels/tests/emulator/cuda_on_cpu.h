@@ -71,6 +71,19 @@ inline float __shfl_xor_sync(unsigned mask, float v, int offset) {
     return r;
 }
 
+// Reads lane `src` of the warp (CUDA: srcLane mod 32 for a full-warp width).
+inline float __shfl_sync(unsigned mask, float v, int src) {
+    if (mask != 0xffffffffu) {
+        std::fprintf(stderr, "emulator: only full-warp shuffles are emulated\n");
+        std::abort();
+    }
+    this_warp->slots[this_lane] = v;
+    this_warp->bar->arrive_and_wait();
+    const float r = this_warp->slots[src & 31];
+    this_warp->bar->arrive_and_wait();
+    return r;
+}
+
 inline void __syncthreads() { this_block->arrive_and_wait(); }
 
 // Runs `kernel()` as a grid of `grid` blocks of `block` threads (whole warps only).

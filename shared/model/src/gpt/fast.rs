@@ -3,10 +3,14 @@
 //! bound by memory traffic and kernel launches, not by the matmuls:
 //!
 //! - q, k and v come from one GEMM (their weights concatenated), plus the adapter's deltas;
-//! - q/k RMSNorm, RoPE and the q gain, with v passed through → pgolf-kernels' `qkv_norm_rope`
-//!   (its backward writes the whole d(qkv) at once, so no narrow/zero-fill/add passes);
+//! - q/k RMSNorm, RoPE (whole heads, or partial: the first `rope_dims`) and the q gain, with v
+//!   passed through → pgolf-kernels' `qkv_norm_rope` (its backward writes the whole d(qkv) at
+//!   once, so no narrow/zero-fill/add passes);
 //! - a block's entry, `resid_mix` then RMSNorm → `mix_norm` (returns the mixed stream too);
-//! - the embedding's, the MLP's and the final RMSNorm → `rms_norm`;
+//! - the embedding's, the MLP's and the final RMSNorm → `rms_norm`; LN scale (`1/√(i+1)` on
+//!   block i's two norms) is those kernels' output factor, not a pass of its own;
+//! - XSA → `xsa` (reads SDPA's output in its own layout, writes the projection's input);
+//! - SmearGate → `smear_gate`;
 //! - relu² / LeakyReLU² → `relu_square`;
 //! - each branch's output projection, its scale (`attn_scale`, `mlp_scale`) and the residual add
 //!   are one GEMM: `x + s ⊙ (y Wᵀ) = addmm(x, y, (s ⊙ W)ᵀ)`, the scale folded into W's rows;
@@ -24,10 +28,12 @@ use pgolf_kernels::ops::{
     qkv_norm_rope::qkv_norm_rope,
     relu_square::relu_square,
     rms_norm::{rms_norm, DEFAULT_EPS},
+    smear_gate::smear_gate,
+    xsa::xsa,
 };
 use tch::{Kind, Tensor};
 
-use super::Gpt;
+use super::{Frame, Gpt};
 use crate::config::Activation;
 use crate::hooks::{Hooks, Site};
 
@@ -39,41 +45,45 @@ pub(super) fn must<T>(r: anyhow::Result<T>) -> T {
 }
 
 impl Gpt {
-    /// The fast trunk: the normed embedding, the U-Net of fast blocks, the final norm.
+    /// The fast trunk: the normed embedding (with the options of `gpt/addons.rs`), the U-Net of
+    /// fast blocks, the final norm.
     pub(super) fn trunk_fast(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
         let t = x.size()[1];
-        // f32 [T, hd/2] tables, as the kernel reads them.
+        // f32 [T, rd/2] tables, as the kernel reads them.
         let (cos, sin) = self
             .rope
             .borrow_mut()
             .tables(t, Kind::Float, x.device(), false);
         let (cos, sin) = (cos.view([t, -1]), sin.view([t, -1]));
-        let mut h = must(rms_norm(&self.embed(x), DEFAULT_EPS));
-        let x0 = h.shallow_clone();
+        let normed = must(rms_norm(&self.embed_input(x, hooks), DEFAULT_EPS, 1.0));
+        let mut h = match &self.addons.smear_gate {
+            Some(gate) => must(smear_gate(&normed, gate)),
+            None => normed,
+        };
+        let ctx = Frame {
+            x0: h.shallow_clone(),
+            value_embed: self.value_embedding(x, hooks),
+            cos,
+            sin,
+        };
         h = self.unet(
             h,
-            |i, h| self.block_fast(i, h, &x0, &cos, &sin, hooks),
+            |i, h| self.block_fast(i, h, &ctx, hooks),
             |h, w, skip| h.addcmul(w, skip),
         );
-        must(rms_norm(&h, DEFAULT_EPS))
+        must(rms_norm(&h, DEFAULT_EPS, 1.0))
     }
 
-    fn block_fast(
-        &self,
-        i: usize,
-        x: &Tensor,
-        x0: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        hooks: &mut Hooks,
-    ) -> Tensor {
+    fn block_fast(&self, i: usize, x: &Tensor, ctx: &Frame, hooks: &mut Hooks) -> Tensor {
         let blk = &self.blocks[i];
-        let (x, n) = must(mix_norm(x, x0, &blk.resid_mix, DEFAULT_EPS));
-        let y = self.attention_fast(i, &n, cos, sin, hooks);
+        // LN scale as the norms' output factor (1 when off: the plain norm).
+        let ln_scale = self.cfg.ln_scale_factor(i);
+        let (x, n) = must(mix_norm(x, &ctx.x0, &blk.resid_mix, DEFAULT_EPS, ln_scale));
+        let y = self.attention_fast(i, &self.norm_weight(i, 0, n), ctx, hooks);
         hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
         let x =
             self.residual_projection(&x, &y, &blk.attn_proj, &blk.attn_scale, Site::O, i, hooks);
-        let u = must(rms_norm(&x, DEFAULT_EPS));
+        let u = self.norm_weight(i, 1, must(rms_norm(&x, DEFAULT_EPS, ln_scale)));
         hooks.tap(|| format!("blocks.{i}.mlp.fc.weight"), &u);
         let pre = self.project(&u, &blk.fc, Site::MlpIn, i, hooks);
         let slope = match self.cfg.activation {
@@ -110,7 +120,7 @@ impl Gpt {
         let size = x.size();
         let d = size[2];
         let inner = *y.size().last().expect("projection input has a last dim");
-        let w_scaled = (w * scale.unsqueeze(1)).to_kind(ck);
+        let w_scaled = (self.qat(w) * scale.unsqueeze(1)).to_kind(ck);
         let out = x
             .view([-1, d])
             .addmm(&y.reshape([-1, inner]), &w_scaled.tr())
@@ -131,7 +141,8 @@ impl Gpt {
         for name in ["c_q", "c_k", "c_v"] {
             hooks.tap(|| format!("blocks.{i}.attn.{name}.weight"), u);
         }
-        let w = Tensor::cat(&[&blk.c_q, &blk.c_k, &blk.c_v], 0).to_kind(ck);
+        // Per-row fake quantization commutes with stacking rows.
+        let w = self.matrix(&Tensor::cat(&[&blk.c_q, &blk.c_k, &blk.c_v], 0));
         let qkv = u.linear(&w, None::<Tensor>);
         if hooks.adapter.is_none() {
             return qkv;
@@ -146,19 +157,30 @@ impl Gpt {
     }
 
     /// Causal GQA attention of block `i` up to its output projection: `[B, T, d]`.
-    fn attention_fast(
-        &self,
-        i: usize,
-        u: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        hooks: &mut Hooks,
-    ) -> Tensor {
+    fn attention_fast(&self, i: usize, u: &Tensor, ctx: &Frame, hooks: &mut Hooks) -> Tensor {
         let blk = &self.blocks[i];
         let (b, t, d) = u.size3().expect("attention input [B, T, d]");
         let qkv = self.qkv_projection(i, u, hooks);
-        let (q, k, v) = must(qkv_norm_rope(&qkv, cos, sin, &blk.q_gain, DEFAULT_EPS));
+        let hd = self.cfg.head_dim() as i64;
+        let (q, k, mut v) = must(qkv_norm_rope(
+            &qkv,
+            &ctx.cos,
+            &ctx.sin,
+            &blk.q_gain,
+            hd,
+            DEFAULT_EPS,
+        ));
+        if let Some(ve) = self.layer_value_embedding(i, ctx.value_embed.as_ref()) {
+            let shape = v.size();
+            v = &v + ve.view(shape.as_slice()); // not `+=` (in place)
+        }
         let y = self.causal_attention(&q.transpose(1, 2), &k.transpose(1, 2), &v.transpose(1, 2));
-        y.transpose(1, 2).reshape([b, t, d])
+        // [B, T, H, hd] views of SDPA's [B, H, T, hd] output; XSA writes it contiguous.
+        let y = y.transpose(1, 2);
+        let y = match self.cfg.xsa(i) {
+            true => must(xsa(&y, &v)),
+            false => y,
+        };
+        y.reshape([b, t, d])
     }
 }
