@@ -1,6 +1,6 @@
 //! A node's `nproc: N` runs its stage on N ranks (`train --nproc N`: Gloo on the CPU here): the
-//! manifest records the world size; like the device it is an execution detail, so the run's key
-//! is the single-process run's and a later run with another `nproc` reuses it.
+//! manifest records the world size and, since it changes results, so does the run's key: another
+//! `nproc` is another run, and `pipeline status` says why.
 
 use pgolf_e2e::project::{status_of, TestProject};
 use pgolf_store::files;
@@ -31,7 +31,7 @@ profiles:
 ";
 
 #[test]
-fn nproc_runs_the_stage_on_that_many_ranks_and_keeps_the_key() {
+fn nproc_runs_the_stage_on_that_many_ranks_under_a_key_of_its_own() {
     let p = TestProject::new(TWO_RANKS);
     let out = p.ok(&["run", "train"]);
     assert_eq!(status_of(&out, "train"), "ran", "{out}");
@@ -44,10 +44,15 @@ fn nproc_runs_the_stage_on_that_many_ranks_and_keeps_the_key() {
     assert_eq!(manifest["headline"]["world_size"], 2, "{manifest}");
     assert_eq!(manifest["headline"]["dist_backend"], "gloo", "{manifest}");
 
-    // One rank: the same key, so the two-rank run is reused.
+    // One rank: another key, named as stale for its world size, then a run of its own.
+    let status = p.ok(&["status", "--profile", "single"]);
+    assert!(status.contains("world size changed (2 → 1)"), "{status}");
     let again = p.ok(&["run", "train", "--profile", "single"]);
-    assert_eq!(status_of(&again, "train"), "reused", "{again}");
-    assert_eq!(p.runs("train"), runs);
+    assert_eq!(status_of(&again, "train"), "ran", "{again}");
+    assert_eq!(p.runs("train").len(), 2);
+    // And two ranks again: the first run, reused.
+    let back = p.ok(&["run", "train"]);
+    assert_eq!(status_of(&back, "train"), "reused", "{back}");
 
     let err = p.fails(&["run", "train", "--profile", "zero"]);
     assert!(

@@ -101,7 +101,7 @@ mod tests {
         );
 
         let (r1, r2) = (tmp.path().join("r1"), tmp.path().join("r2"));
-        let k1 = run_key("s", "s@1", &serde_json::json!({}), &Default::default());
+        let k1 = run_key("s", "s@1", &serde_json::json!({}), &Default::default(), 1);
         finished_run(&r1, &k1);
         finished_run(&r2, &"2".repeat(64));
         let run = input_key(std::slice::from_ref(&r1), None).unwrap();

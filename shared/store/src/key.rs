@@ -1,6 +1,11 @@
 //! Cache keys. A run key is BLAKE3 over the stage name, the stage's source identity, the canonical
-//! params and the keys of its inputs sorted by input name. Nothing machine-specific (paths, mtimes,
-//! hosts) enters a key, so an exported run is fresh on the machine that imports it.
+//! params, the keys of its inputs sorted by input name and, for a run on several ranks, the world
+//! size. Nothing machine-specific (paths, mtimes, hosts) enters a key, so an exported run is fresh
+//! on the machine that imports it.
+//!
+//! The world size is in the key because it changes results: gradients are summed in another order
+//! (Muon's Newton–Schulz amplifies that), and an evaluation split over ranks sees other contexts.
+//! A run on one rank hashes exactly as before ranks existed, so no older key moves.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -27,6 +32,7 @@ pub fn run_key(
     identity: &str,
     params: &Value,
     inputs: &BTreeMap<String, String>,
+    world_size: usize,
 ) -> String {
     let mut h = blake3::Hasher::new();
     for part in [
@@ -43,6 +49,11 @@ pub fn run_key(
         h.update(name.as_bytes());
         h.update(&(key.len() as u64).to_le_bytes());
         h.update(key.as_bytes());
+    }
+    if world_size > 1 {
+        // After the inputs, behind a tag no input name can be (names are never empty).
+        h.update(&0u64.to_le_bytes());
+        h.update(&(world_size as u64).to_le_bytes());
     }
     h.finalize().to_hex().to_string()
 }
@@ -86,17 +97,41 @@ mod tests {
     #[test]
     fn key_changes_with_each_part() {
         let inputs: BTreeMap<String, String> = [("shards".to_string(), "k1".to_string())].into();
-        let base = run_key("train", "id1", &json!({"lr": 0.04}), &inputs);
+        let base = run_key("train", "id1", &json!({"lr": 0.04}), &inputs, 1);
         assert_eq!(base.len(), 64);
-        assert_eq!(base, run_key("train", "id1", &json!({"lr": 0.04}), &inputs));
-        assert_ne!(base, run_key("train", "id2", &json!({"lr": 0.04}), &inputs));
-        assert_ne!(base, run_key("train", "id1", &json!({"lr": 0.05}), &inputs));
+        assert_eq!(
+            base,
+            run_key("train", "id1", &json!({"lr": 0.04}), &inputs, 1)
+        );
         assert_ne!(
             base,
-            run_key("tokenize", "id1", &json!({"lr": 0.04}), &inputs)
+            run_key("train", "id2", &json!({"lr": 0.04}), &inputs, 1)
+        );
+        assert_ne!(
+            base,
+            run_key("train", "id1", &json!({"lr": 0.05}), &inputs, 1)
+        );
+        assert_ne!(
+            base,
+            run_key("tokenize", "id1", &json!({"lr": 0.04}), &inputs, 1)
         );
         let other: BTreeMap<String, String> = [("shards".to_string(), "k2".to_string())].into();
-        assert_ne!(base, run_key("train", "id1", &json!({"lr": 0.04}), &other));
+        assert_ne!(
+            base,
+            run_key("train", "id1", &json!({"lr": 0.04}), &other, 1)
+        );
+        // World size 1 (or unknown, 0) is the key of a single process; each other world size is
+        // a key of its own.
+        let two = run_key("train", "id1", &json!({"lr": 0.04}), &inputs, 2);
+        assert_ne!(base, two);
+        assert_ne!(
+            two,
+            run_key("train", "id1", &json!({"lr": 0.04}), &inputs, 8)
+        );
+        assert_eq!(
+            base,
+            run_key("train", "id1", &json!({"lr": 0.04}), &inputs, 0)
+        );
     }
 
     #[test]

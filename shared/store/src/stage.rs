@@ -153,8 +153,10 @@ impl<P> Stage<P> {
 /// How a process takes part in a stage run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunAs {
-    /// The stage run itself: writes `--out` and the manifest.
-    Stage,
+    /// The stage run itself: writes `--out` and the manifest. Alone (`world_size` 1) or rank 0 of
+    /// `world_size` ranks; the world size is part of the run's key (see [`crate::run_key`]), and the
+    /// device record the body sets must say the same.
+    Stage { world_size: usize },
     /// A worker rank of a multi-process run whose rank 0 is the stage run: same command line,
     /// params and inputs, but its body writes into a private scratch folder (removed when it
     /// ends, success or not), no manifest is written, no progress bar drawn, and its error line
@@ -169,7 +171,7 @@ where
     P: DeserializeOwned + Serialize,
     F: FnOnce(&mut Stage<P>) -> Result<()>,
 {
-    run_stage_as(name, identity, RunAs::Stage, body)
+    run_stage_as(name, identity, RunAs::Stage { world_size: 1 }, body)
 }
 
 /// [`run_stage`] for a process that may be a worker rank ([`RunAs`]).
@@ -196,7 +198,7 @@ where
                 let _ = fs::remove_dir_all(&out);
             }
             let who = match role {
-                RunAs::Stage => String::new(),
+                RunAs::Stage { .. } => String::new(),
                 RunAs::Worker { rank } => format!("rank {rank}: "),
             };
             let line = format!("error: {name}: {who}{}", one_line(&err));
@@ -281,7 +283,7 @@ where
         .ok_or_else(|| anyhow!("--out DIR is required"))?;
     // A worker writes nothing where the stage run writes: its own scratch folder instead.
     let out = match role {
-        RunAs::Stage => out,
+        RunAs::Stage { .. } => out,
         RunAs::Worker { rank } => {
             crate::progress::hide_all();
             sweep_worker_scratch(name);
@@ -317,7 +319,11 @@ where
         .iter()
         .map(|(n, i)| (n.clone(), i.key.clone()))
         .collect();
-    let key = run_key(name, identity, &params_json, &input_keys);
+    let world_size = match role {
+        RunAs::Stage { world_size } => world_size,
+        RunAs::Worker { .. } => 0,
+    };
+    let key = run_key(name, identity, &params_json, &input_keys, world_size);
 
     prepare_out(&out)?;
     *created_out = Some(out.clone());
@@ -338,8 +344,22 @@ where
         device_record: None,
     };
     body(&mut stage)?;
-    if role != RunAs::Stage {
+    if matches!(role, RunAs::Worker { .. }) {
         return Ok(());
+    }
+    let device = stage
+        .device_record
+        .clone()
+        .unwrap_or_else(DeviceRecord::cpu);
+    // The key promises the world size; a body that ran on another number of ranks would publish
+    // a run under a key that does not describe it.
+    if device.world_size != world_size.max(1) {
+        bail!(
+            "{name} ran on {} rank(s) but was launched as {} (its key says {})",
+            device.world_size,
+            world_size.max(1),
+            world_size.max(1)
+        );
     }
 
     crate::testing::hold(crate::testing::STAGE_OUTPUTS_WRITTEN, name);
@@ -377,10 +397,7 @@ where
         finished: chrono::Local::now().to_rfc3339(),
         wall_seconds: clock.elapsed().as_secs_f64(),
         host: host_description(),
-        device: stage
-            .device_record
-            .clone()
-            .unwrap_or_else(DeviceRecord::cpu),
+        device,
         headline: stage.headline.clone(),
     };
     let path = out.join(MANIFEST);

@@ -33,8 +33,9 @@ pub struct NodeSpec {
     pub params: Option<Value>,
     #[serde(default)]
     pub device: Option<String>,
-    /// Ranks to run the stage on (`--nproc N`, for stages that take it: train). Like the device,
-    /// an execution detail: it is recorded in the run's manifest, not in its key.
+    /// Ranks to run the stage on (`--nproc N`, for stages that take it: train). Unlike the device
+    /// it changes results (the order of gradient sums), so a world size above 1 is in the run's
+    /// key as well as in its manifest.
     #[serde(default)]
     pub nproc: Option<usize>,
 }

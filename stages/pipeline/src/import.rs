@@ -103,6 +103,7 @@ fn verify(staging: &Path) -> Result<Vec<(String, String)>> {
             &manifest.identity,
             &manifest.params,
             &input_keys,
+            manifest.device.world_size,
         ) != key
         {
             bail!("run {run}: its manifest does not hash to its key (edited?)");

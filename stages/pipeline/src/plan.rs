@@ -186,7 +186,13 @@ impl Planner<'_> {
                 .iter()
                 .map(|i| (i.name.clone(), i.key.clone()))
                 .collect();
-            let key = run_key(&stage, &identity, &params, &input_keys);
+            let key = run_key(
+                &stage,
+                &identity,
+                &params,
+                &input_keys,
+                node.nproc.unwrap_or(1),
+            );
             let id = plan.instances.len();
             plan.instances.push(Instance {
                 id,

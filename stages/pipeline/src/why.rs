@@ -30,6 +30,10 @@ pub fn explain(
     if !changed.is_empty() {
         reasons.push(format!("params changed ({})", changed.join(", ")));
     }
+    let (ranks_before, ranks_now) = (previous.device.world_size.max(1), inst.nproc.unwrap_or(1));
+    if ranks_before != ranks_now {
+        reasons.push(format!("world size changed ({ranks_before} → {ranks_now})"));
+    }
     for input in &inst.inputs {
         let Some(before) = previous.inputs.get(&input.name) else {
             reasons.push(format!("input {} added", input.name));

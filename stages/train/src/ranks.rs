@@ -50,7 +50,9 @@ pub fn launch_or_role() -> RunAs {
     }
     match Launch::from_env() {
         Ok(Some(l)) if l.rank > 0 => RunAs::Worker { rank: l.rank },
-        Ok(_) => RunAs::Stage,
+        Ok(launch) => RunAs::Stage {
+            world_size: launch.map_or(1, |l| l.world_size),
+        },
         Err(e) => {
             eprintln!("error: train: {e:#}");
             std::process::exit(1);
