@@ -37,7 +37,7 @@ const LIBRARY_EDGES: &[(&str, &str, &[&str])] = &[
     ("pgolf-model",     DEV,    &["pgolf-data", "pgolf-testkit"]),
     ("pgolf-optim",     NORMAL, &[]),
     // c10d process groups behind pgolf-optim's Collective.
-    ("pgolf-dist",      NORMAL, &["pgolf-optim"]),
+    ("pgolf-dist",      NORMAL, &["pgolf-optim", "pgolf-store"]),
     ("pgolf-dist",      BUILD,  &["pgolf-buildid"]),
     ("pgolf-quant",     NORMAL, &["pgolf-evaluator", "pgolf-store"]),
     // Core needs data/evaluator/store; model, quant and runtime behind its `torch` feature.

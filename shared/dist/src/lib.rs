@@ -8,6 +8,7 @@
 //! - [`ProcessGroup`]: one rank of a group ([`Backend::Gloo`] or [`Backend::Nccl`]); every
 //!   collective is bounded by the group's timeout and fails naming the rank and the operation.
 //! - [`spawn_ranks`]: runs N ranks of a program on this host, all or nothing.
+//! - [`stage`]: a pipeline stage's `--nproc N` and its ranks' roles (rank 0 is the stage run).
 //!
 //! The build (docs/BUILD.md): the shim compiles against the wheel's c10d headers; the Gloo and
 //! CCCL headers they include are not in the wheel, and `host_only/` declares what is needed.
@@ -16,6 +17,7 @@ mod ffi;
 mod group;
 mod launch;
 mod spawn;
+pub mod stage;
 
 pub use ffi::{Store, StoreRole};
 pub use group::{Backend, ProcessGroup};

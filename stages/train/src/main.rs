@@ -36,7 +36,7 @@ use run_loop::Training;
 use warmup::warm_up;
 
 fn main() {
-    let role = ranks::launch_or_role();
+    let role = pgolf_dist::stage::launch_or_role("train");
     pgolf_store::run_stage_as::<Params, _>("train", env!("PGOLF_STAGE_IDENTITY"), role, train);
 }
 

@@ -10,6 +10,8 @@ use pgolf_eval::report::Denominator;
 use pgolf_eval::schedule::{check_single_pass, doc_chunks, flat, sliding};
 use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net};
 use pgolf_eval::{Ledger, LedgerReport, ValSet};
+use pgolf_optim::Collective;
+use tch::Device;
 
 use crate::params::{Mode, Params};
 
@@ -22,10 +24,15 @@ pub struct Outcome {
     pub denominator: Denominator,
 }
 
-/// Number of windows the mode will score (for the progress bar).
-pub fn window_count(p: &Params, val: &ValSet, seq_len: usize) -> Result<usize> {
+/// Number of windows the mode will score on this rank (for the progress bar).
+pub fn window_count(
+    p: &Params,
+    val: &ValSet,
+    seq_len: usize,
+    comm: &dyn Collective,
+) -> Result<usize> {
     let n = val.n_targets();
-    Ok(match p.mode {
+    let all = match p.mode {
         Mode::Flat => n.div_ceil(seq_len),
         Mode::Sliding | Mode::Ttt => sliding(n, seq_len, p.stride)?.len(),
         Mode::Lora => val
@@ -33,7 +40,8 @@ pub fn window_count(p: &Params, val: &ValSet, seq_len: usize) -> Result<usize> {
             .iter()
             .map(|d| d.targets().len().div_ceil(p.lora.chunk.max(1)))
             .sum(),
-    })
+    };
+    Ok(crate::ranks::share(all, comm.rank(), comm.world_size()).len())
 }
 
 pub fn evaluate(
@@ -41,9 +49,20 @@ pub fn evaluate(
     val: &ValSet,
     net: Net,
     seq_len: usize,
+    comm: &dyn Collective,
+    device: Device,
     mut progress: impl FnMut(usize),
 ) -> Result<Outcome> {
     let n = val.n_targets();
+    let world = comm.world_size();
+    if world > 1 && !matches!(p.mode, Mode::Flat | Mode::Sliding) {
+        // Adaptive modes across ranks need chunks scored across ranks, then trained with averaged
+        // gradients (or documents from a shared queue): not built; one rank gives the same BPB.
+        bail!(
+            "mode {} on {world} ranks is not built yet: run it on one rank (flat and sliding take several)",
+            p.mode.name()
+        );
+    }
     let opts = PassOptions {
         batch_windows: p.batch_windows,
         probes: p.probes,
@@ -69,17 +88,23 @@ pub fn evaluate(
                 sliding(targets, seq_len, p.stride)?
             };
             check_single_pass(&windows, 1..targets + 1)?;
-            let mut ledger = Ledger::new(val, 1..targets + 1)?;
-            score_windows(
-                &mut ledger,
-                &windows,
-                &mut net,
-                &opts,
-                &mut norm,
-                &mut progress,
-            )?;
+            if windows.len() < world {
+                bail!(
+                    "{} windows cannot be shared by {world} ranks",
+                    windows.len()
+                );
+            }
+            // This rank's contiguous share; its ledger expects exactly the targets it scores.
+            let mine = &windows[crate::ranks::share(windows.len(), comm.rank(), world)];
+            let (first, last) = (mine[0].scored().start, mine[mine.len() - 1].scored().end);
+            let mut ledger = Ledger::new(val, first..last)?;
+            score_windows(&mut ledger, mine, &mut net, &opts, &mut norm, &mut progress)?;
+            let mut report = ledger.finish()?;
+            if world > 1 {
+                report = crate::ranks::merge(report, &mut norm, 1..targets + 1, comm, device)?;
+            }
             Ok(Outcome {
-                report: ledger.finish()?,
+                report,
                 chunks: vec![],
                 updates: None,
                 norm,

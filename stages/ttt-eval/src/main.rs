@@ -7,12 +7,14 @@
 
 mod evaluate;
 mod params;
+mod ranks;
 
 use anyhow::Result;
 use pgolf_eval::report::{summarize, write_chunk_results, write_doc_results, write_summary};
 use pgolf_eval::torch::{dump_activations, load_artifact_for_vocab};
 use pgolf_eval::ValSet;
 use pgolf_model::save_tensors;
+use pgolf_optim::Collective;
 use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::progress::bar;
 use pgolf_store::{files, Stage};
@@ -23,14 +25,17 @@ use crate::evaluate::{evaluate, window_count};
 use crate::params::Params;
 
 fn main() {
-    pgolf_store::run_stage::<Params, _>("ttt-eval", env!("PGOLF_STAGE_IDENTITY"), run);
+    let role = pgolf_dist::stage::launch_or_role("ttt-eval");
+    pgolf_store::run_stage_as::<Params, _>("ttt-eval", env!("PGOLF_STAGE_IDENTITY"), role, run);
 }
 
 fn run(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.validate()?;
-    let device = device_from_str(&stage.device)?;
-    stage.set_device(describe(device, 1));
+    // One rank of several (ranks.rs) or alone; CUDA ranks use GPU LOCAL_RANK.
+    let comm = pgolf_dist::from_env(device_from_str(&stage.device)?)?;
+    let device = comm.device;
+    stage.set_device(describe(device, comm.world_size()));
     tch::manual_seed(p.seed);
 
     // 1. The val stream, its documents and byte tables, cross-checked.
@@ -71,9 +76,14 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     }
 
     // 3. Score every target once, in the chosen mode.
-    let progress = bar(window_count(&p, &val, seq_len)? as u64, p.mode.name());
+    let progress = bar(
+        window_count(&p, &val, seq_len, &comm)? as u64,
+        p.mode.name(),
+    );
     let clock = Instant::now();
-    let outcome = evaluate(&p, &val, net, seq_len, |k| progress.inc(k as u64))?;
+    let outcome = evaluate(&p, &val, net, seq_len, &comm, device, |k| {
+        progress.inc(k as u64)
+    })?;
     let seconds = clock.elapsed().as_secs_f64();
     progress.finish_and_clear();
 

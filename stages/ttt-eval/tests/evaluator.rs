@@ -4,71 +4,18 @@
 //! stage's binary within 1e-6 (relative). The evaluator's byte table is checked against
 //! pgolf-data's on the way.
 
+mod support;
+
 use pgolf_eval::torch::load_artifact;
 use pgolf_model::{Activation, Formulation, ModelConfig};
-use pgolf_quant::{
-    encode_artifact, quantize_all, Compression, DType, GptqSettings, Method, QuantInputs, Routing,
-    Rule, Weight,
-};
+use pgolf_quant::{Compression, Method, Routing, Rule};
 use pgolf_store::files;
 use pgolf_store::{Compute, Precision};
-use pgolf_testkit::{seal, tiny_weights, write_data_dir, MarkovSource};
-use serde_json::{json, Value};
-use std::path::Path;
-use std::process::Command;
+use pgolf_testkit::{write_data_dir, MarkovSource};
+use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-/// Quantizes seeded weights of `cfg` as quantize-pack does (matrices per row, small tensors as
-/// `small_float: upstream` routes them) and writes a quantize-pack-like output in `dir`.
-fn write_quantized(dir: &Path, cfg: &ModelConfig, routing: &Routing, compression: &Compression) {
-    std::fs::create_dir_all(dir).unwrap();
-    let weights: Vec<Weight> = tiny_weights(cfg, 5)
-        .unwrap()
-        .into_iter()
-        .map(|(name, t)| Weight {
-            name,
-            shape: t.size().iter().map(|s| *s as usize).collect(),
-            dtype: DType::F32,
-            data: Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(),
-        })
-        .collect();
-    let inputs = QuantInputs {
-        routing,
-        gptq: &GptqSettings::default(),
-        hessians: &Default::default(),
-        device: Device::Cpu,
-    };
-    let stored: Vec<_> = quantize_all(&weights, &inputs, &|_| {})
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    let bytes = encode_artifact(&serde_json::to_value(cfg).unwrap(), &stored, compression).unwrap();
-    std::fs::write(dir.join(files::ARTIFACT), bytes).unwrap();
-    seal(dir, "quantize-pack").unwrap();
-}
-
-fn ttt_eval(root: &Path, name: &str, params: Value) -> Value {
-    let (out, params_path) = (root.join(name), root.join(format!("{name}.json")));
-    std::fs::write(&params_path, params.to_string()).unwrap();
-    let output = Command::new(env!("CARGO_BIN_EXE_ttt-eval"))
-        .arg("--out")
-        .arg(&out)
-        .arg("--in")
-        .arg(format!("data={}", root.join("data").display()))
-        .arg("--in")
-        .arg(format!("artifact={}", root.join("artifact").display()))
-        .arg("--params")
-        .arg(&params_path)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&std::fs::read(out.join(files::SUMMARY)).unwrap()).unwrap()
-}
+use support::{ttt_eval, write_quantized};
 
 fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
     let root = tempfile::tempdir().unwrap();
@@ -138,7 +85,7 @@ fn check(cfg: ModelConfig, routing: Routing, compression: Compression) {
         ),
     ] {
         let sums = pgolf_evaluator::score(&ours, &tokens, &bytes, &windows, |_| {}).unwrap();
-        let summary = ttt_eval(root.path(), name, params);
+        let summary = ttt_eval(root.path(), name, params, &[]);
         let theirs = summary["val_bpb_lut"].as_f64().unwrap();
         assert_eq!(
             summary["val_lut_bytes"].as_u64(),

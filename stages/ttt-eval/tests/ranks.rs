@@ -1,0 +1,104 @@
+//! ttt-eval on several ranks (Gloo on the CPU): flat and sliding scoring split over 2 and 3 ranks
+//! give one rank's BPB within 1e-9 (relative) and the same targets and bytes, under a run key of
+//! their own; the adaptive modes refuse several ranks in one line.
+
+mod support;
+
+use pgolf_model::ModelConfig;
+use pgolf_quant::{Compression, Routing};
+use pgolf_store::files;
+use pgolf_testkit::{write_data_dir, MarkovSource};
+use serde_json::{json, Value};
+use std::process::Command;
+use support::{ttt_eval, write_quantized};
+
+fn manifest(dir: &std::path::Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join(files::MANIFEST)).unwrap()).unwrap()
+}
+
+#[test]
+fn flat_and_sliding_on_several_ranks_give_one_ranks_bpb() {
+    let root = tempfile::tempdir().unwrap();
+    let (tokens, docs) = MarkovSource::new().corpus(40, 9);
+    write_data_dir(&root.path().join("data"), &tokens, &docs).unwrap();
+    let cfg = ModelConfig {
+        vocab_size: 260,
+        num_layers: 2,
+        model_dim: 32,
+        num_heads: 4,
+        num_kv_heads: 2,
+        seq_len: 16,
+        ..Default::default()
+    };
+    let routing = Routing {
+        small_numel: 256,
+        ..Routing::default()
+    };
+    write_quantized(
+        &root.path().join("artifact"),
+        &cfg,
+        &routing,
+        &Compression::default(),
+    );
+    for (mode, params) in [
+        ("flat", json!({"mode": "flat", "precision": "f32"})),
+        (
+            "sliding",
+            json!({"mode": "sliding", "stride": 4, "precision": "f32"}),
+        ),
+    ] {
+        let one = ttt_eval(root.path(), &format!("{mode}-1"), params.clone(), &[]);
+        let bpb = one["val_bpb"].as_f64().unwrap();
+        let mut keys = vec![manifest(&root.path().join(format!("{mode}-1")))["key"].clone()];
+        for ranks in ["2", "3"] {
+            let name = format!("{mode}-{ranks}");
+            let many = ttt_eval(root.path(), &name, params.clone(), &["--nproc", ranks]);
+            let theirs = many["val_bpb"].as_f64().unwrap();
+            let rel = (theirs - bpb).abs() / bpb;
+            println!("{mode}: 1 rank {bpb:.12}, {ranks} ranks {theirs:.12} (rel {rel:.1e})");
+            assert!(rel < 1e-9, "{mode} on {ranks} ranks: {theirs} vs {bpb}");
+            for field in ["scored_targets", "val_bytes", "val_lut_bytes"] {
+                assert_eq!(many[field], one[field], "{mode} {ranks} ranks: {field}");
+            }
+            let m = manifest(&root.path().join(&name));
+            assert_eq!(m["device"]["world_size"].as_u64(), ranks.parse().ok());
+            keys.push(m["key"].clone());
+        }
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            3,
+            "each world size is a run of its own: {keys:?}"
+        );
+    }
+
+    // TTT on two ranks: one line naming what is not built, and no output left.
+    let out = root.path().join("ttt-2");
+    let params = root.path().join("ttt.json");
+    std::fs::write(
+        &params,
+        json!({"mode": "ttt", "stride": 4, "precision": "f32"}).to_string(),
+    )
+    .unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_ttt-eval"))
+        .args(["--nproc", "2", "--out"])
+        .arg(&out)
+        .arg("--in")
+        .arg(format!("data={}", root.path().join("data").display()))
+        .arg("--in")
+        .arg(format!(
+            "artifact={}",
+            root.path().join("artifact").display()
+        ))
+        .arg("--params")
+        .arg(&params)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("mode ttt on 2 ranks is not built yet"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing left in {}", out.display());
+}
