@@ -11,6 +11,7 @@ use pgolf_store::files::MANIFEST as MANIFEST_FILE;
 use pgolf_store::stage::{one_line, ERROR_FILE_ENV};
 use pgolf_store::RunAs;
 use std::ffi::OsString;
+use std::ops::Range;
 use std::path::PathBuf;
 
 use crate::Launch;
@@ -117,6 +118,14 @@ fn spawn(stage: &str, n: usize, args: &[OsString]) -> Result<()> {
     result
 }
 
+/// Rank `rank`'s share of `n` work items (windows, calibration batches): contiguous, in rank
+/// order, sizes differing by at most one.
+pub fn share(n: usize, rank: usize, world: usize) -> Range<usize> {
+    let (base, extra) = (n / world, n % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +152,24 @@ mod tests {
             assert!(split_nproc(&os(bad)).is_err(), "{bad:?}");
         }
         Ok(())
+    }
+
+    #[test]
+    fn shares_are_contiguous_balanced_and_cover_every_window() {
+        for n in [1, 2, 7, 8, 9, 100] {
+            for world in 1..=4.min(n) {
+                let shares: Vec<_> = (0..world).map(|r| share(n, r, world)).collect();
+                assert_eq!(shares[0].start, 0);
+                assert_eq!(shares[world - 1].end, n);
+                for pair in shares.windows(2) {
+                    assert_eq!(pair[0].end, pair[1].start);
+                }
+                let (min, max) = shares
+                    .iter()
+                    .map(|s| s.len())
+                    .fold((n, 0), |(a, b), l| (a.min(l), b.max(l)));
+                assert!(max - min <= 1 && min > 0, "n {n} world {world}: {shares:?}");
+            }
+        }
     }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use pgolf_model::{Gpt, Hooks};
+use pgolf_optim::Collective;
 use pgolf_quant::{write_safetensors, DType, Weight};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -66,6 +67,51 @@ pub fn collect(gpt: &Gpt, ids: &Tensor, batch: usize, device: Device) -> Result<
         rows,
         batches,
     })
+}
+
+/// [`collect`] on several ranks: the same sequences on every rank (rank 0's, broadcast, so a
+/// self-generated set is one set), each rank its contiguous share of the batches (the batches are
+/// the ones one rank would make), then every sum, row count and the batch count summed over ranks.
+/// The sums differ from one rank's only in the order of the f32 additions.
+pub fn collect_over_ranks(
+    gpt: &Gpt,
+    ids: &Tensor,
+    batch: usize,
+    comm: &dyn Collective,
+    device: Device,
+) -> Result<Sums> {
+    // On the rank's device, the group's (NCCL reduces CUDA tensors, Gloo CPU ones).
+    let mut ids = ids.to_device(device).contiguous();
+    comm.broadcast(&mut ids, 0)?;
+    let n = ids.size()[0] as usize;
+    let batches = n.div_ceil(batch);
+    let world = comm.world_size();
+    if batches < world {
+        bail!("{batches} calibration batches cannot be shared by {world} ranks");
+    }
+    let mine = pgolf_dist::stage::share(batches, comm.rank(), world);
+    let first = mine.start * batch;
+    let last = (mine.end * batch).min(n);
+    let mut sums = collect(
+        gpt,
+        &ids.narrow(0, first as i64, (last - first) as i64),
+        batch,
+        device,
+    )?;
+    for s in sums.sums.values_mut() {
+        comm.all_reduce_sum(s)?;
+    }
+    // Counts as f64: exact far beyond any calibration set.
+    let mut counts: Vec<f64> = sums.rows.values().map(|&r| r as f64).collect();
+    counts.push(sums.batches as f64);
+    let mut counts = Tensor::from_slice(&counts).to_device(device);
+    comm.all_reduce_sum(&mut counts)?;
+    let counts = Vec::<f64>::try_from(counts.to_device(Device::Cpu))?;
+    for (r, c) in sums.rows.values_mut().zip(&counts) {
+        *r = *c as usize;
+    }
+    sums.batches = counts[counts.len() - 1] as usize;
+    Ok(sums)
 }
 
 impl Sums {

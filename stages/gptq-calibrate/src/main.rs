@@ -5,6 +5,10 @@
 //! Calibration sequences are either the start of the training stream (`source: train`, the
 //! records' choice, which the rules accept only inside the training budget) or sequences the model
 //! samples from itself (`source: self_generated`, record 2026-03-25: no data access at all).
+//!
+//! On several ranks (`gptq-calibrate --nproc N`, or torchrun; `pgolf_dist::stage`) every rank
+//! holds rank 0's sequences, runs its contiguous share of the batches, and the sums XᵀX, their
+//! row counts and the batch count are summed over ranks before rank 0 writes `H`.
 
 mod calibration;
 mod generate;
@@ -13,6 +17,7 @@ mod hessians;
 use anyhow::{Context, Result};
 use calibration::{Params, Source};
 use pgolf_model::{build, load_safetensors, ModelConfig};
+use pgolf_optim::Collective;
 use pgolf_runtime::{describe, device_from_str, precision_kind};
 use pgolf_store::files;
 use pgolf_store::Stage;
@@ -20,13 +25,21 @@ use std::time::Instant;
 use tch::{Kind, Tensor};
 
 fn main() {
-    pgolf_store::run_stage::<Params, _>("gptq-calibrate", env!("PGOLF_STAGE_IDENTITY"), run);
+    let role = pgolf_dist::stage::launch_or_role("gptq-calibrate");
+    pgolf_store::run_stage_as::<Params, _>(
+        "gptq-calibrate",
+        env!("PGOLF_STAGE_IDENTITY"),
+        role,
+        run,
+    );
 }
 
 fn run(stage: &mut Stage<Params>) -> Result<()> {
     let p = &stage.params;
     p.validate()?;
-    let device = device_from_str(&stage.device)?;
+    // One rank of several or alone; CUDA ranks use GPU LOCAL_RANK.
+    let comm = pgolf_dist::from_env(device_from_str(&stage.device)?)?;
+    let device = comm.device;
     let weights = stage.input_dir("weights")?.to_path_buf();
     let cfg = ModelConfig::read(&weights.join(files::MODEL_CONFIG))?;
     let (mut vs, mut gpt) = build(&cfg, device)?;
@@ -53,7 +66,11 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     let generate_seconds = clock.elapsed().as_secs_f64();
 
     let clock = Instant::now();
-    let sums = hessians::collect(&gpt, &sequences, p.batch_sequences, device)?;
+    let sums = if comm.world_size() == 1 {
+        hessians::collect(&gpt, &sequences, p.batch_sequences, device)?
+    } else {
+        hessians::collect_over_ranks(&gpt, &sequences, p.batch_sequences, &comm, device)?
+    };
     let collect_seconds = clock.elapsed().as_secs_f64();
 
     let tokens = sequences.numel();
@@ -73,7 +90,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     )
     .context("writing calibration.json")?;
 
-    stage.set_device(describe(device, 1));
+    stage.set_device(describe(device, comm.world_size()));
     stage.headline("calibration_tokens", tokens);
     stage.headline("layers", layers);
     stage.headline("source", origin.source.clone());

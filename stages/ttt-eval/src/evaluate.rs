@@ -41,7 +41,7 @@ pub fn window_count(
             .map(|d| d.targets().len().div_ceil(p.lora.chunk.max(1)))
             .sum(),
     };
-    Ok(crate::ranks::share(all, comm.rank(), comm.world_size()).len())
+    Ok(pgolf_dist::stage::share(all, comm.rank(), comm.world_size()).len())
 }
 
 pub fn evaluate(
@@ -95,7 +95,7 @@ pub fn evaluate(
                 );
             }
             // This rank's contiguous share; its ledger expects exactly the targets it scores.
-            let mine = &windows[crate::ranks::share(windows.len(), comm.rank(), world)];
+            let mine = &windows[pgolf_dist::stage::share(windows.len(), comm.rank(), world)];
             let (first, last) = (mine[0].scored().start, mine[mine.len() - 1].scored().end);
             let mut ledger = Ledger::new(val, first..last)?;
             score_windows(&mut ledger, mine, &mut net, &opts, &mut norm, &mut progress)?;

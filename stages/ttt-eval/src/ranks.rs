@@ -14,13 +14,6 @@ use pgolf_optim::Collective;
 use std::ops::Range;
 use tch::{Device, Kind, Tensor};
 
-/// Rank `rank`'s share of `n` windows: contiguous, sizes differing by at most one.
-pub fn share(n: usize, rank: usize, world: usize) -> Range<usize> {
-    let (base, extra) = (n / world, n % world);
-    let start = rank * base + rank.min(extra);
-    start..start + base + usize::from(rank < extra)
-}
-
 /// The report of the whole range from each rank's report of its share: sums over ranks.
 pub fn merge(
     mine: LedgerReport,
@@ -72,28 +65,4 @@ pub fn merge(
         per_target: None,
         spans: sums[3] as u64,
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::share;
-
-    #[test]
-    fn shares_are_contiguous_balanced_and_cover_every_window() {
-        for n in [1, 2, 7, 8, 9, 100] {
-            for world in 1..=4.min(n) {
-                let shares: Vec<_> = (0..world).map(|r| share(n, r, world)).collect();
-                assert_eq!(shares[0].start, 0);
-                assert_eq!(shares[world - 1].end, n);
-                for pair in shares.windows(2) {
-                    assert_eq!(pair[0].end, pair[1].start);
-                }
-                let (min, max) = shares
-                    .iter()
-                    .map(|s| s.len())
-                    .fold((n, 0), |(a, b), l| (a.min(l), b.max(l)));
-                assert!(max - min <= 1 && min > 0, "n {n} world {world}: {shares:?}");
-            }
-        }
-    }
 }
