@@ -1265,7 +1265,11 @@ mod tests {
         let (_vs, looped) = perturbed(&looped_cfg);
         let copy = |cfg: &ModelConfig, layer_of: &[usize]| {
             let (vs, gpt) = build(cfg, Device::Cpu).unwrap();
-            let src: BTreeMap<String, Tensor> = looped.named_parameters().iter().cloned().collect();
+            let src: BTreeMap<String, Tensor> = looped
+                .named_parameters()
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect();
             tch::no_grad(|| {
                 for (name, t) in gpt.named_parameters() {
                     let from = match name.strip_prefix("blocks.") {
