@@ -115,18 +115,19 @@ def write_shard(path: Path, tokens: np.ndarray):
         f.write(tokens.astype("<u2").tobytes())
 
 
-def make_data(dir: Path, vocab: int = 1024):
-    """sp1024 (or sp8192) shards of a few wiki articles (train from part-00, val from part-07)."""
+def make_data(dir: Path, vocab: int = 1024, val_docs: int = 8, val_chars: int = 4000):
+    """sp1024 (or sp8192) shards of a few wiki articles (train from part-00, val from part-07, the
+    first `val_chars` of each of `val_docs`)."""
     if (dir / "tokenizer.json").exists():
         return
     dir.mkdir(parents=True, exist_ok=True)
     model = SHARED / "tokenizers" / f"fineweb_{vocab}_bpe.model"
     sp = spm.SentencePieceProcessor(model_file=str(model))
-    for split, part, docs in (("train", "part-00", 60), ("val", "part-07", 8)):
+    for split, part, docs, chars in (("train", "part-00", 60, 4000), ("val", "part-07", val_docs, val_chars)):
         texts = pq.read_table(SHARED / "data" / "enwiki2015" / f"{part}.parquet", columns=["text"]).column("text").to_pylist()[:docs]
         ids = []
         for t in texts:
-            ids += [1] + sp.encode(t[:4000])
+            ids += [1] + sp.encode(t[:chars])
         write_shard(dir / f"fineweb_{split}_000000.bin", np.array(ids))
     (dir / "tokenizer.model").write_bytes(model.read_bytes())
     (dir / "tokenizer.json").write_text(json.dumps({"kind": "sentencepiece", "vocab_size": vocab, "bos_id": 1}))
@@ -164,7 +165,7 @@ def sp8192_reference(ref, cfg: dict, weights: Path, x: torch.Tensor, y: torch.Te
     hd = cfg["model_dim"] // cfg["num_heads"]
     values = dict(
         vocab_size=cfg["vocab_size"], num_layers=cfg["num_layers"], model_dim=cfg["model_dim"],
-        embedding_dim=cfg["model_dim"], num_heads=cfg["num_heads"], num_kv_heads=cfg["num_kv_heads"],
+        num_heads=cfg["num_heads"], num_kv_heads=cfg["num_kv_heads"],
         mlp_mult=float(cfg["mlp_mult"]), tie_embeddings=cfg["tie_embeddings"],
         tied_embed_init_std=cfg["tied_embed_init_std"], logit_softcap=cfg["logit_softcap"],
         rope_base=cfg["rope_base"], qk_gain_init=cfg["qk_gain_init"],
@@ -193,7 +194,7 @@ def sp8192_reference(ref, cfg: dict, weights: Path, x: torch.Tensor, y: torch.Te
     else:  # R0405: Rotary built for train_seq_len, rescaled past it
         assert par is None and smear is None and gate is None, "R0405 has none of R0427's add-ons"
         assert not cfg["banks"]
-        values.update(train_seq_len=cfg["rope_ntk_len"] or 10**9)
+        values.update(train_seq_len=cfg["rope_ntk_len"] or 10**9, embedding_dim=cfg["model_dim"])
     for k, v in values.items():
         assert hasattr(h, k), f"the record's Hyperparameters has no {k}"
         setattr(h, k, v)
@@ -305,8 +306,10 @@ def main():
     }
     data = WORK / "data"
     make_data(data)
+    # Short val documents (≈ 60 tokens), so every compared window crosses BOS tokens and SmearGate
+    # v2's mask takes part.
     data8192 = WORK / "data8192"
-    make_data(data8192, 8192)
+    make_data(data8192, 8192, val_docs=40, val_chars=300)
     configs = {
         "gqa_tied_5L": (dict(vocab_size=1024, num_layers=5, model_dim=64, num_heads=4, num_kv_heads=2, mlp_mult=2, seq_len=64), {}, 8),
         "mha_untied_4L_mlp3": (dict(vocab_size=1024, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=4, mlp_mult=3, seq_len=64, tie_embeddings=False), {}, 8),
