@@ -607,11 +607,14 @@ impl ModelConfig {
             }
         }
         match &self.attn_gate {
-            Some(AttnGate::Sparse { window, scale, init_std })
-                if *window == 0
-                    || *window > self.model_dim
-                    || !scale.is_finite()
-                    || !(*init_std >= 0.0) =>
+            Some(AttnGate::Sparse {
+                window,
+                scale,
+                init_std,
+            }) if *window == 0
+                || *window > self.model_dim
+                || !scale.is_finite()
+                || !(*init_std >= 0.0) =>
             {
                 bail!("model config: attn_gate.sparse needs 0 < window ≤ model_dim, a finite scale and init_std ≥ 0")
             }

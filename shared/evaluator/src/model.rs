@@ -310,7 +310,11 @@ impl Model {
             h = match cfg.parallel.as_ref().map(|p| p.final_lane) {
                 Some(FinalLane::Attn) => lane0,
                 Some(FinalLane::Mlp) => lane1,
-                _ => lane0.iter().zip(&lane1).map(|(a, b)| 0.5 * (a + b)).collect(),
+                _ => lane0
+                    .iter()
+                    .zip(&lane1)
+                    .map(|(a, b)| 0.5 * (a + b))
+                    .collect(),
             };
         }
         let mut last = h[(inputs.len() - targets.len()) * d..].to_vec();
@@ -592,7 +596,9 @@ fn smear_v2(h: &mut [f32], d: usize, ids: &[u16], w: &[f32], lambda: f32, bos: u
         }
         let g = lambda * sigmoid(dot(&h[t * d..][..n], w));
         let (prev, cur) = h[(t - 1) * d..][..2 * d].split_at_mut(d);
-        cur.iter_mut().zip(prev.iter()).for_each(|(x, p)| *x += g * p);
+        cur.iter_mut()
+            .zip(prev.iter())
+            .for_each(|(x, p)| *x += g * p);
     }
 }
 

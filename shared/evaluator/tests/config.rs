@@ -1,7 +1,8 @@
 //! The model config: the baseline's shape and the constraints the forward relies on.
 
 use pgolf_evaluator::config::{
-    Activation, AttnGate, FinalLane, InitScheme, ModelConfig, ParallelLanes, Recurrence, SmearGateV2,
+    Activation, AttnGate, FinalLane, InitScheme, ModelConfig, ParallelLanes, Recurrence,
+    SmearGateV2,
 };
 
 #[test]

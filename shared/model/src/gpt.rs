@@ -236,8 +236,8 @@ impl Gpt {
                 ["attn_norm", "mlp_norm"]
                     .map(|n| add(format!("{pre}.{n}.weight"), (&b / n).ones("weight", &[d])))
             });
-            let attn_gate = attn_gate_weight(&attn, cfg)
-                .map(|w| add(format!("{pre}.attn.attn_gate_w"), w));
+            let attn_gate =
+                attn_gate_weight(&attn, cfg).map(|w| add(format!("{pre}.attn.attn_gate_w"), w));
             blocks.push(Block {
                 c_q,
                 c_k,
@@ -1175,7 +1175,12 @@ mod tests {
                 let std = w.std(true).double_value(&[]);
                 assert!((std - 0.01).abs() < 1e-3, "attn_gate_w std {std}");
             }
-            for name in ["skip_gates", "parallel_resid_lambdas", "attn_gate_w", "smear_lambda"] {
+            for name in [
+                "skip_gates",
+                "parallel_resid_lambdas",
+                "attn_gate_w",
+                "smear_lambda",
+            ] {
                 assert_eq!(param_role(name, 2), ParamRole::Control, "{name}");
             }
             assert_eq!(param_role("smear_gate.weight", 2), ParamRole::Control);
@@ -1212,8 +1217,15 @@ mod tests {
             &column(&[5.0]),
         );
         let (l0, l1) = (got(l0)[0], got(l1)[0]);
-        assert!((l0 - 9.1).abs() < 1e-6 && (l1 - 10.2).abs() < 1e-6, "{l0} {l1}");
-        assert_eq!(gpt.final_lane(column(&[1.0]), column(&[2.0])).double_value(&[0, 0, 0]), 1.5);
+        assert!(
+            (l0 - 9.1).abs() < 1e-6 && (l1 - 10.2).abs() < 1e-6,
+            "{l0} {l1}"
+        );
+        assert_eq!(
+            gpt.final_lane(column(&[1.0]), column(&[2.0]))
+                .double_value(&[0, 0, 0]),
+            1.5
+        );
         // The sparse gate at init (w = 0) halves every head; then w_h = 2·h·e_0 on u_0 = 1 gives
         // head h the factor σ(0.5·2h) = σ(h).
         let y = Tensor::ones([1, 2, 4, 8], (Kind::Float, Device::Cpu));
@@ -1227,7 +1239,8 @@ mod tests {
             }
         });
         let u = u.narrow(2, 0, 1).pad([0, 31], "constant", Some(0.0));
-        let g: Vec<f32> = Vec::try_from(gpt.attn_gate(0, &u, y).get(0).get(1).select(1, 0)).unwrap();
+        let g: Vec<f32> =
+            Vec::try_from(gpt.attn_gate(0, &u, y).get(0).get(1).select(1, 0)).unwrap();
         let want: Vec<f32> = (0..4).map(|h| 1.0 / (1.0 + (-(h as f32)).exp())).collect();
         for (a, b) in g.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6, "{g:?} {want:?}");
@@ -1241,7 +1254,10 @@ mod tests {
         let (_vs, gpt) = perturbed(&tiny_sp8192());
         let a = Tensor::from_slice(&[7i64, 9, 11, 1, 5, 6, 1, 8]).view([1, 8]);
         let b = Tensor::from_slice(&[3i64, 4, 12, 1, 5, 6, 1, 8]).view([1, 8]);
-        let (ea, eb) = (gpt.smear_v2(gpt.embed(&a), &a), gpt.smear_v2(gpt.embed(&b), &b));
+        let (ea, eb) = (
+            gpt.smear_v2(gpt.embed(&a), &a),
+            gpt.smear_v2(gpt.embed(&b), &b),
+        );
         assert!(ea.narrow(1, 3, 5).equal(&eb.narrow(1, 3, 5)));
         assert!(!ea.narrow(1, 1, 2).equal(&eb.narrow(1, 1, 2)));
         // And the smear itself is on: position 4 differs from its plain embedding.

@@ -280,12 +280,18 @@ impl Gpt {
         a: &Tensor,
         m: &Tensor,
     ) -> [Tensor; 2] {
-        let (post, resid) = self.addons.parallel.as_ref().expect("parallel lanes configured");
+        let (post, resid) = self
+            .addons
+            .parallel
+            .as_ref()
+            .expect("parallel lanes configured");
         let ck = self.compute;
-        let (post, resid) = (post.get(i as i64).to_kind(ck), resid.get(i as i64).to_kind(ck));
-        let lane = |k: i64, x: &Tensor| {
-            resid.get(k) * x + post.get(0).get(k) * a + post.get(1).get(k) * m
-        };
+        let (post, resid) = (
+            post.get(i as i64).to_kind(ck),
+            resid.get(i as i64).to_kind(ck),
+        );
+        let lane =
+            |k: i64, x: &Tensor| resid.get(k) * x + post.get(0).get(k) * a + post.get(1).get(k) * m;
         [lane(0, lane0), lane(1, lane1)]
     }
 
@@ -306,7 +312,9 @@ impl Gpt {
             return y;
         };
         let n = gate.width(self.cfg.model_dim) as i64;
-        let z = u.narrow(2, 0, n).linear(&w.to_kind(self.compute), None::<Tensor>);
+        let z = u
+            .narrow(2, 0, n)
+            .linear(&w.to_kind(self.compute), None::<Tensor>);
         let g = match gate.scale() {
             1.0 => z,
             s => z * s,

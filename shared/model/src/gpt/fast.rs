@@ -118,20 +118,19 @@ impl Gpt {
     ) -> [Tensor; 2] {
         let blk = &self.blocks[i];
         let ln_scale = self.cfg.ln_scale_factor(i);
-        let (_, n) = must(mix_norm(lane0, &ctx.x0, &blk.resid_mix, DEFAULT_EPS, ln_scale));
+        let (_, n) = must(mix_norm(
+            lane0,
+            &ctx.x0,
+            &blk.resid_mix,
+            DEFAULT_EPS,
+            ln_scale,
+        ));
         let y = self.attention_fast(i, &self.norm_weight(i, 0, n), ctx, hooks);
         hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
         let a = self.scaled_projection(&y, &blk.attn_proj, &blk.attn_scale, Site::O, i, hooks);
         let u = self.norm_weight(i, 1, must(rms_norm(lane1, DEFAULT_EPS, ln_scale)));
         let act = self.mlp_act_fast(i, &u, hooks);
-        let m = self.scaled_projection(
-            &act,
-            &blk.mlp_proj,
-            &blk.mlp_scale,
-            Site::MlpOut,
-            i,
-            hooks,
-        );
+        let m = self.scaled_projection(&act, &blk.mlp_proj, &blk.mlp_scale, Site::MlpOut, i, hooks);
         self.mix_lanes(i, [lane0, lane1], &a, &m)
     }
 
