@@ -614,11 +614,13 @@ impl ModelConfig {
             }) if *window == 0
                 || *window > self.model_dim
                 || !scale.is_finite()
-                || !(*init_std >= 0.0) =>
+                || !(init_std.is_finite() && *init_std >= 0.0) =>
             {
                 bail!("model config: attn_gate.sparse needs 0 < window ≤ model_dim, a finite scale and init_std ≥ 0")
             }
-            Some(AttnGate::Headwise { init_std }) if !(*init_std >= 0.0) => {
+            Some(AttnGate::Headwise { init_std })
+                if !(init_std.is_finite() && *init_std >= 0.0) =>
+            {
                 bail!("model config: attn_gate.headwise needs init_std ≥ 0")
             }
             _ => {}
