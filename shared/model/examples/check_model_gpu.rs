@@ -547,7 +547,12 @@ fn check_model_formulations(cx: &mut Harness, model: Model) -> Result<()> {
     // cancellation and varies from layer to layer by 10×, in both formulations alike; so each
     // gradient is judged against the largest literal error of its kind (the name without its
     // layer index) as well as its own.
+    // The parallel lanes' ρ and π are gains of the same sort (each Σ over every token and
+    // channel of a lane times its gradient): one kind with the q gains.
     let kind = |name: &str| -> String {
+        if name.starts_with("parallel_") {
+            return "blocks.*.attn.q_gain".to_string();
+        }
         name.split('.')
             .map(|p| match p.parse::<usize>() {
                 Ok(_) => "*",
