@@ -11,8 +11,10 @@ use std::path::Path;
 /// Upstream's control-tensor name patterns: parameters whose name contains one are kept f32 in the
 /// artifact and given to Adam even when 2-D (one list for the model and the quantizer).
 /// The record stacks' additions (R0322's list: `smear`, `dtg_gate`, `ve_layer_scales`,
-/// `ve_shared.scale`) name no baseline tensor, so the baseline's routing is unchanged.
-pub const CONTROL_PATTERNS: [&str; 13] = [
+/// `ve_shared.scale`) and the SP8192 line's (R0427's list: `skip_gates`, `parallel_post_lambdas`,
+/// `parallel_resid_lambdas`, `attn_gate_w`, `smear_gate`, `smear_lambda`, the last two inside
+/// `smear`) name no baseline tensor, so the baseline's routing is unchanged.
+pub const CONTROL_PATTERNS: [&str; 17] = [
     "attn_scale",
     "attn_scales",
     "mlp_scale",
@@ -26,6 +28,10 @@ pub const CONTROL_PATTERNS: [&str; 13] = [
     "dtg_gate",
     "ve_layer_scales",
     "ve_shared.scale",
+    "skip_gates",
+    "parallel_post_lambdas",
+    "parallel_resid_lambdas",
+    "attn_gate_w",
 ];
 
 /// The MLP's nonlinearity before the square.
@@ -58,6 +64,109 @@ pub struct ValueEmbedding {
     pub dim: usize,
     /// The physical layers whose values receive it (R0322: 9 and 10).
     pub layers: Vec<usize>,
+}
+
+/// Depth recurrence (R0405's `Loop45x2`, R0427; REFERENCE.md §5.13): the physical layers
+/// `start..=end` run `loops + 1` times in a row, sharing their weights. The virtual layer list
+/// `[0, start) + [start, end]×(loops+1) + (end, L)` is split in half (floor) into encoder and
+/// decoder slots, and the U-Net's skips follow those slots. Training runs the plain U-Net until it
+/// switches the recurrence on ([`ModelConfig::layer_order`]); evaluation always runs it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Recurrence {
+    /// The first physical layer of the loop (R0405: 4, R0427: 3).
+    pub start: usize,
+    /// The last physical layer of the loop, inclusive (5 in both).
+    pub end: usize,
+    /// Extra passes over the loop (the records' `NUM_LOOPS`: 2, so the loop runs three times).
+    pub loops: usize,
+}
+
+/// Which lane the parallel-residual stack hands to the final norm (R0427's
+/// `PARALLEL_FINAL_LANE`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinalLane {
+    /// `(lane0 + lane1) / 2` (R0427).
+    #[default]
+    Mean,
+    /// `lane0`.
+    Attn,
+    /// `lane1`.
+    Mlp,
+}
+
+/// Parallel residual lanes (R0427; REFERENCE.md §5.13): from the first decoder slot whose
+/// physical layer is ≥ `start_layer`, the stream splits into an attention lane and an MLP lane;
+/// each such block reads attention from lane 0 and the MLP from lane 1 (both before the block) and
+/// writes `lane_k ← ρ[i,k]·lane_k + π[i,0,k]·a + π[i,1,k]·m`. `parallel_resid_lambdas` ρ `[L, 2]`
+/// (init 1.1) and `parallel_post_lambdas` π `[L, 2, 2]` (init 1) exist for every layer, as in the
+/// record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParallelLanes {
+    /// The first physical layer that runs in parallel (R0427: 8); at least 1 (0 is the record's
+    /// "off").
+    pub start_layer: usize,
+    #[serde(default)]
+    pub final_lane: FinalLane,
+}
+
+/// SmearGate v2 with the BOS mask (R0427; REFERENCE.md §5.13), on the raw token embedding before
+/// its norm: `x_t ← x_t + λ·σ(w·x_t[0:window])·x_{t−1}·[id_t ≠ bos]` for t ≥ 1, so a document's
+/// first token never reads the previous document. `smear_gate.weight` `[1, window]` and
+/// `smear_lambda` `[1]`, both initialised to 0 (the identity).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmearGateV2 {
+    /// The record's `GATE_WINDOW` (12).
+    pub window: usize,
+    /// The id whose positions take no smear (the records hard-code 1, sp8192's BOS).
+    #[serde(default = "default_bos")]
+    pub bos_id: usize,
+}
+
+fn default_bos() -> usize {
+    1
+}
+
+/// A per-head sigmoid gate on each attention head's output (after XSA, before the output
+/// projection), `y_h ← σ(s·w_h·u[0:n])·y_h` with `u` the block's normed attention input; its
+/// weight is `blocks.{i}.attn.attn_gate_w` `[H, n]` (REFERENCE.md §5.13).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum AttnGate {
+    /// R0427's sparse gate: n = `window` (its `GATE_WINDOW`, 12), s = `scale` (its run: 0.5);
+    /// the weight initialised N(0, init_std²), or 0 when `init_std` is 0 (the record's default).
+    Sparse {
+        window: usize,
+        scale: f64,
+        #[serde(default)]
+        init_std: f64,
+    },
+    /// The headwise gate (PR #2071's `GATED_ATTN_ENABLED`, from Qwen's gated attention): n =
+    /// `model_dim`, s = 1, the weight initialised N(0, init_std²) (its default 0.01). The
+    /// submission's page says Q is widened by a gate dim; its code (`refs/pull/2071/head`) keeps
+    /// Q as it is and adds this separate weight, which is what is built here.
+    Headwise { init_std: f64 },
+}
+
+impl AttnGate {
+    /// The gate's input width `n` for a model of width `d`.
+    pub fn width(&self, d: usize) -> usize {
+        match self {
+            AttnGate::Sparse { window, .. } => *window,
+            AttnGate::Headwise { .. } => d,
+        }
+    }
+
+    /// The factor `s` inside the sigmoid.
+    pub fn scale(&self) -> f64 {
+        match self {
+            AttnGate::Sparse { scale, .. } => *scale,
+            AttnGate::Headwise { .. } => 1.0,
+        }
+    }
 }
 
 /// How the block matrices are initialised (training only; the forward pass does not read it).
@@ -142,6 +251,17 @@ pub struct ModelConfig {
     /// optimizer work on the per-layer matrices (Muon orthogonalises each slice alone, as R0323's
     /// batched Newton–Schulz does); the artifact is stored per layer, as R0323 quantizes.
     pub banks: bool,
+    /// Depth recurrence (R0405, R0427): loop physical layers, weights shared.
+    pub recurrence: Option<Recurrence>,
+    /// Sigmoid skip gates (R0405, R0427): each U-Net skip merges as
+    /// `lerp(w_j⊙skip, h, σ(g_j))` with `skip_gates` `[num_skip_weights, d]`, init 0.
+    pub skip_gates: bool,
+    /// Parallel residual lanes in the decoder (R0427).
+    pub parallel: Option<ParallelLanes>,
+    /// SmearGate v2 with the BOS mask (R0427); exclusive with `smear_gate` (v1).
+    pub smear_gate_v2: Option<SmearGateV2>,
+    /// A per-head attention output gate: R0427's sparse one or PR #2071's headwise one.
+    pub attn_gate: Option<AttnGate>,
 }
 
 impl Default for ModelConfig {
@@ -171,6 +291,11 @@ impl Default for ModelConfig {
             value_embed: None,
             init: InitScheme::PytorchDefault,
             banks: false,
+            recurrence: None,
+            skip_gates: false,
+            parallel: None,
+            smear_gate_v2: None,
+            attn_gate: None,
         }
     }
 }
@@ -221,9 +346,40 @@ impl ModelConfig {
         self.num_layers - self.num_encoder_layers()
     }
 
-    /// U-Net skip connections: `min(L_enc, L_dec)`.
+    /// U-Net skip connections: `min(L_enc, L_dec)`, counted over the recurrence's virtual slots
+    /// when it is configured (as the records size `skip_weights`, whether looping runs or not).
     pub fn num_skip_weights(&self) -> usize {
-        self.num_encoder_layers().min(self.num_decoder_layers())
+        let (enc, dec) = self.layer_order(true);
+        enc.len().min(dec.len())
+    }
+
+    /// The physical layer of each encoder and decoder slot: with the recurrence configured and
+    /// `looping` on, its virtual list split in half (floor); otherwise the plain U-Net, `0..L/2`
+    /// and `L/2..L`.
+    pub fn layer_order(&self, looping: bool) -> (Vec<usize>, Vec<usize>) {
+        let l = self.num_layers;
+        match (&self.recurrence, looping) {
+            (Some(r), true) => {
+                let mut all: Vec<usize> = (0..r.start).collect();
+                for _ in 0..=r.loops {
+                    all.extend(r.start..=r.end);
+                }
+                all.extend(r.end + 1..l);
+                let dec = all.split_off(all.len() / 2);
+                (all, dec)
+            }
+            _ => {
+                let enc = self.num_encoder_layers();
+                ((0..enc).collect(), (enc..l).collect())
+            }
+        }
+    }
+
+    /// Whether decoder layer `i` (physical) runs in the parallel lanes.
+    pub fn parallel_layer(&self, layer: usize) -> bool {
+        self.parallel
+            .as_ref()
+            .is_some_and(|p| layer >= p.start_layer)
     }
 
     /// Every parameter of the model, by upstream `state_dict` name and shape: the one list of the
@@ -257,6 +413,9 @@ impl ModelConfig {
             if self.norm_weights {
                 block.extend([("attn_norm.weight", vec![d]), ("mlp_norm.weight", vec![d])]);
             }
+            if let Some(g) = &self.attn_gate {
+                block.push(("attn.attn_gate_w", vec![self.num_heads, g.width(d)]));
+            }
             out.extend(
                 block
                     .into_iter()
@@ -280,6 +439,18 @@ impl ModelConfig {
         }
         if self.smear_gate {
             out.push(("smear.gate".to_string(), vec![d]));
+        }
+        if self.skip_gates {
+            out.push(("skip_gates".to_string(), vec![self.num_skip_weights(), d]));
+        }
+        if self.parallel.is_some() {
+            let l = self.num_layers;
+            out.push(("parallel_post_lambdas".to_string(), vec![l, 2, 2]));
+            out.push(("parallel_resid_lambdas".to_string(), vec![l, 2]));
+        }
+        if let Some(s) = &self.smear_gate_v2 {
+            out.push(("smear_gate.weight".to_string(), vec![1, s.window]));
+            out.push(("smear_lambda".to_string(), vec![1]));
         }
         let mut table = |prefix: &str, rows: usize, dim: usize, width: usize| {
             out.push((format!("{prefix}.embed.weight"), vec![rows, dim]));
@@ -391,6 +562,68 @@ impl ModelConfig {
                     );
                 }
             }
+        }
+        if let Some(r) = &self.recurrence {
+            if r.start > r.end || r.end >= self.num_layers {
+                bail!(
+                    "model config: recurrence needs start ≤ end < num_layers {}, got {}..={}",
+                    self.num_layers,
+                    r.start,
+                    r.end
+                );
+            }
+        }
+        if let Some(p) = &self.parallel {
+            if p.start_layer == 0 || p.start_layer >= self.num_layers {
+                bail!(
+                    "model config: parallel.start_layer {} must be in 1..{}",
+                    p.start_layer,
+                    self.num_layers
+                );
+            }
+            // Once the lanes split they stay split: the parallel layers must end the decoder (as
+            // in the records), looping or not.
+            for looping in [false, true] {
+                let (_, dec) = self.layer_order(looping);
+                let first = dec.iter().position(|&i| self.parallel_layer(i));
+                if let Some(k) = first {
+                    if dec[k..].iter().any(|&i| !self.parallel_layer(i)) {
+                        bail!(
+                            "model config: parallel.start_layer {}: the decoder {dec:?} returns to a sequential layer after a parallel one",
+                            p.start_layer
+                        );
+                    }
+                }
+            }
+        }
+        if let Some(s) = &self.smear_gate_v2 {
+            if self.smear_gate {
+                bail!("model config: smear_gate (v1) and smear_gate_v2 are exclusive");
+            }
+            if s.window == 0 || s.window > self.model_dim || s.bos_id >= self.vocab_size {
+                bail!(
+                    "model config: smear_gate_v2 needs 0 < window ≤ model_dim and bos_id < vocab_size"
+                );
+            }
+        }
+        match &self.attn_gate {
+            Some(AttnGate::Sparse {
+                window,
+                scale,
+                init_std,
+            }) if *window == 0
+                || *window > self.model_dim
+                || !scale.is_finite()
+                || !(init_std.is_finite() && *init_std >= 0.0) =>
+            {
+                bail!("model config: attn_gate.sparse needs 0 < window ≤ model_dim, a finite scale and init_std ≥ 0")
+            }
+            Some(AttnGate::Headwise { init_std })
+                if !(init_std.is_finite() && *init_std >= 0.0) =>
+            {
+                bail!("model config: attn_gate.headwise needs init_std ≥ 0")
+            }
+            _ => {}
         }
         if let Activation::LeakyRelu2(slope) = self.activation {
             if !slope.is_finite() {

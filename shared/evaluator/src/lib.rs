@@ -31,7 +31,8 @@ pub mod score;
 pub use artifact::{Artifact, DecodedTensor};
 pub use codec::Codec;
 pub use config::{
-    bank_slices, Activation, BigramHash, InitScheme, ModelConfig, ValueEmbedding, CONTROL_PATTERNS,
+    bank_slices, Activation, AttnGate, BigramHash, FinalLane, InitScheme, ModelConfig,
+    ParallelLanes, Recurrence, SmearGateV2, ValueEmbedding, CONTROL_PATTERNS,
 };
 pub use container::{Encoding, Scale, StoredTensor};
 pub use data::{read_shard, val_target_bytes, val_tokens, ByteLut};

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 
 use crate::artifact::{Artifact, DecodedTensor};
-use crate::config::{Activation, ModelConfig};
+use crate::config::{Activation, FinalLane, ModelConfig};
 
 /// A row-major `[rows, cols]` matrix; a Linear weight has `rows` = output features.
 pub struct Mat {
@@ -31,6 +31,8 @@ struct Block {
     resid_mix: Vec<f32>,
     /// `attn_norm.weight`, `mlp_norm.weight` when the norms are learnable.
     norm_weights: Option<[Vec<f32>; 2]>,
+    /// `attn.attn_gate_w` `[H, n]` when the attention output is gated.
+    attn_gate: Option<Mat>,
 }
 
 pub struct Model {
@@ -45,6 +47,13 @@ pub struct Model {
     bigram: Option<Table>,
     /// The value embedding's `ve_shared.*` and its per-layer scales `ve_layer_scales.{k}`.
     value_embed: Option<(Table, Vec<f32>)>,
+    /// `skip_gates` `[num_skip_weights, d]`.
+    skip_gates: Option<Vec<f32>>,
+    /// The parallel lanes' `parallel_post_lambdas` π `[L, 2, 2]` and `parallel_resid_lambdas` ρ
+    /// `[L, 2]`.
+    parallel: Option<(Vec<f32>, Vec<f32>)>,
+    /// SmearGate v2's `smear_gate.weight` `[1, window]` and `smear_lambda` `[1]`.
+    smear_v2: Option<(Vec<f32>, f32)>,
 }
 
 /// A token table, its optional projection and its scalar scale: `scale · proj(embed[id])`.
@@ -160,6 +169,10 @@ impl Model {
                     ]),
                     false => None,
                 },
+                attn_gate: match &cfg.attn_gate {
+                    Some(g) => Some(t.mat(&n("attn.attn_gate_w"), cfg.num_heads, g.width(d))?),
+                    None => None,
+                },
             });
         }
         let lm_head = match cfg.tie_embeddings {
@@ -184,6 +197,27 @@ impl Model {
             }
             None => None,
         };
+        let skip_gates = match cfg.skip_gates {
+            true => Some(t.take("skip_gates", &[cfg.num_skip_weights(), d])?),
+            false => None,
+        };
+        let parallel = match cfg.parallel {
+            Some(_) => {
+                let l = cfg.num_layers;
+                Some((
+                    t.take("parallel_post_lambdas", &[l, 2, 2])?,
+                    t.take("parallel_resid_lambdas", &[l, 2])?,
+                ))
+            }
+            None => None,
+        };
+        let smear_v2 = match &cfg.smear_gate_v2 {
+            Some(s) => Some((
+                t.take("smear_gate.weight", &[1, s.window])?,
+                t.take("smear_lambda", &[1])?[0],
+            )),
+            None => None,
+        };
         if let Some(name) = t.0.keys().min() {
             bail!("unexpected tensor {name} (not a parameter of this model)");
         }
@@ -196,6 +230,9 @@ impl Model {
             smear_gate,
             bigram,
             value_embed,
+            skip_gates,
+            parallel,
+            smear_v2,
         })
     }
 
@@ -216,7 +253,7 @@ impl Model {
                 cfg.vocab_size
             );
         }
-        // h = smear(rms(E[x] + bigram(x))); x0 = h.
+        // h = smear(rms(smear_v2(E[x] + bigram(x)))); x0 = h.
         let mut h: Vec<f32> = inputs
             .iter()
             .flat_map(|&id| self.tok_emb.data[id as usize * d..][..d].iter().copied())
@@ -224,6 +261,9 @@ impl Model {
         if let (Some(table), Some(b)) = (&self.bigram, &cfg.bigram) {
             let rows = table.rows(bigram_hash(inputs, b.buckets));
             h.iter_mut().zip(rows).for_each(|(x, r)| *x += r);
+        }
+        if let (Some((w, lambda)), Some(s)) = (&self.smear_v2, &cfg.smear_gate_v2) {
+            smear_v2(&mut h, d, inputs, w, *lambda, s.bos_id);
         }
         rms_norm(&mut h, d);
         if let Some(gate) = &self.smear_gate {
@@ -235,29 +275,105 @@ impl Model {
             .as_ref()
             .map(|(table, _)| table.rows(inputs.iter().map(|&id| id as usize)));
         let rope = Rope::new(cfg, inputs.len());
-        // U-Net: the encoder half pushes its outputs; each decoder block first adds the last one.
-        let enc = cfg.num_encoder_layers();
-        let mut skips: Vec<Vec<f32>> = Vec::with_capacity(enc);
-        for (i, b) in self.blocks.iter().enumerate() {
-            if i >= enc {
-                if let Some(skip) = skips.pop() {
-                    add_scaled(&mut h, &self.skip_weights[(i - enc) * d..][..d], &skip);
-                }
+        let ve_of = |i: usize| match (&self.value_embed, cfg.value_embed_slot(i), &ve) {
+            (Some((_, scales)), Some(k), Some(ve)) => {
+                Some(ve.iter().map(|v| v * scales[k]).collect::<Vec<f32>>())
             }
-            let ve_i = match (&self.value_embed, cfg.value_embed_slot(i), &ve) {
-                (Some((_, scales)), Some(k), Some(ve)) => {
-                    Some(ve.iter().map(|v| v * scales[k]).collect::<Vec<f32>>())
+            _ => None,
+        };
+        // U-Net over the layer slots (the recurrence's virtual list: evaluation always loops):
+        // the encoder slots push their outputs; decoder slot j first merges the last one (into
+        // lane 0 once the parallel lanes have split).
+        let (enc, dec) = cfg.layer_order(true);
+        let mut skips: Vec<Vec<f32>> = Vec::with_capacity(enc.len());
+        for &i in &enc {
+            self.block(i, &self.blocks[i], &mut h, &x0, &rope, ve_of(i).as_deref());
+            skips.push(h.clone());
+        }
+        let mut lanes: Option<(Vec<f32>, Vec<f32>)> = None;
+        for (j, &i) in dec.iter().enumerate() {
+            let b = &self.blocks[i];
+            if cfg.parallel_layer(i) {
+                let (lane0, lane1) = lanes.get_or_insert_with(|| (h.clone(), h.clone()));
+                if let Some(skip) = (j < cfg.num_skip_weights()).then(|| skips.pop()).flatten() {
+                    self.merge_skip(j, lane0, &skip);
                 }
-                _ => None,
+                self.parallel_block(i, b, lane0, lane1, &x0, &rope, ve_of(i).as_deref());
+            } else {
+                if let Some(skip) = (j < cfg.num_skip_weights()).then(|| skips.pop()).flatten() {
+                    self.merge_skip(j, &mut h, &skip);
+                }
+                self.block(i, b, &mut h, &x0, &rope, ve_of(i).as_deref());
+            }
+        }
+        if let Some((lane0, lane1)) = lanes {
+            h = match cfg.parallel.as_ref().map(|p| p.final_lane) {
+                Some(FinalLane::Attn) => lane0,
+                Some(FinalLane::Mlp) => lane1,
+                _ => lane0
+                    .iter()
+                    .zip(&lane1)
+                    .map(|(a, b)| 0.5 * (a + b))
+                    .collect(),
             };
-            self.block(i, b, &mut h, &x0, &rope, ve_i.as_deref());
-            if i < enc {
-                skips.push(h.clone());
-            }
         }
         let mut last = h[(inputs.len() - targets.len()) * d..].to_vec();
         rms_norm(&mut last, d);
         Ok(self.head_nll(&last, targets))
+    }
+
+    /// Decoder slot `j`'s skip merge: `h += w_j⊙skip`, or with skip gates
+    /// `h = lerp(w_j⊙skip, h, σ(g_j)) = w_j⊙skip + σ(g_j)⊙(h − w_j⊙skip)`.
+    fn merge_skip(&self, j: usize, h: &mut [f32], skip: &[f32]) {
+        let d = self.cfg.model_dim;
+        let w = &self.skip_weights[j * d..][..d];
+        let Some(gates) = &self.skip_gates else {
+            return add_scaled(h, w, skip);
+        };
+        let g: Vec<f32> = gates[j * d..][..d].iter().map(|&v| sigmoid(v)).collect();
+        for (row, sr) in h.chunks_mut(d).zip(skip.chunks(d)) {
+            for c in 0..d {
+                let start = w[c] * sr[c];
+                row[c] = start + g[c] * (row[c] - start);
+            }
+        }
+    }
+
+    /// Layer `i` in the parallel lanes, both branches from the lanes before it:
+    /// `a = a_s⊙Attn(s·rms(m0⊙lane0 + m1⊙x0))`, `m = m_s⊙MLP(s·rms(lane1))`, then
+    /// `lane_k ← ρ[i,k]·lane_k + π[i,0,k]·a + π[i,1,k]·m`.
+    #[allow(clippy::too_many_arguments)]
+    fn parallel_block(
+        &self,
+        i: usize,
+        b: &Block,
+        lane0: &mut [f32],
+        lane1: &mut [f32],
+        x0: &[f32],
+        rope: &Rope,
+        ve: Option<&[f32]>,
+    ) {
+        let d = self.cfg.model_dim;
+        let (post, resid) = self.parallel.as_ref().expect("parallel lanes configured");
+        let (m0, m1) = b.resid_mix.split_at(d);
+        let mut read = lane0.to_vec();
+        for (row, row0) in read.chunks_mut(d).zip(x0.chunks(d)) {
+            for c in 0..d {
+                row[c] = m0[c] * row[c] + m1[c] * row0[c];
+            }
+        }
+        let s = self.cfg.ln_scale_factor(i) as f32;
+        let w = |k: usize| b.norm_weights.as_ref().map(|w| w[k].as_slice());
+        let mut a = self.attention(i, b, &normed(&read, d, w(0), s), rope, ve);
+        scale_columns(&mut a, &b.attn_scale);
+        let mut m = self.mlp(b, &normed(lane1, d, w(1), s));
+        scale_columns(&mut m, &b.mlp_scale);
+        let (p, r) = (&post[i * 4..][..4], &resid[i * 2..][..2]);
+        for k in 0..lane0.len() {
+            let (l0, l1) = (lane0[k], lane1[k]);
+            lane0[k] = r[0] * l0 + p[0] * a[k] + p[2] * m[k];
+            lane1[k] = r[1] * l1 + p[1] * a[k] + p[3] * m[k];
+        }
     }
 
     /// `h = m0⊙h + m1⊙x0; h += a_s⊙Attn(s·rms(h)); h += m_s⊙MLP(s·rms(h))`, s the layer's LN
@@ -289,7 +405,8 @@ impl Model {
     /// GQA causal self-attention: v plus the layer's value embedding; q, k RMS-normed per head
     /// and rotated, q scaled by its head's gain; query head `h` reads kv head `h / (H / Hkv)`;
     /// scale `1/√hd`; in XSA layers each head's output loses its component along its normalised
-    /// value.
+    /// value; with an attention gate each head's output is then multiplied by
+    /// `σ(s·w_h·u[0:n])`.
     fn attention(
         &self,
         layer: usize,
@@ -344,6 +461,12 @@ impl Model {
                     for (o, x) in out.iter_mut().zip(vi) {
                         *o -= along * (x / norm);
                     }
+                }
+                if let (Some(w), Some(gate)) = (&b.attn_gate, &cfg.attn_gate) {
+                    let n = w.cols;
+                    let z = dot(&u[i * d..][..n], &w.data[head * n..][..n]);
+                    let g = sigmoid(gate.scale() as f32 * z);
+                    out.iter_mut().for_each(|o| *o *= g);
                 }
             }
         });
@@ -460,6 +583,33 @@ fn smear(h: &mut [f32], gate: &[f32]) {
             let prev = if t == 0 { 0.0 } else { h[(t - 1) * d + c] };
             h[t * d + c] = (1.0 - g[c]) * h[t * d + c] + g[c] * prev;
         }
+    }
+}
+
+/// SmearGate v2 in place on the raw embedding rows `h` of `ids`: for t ≥ 1,
+/// `x_t ← x_t + λ·σ(w·x_t[0:n])·x_{t−1}·[id_t ≠ bos]` (the pre-smear `x_t`, `x_{t−1}`).
+fn smear_v2(h: &mut [f32], d: usize, ids: &[u16], w: &[f32], lambda: f32, bos: usize) {
+    let n = w.len();
+    for t in (1..ids.len()).rev() {
+        if ids[t] as usize == bos {
+            continue;
+        }
+        let g = lambda * sigmoid(dot(&h[t * d..][..n], w));
+        let (prev, cur) = h[(t - 1) * d..][..2 * d].split_at_mut(d);
+        cur.iter_mut()
+            .zip(prev.iter())
+            .for_each(|(x, p)| *x += g * p);
+    }
+}
+
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// `y *= s` per column.
+fn scale_columns(y: &mut [f32], s: &[f32]) {
+    for row in y.chunks_mut(s.len()) {
+        row.iter_mut().zip(s).for_each(|(v, g)| *v *= g);
     }
 }
 

@@ -4,7 +4,9 @@
 //! and fast in bf16 against the f32 literal model, at the baseline's shapes (9×512, vocab 1024,
 //! T 1024) and at R0322's (11×512, MLP 3×, T 2048, partial RoPE 16 of 64 with the NTK rescale
 //! from 1024, XSA on the last 4, LN scale, SmearGate, BigramHash 2048×128, VE 128 on layers 9 and
-//! 10, orthogonal init); each fast model's training micro-step captured and replayed; and the
+//! 10, orthogonal init), and at R0427's and the headwise-gate submission's (`r0427_setup`; R0427
+//! with its recurrence running and not); each fast model's training micro-step captured and
+//! replayed; and the
 //! time of a forward and backward in each formulation. Prints one line per comparison and a
 //! summary; exits 1 on any failure.
 //!
@@ -28,7 +30,10 @@ use pgolf_kernels::check::{
     grad1, leaf, rope_tables, run_checks, trained_mix, Args, CheckFn, Harness,
 };
 use pgolf_kernels::ops::{mix_norm, qkv_norm_rope, relu_square, rms_norm, softcap_cross_entropy};
-use pgolf_model::config::{BigramHash, InitScheme, ValueEmbedding};
+use pgolf_model::config::{
+    AttnGate, BigramHash, FinalLane, InitScheme, ParallelLanes, Recurrence, SmearGateV2,
+    ValueEmbedding,
+};
 use pgolf_model::cuda::CudaGraph;
 use pgolf_model::{build, Formulation, Gpt, ModelConfig};
 use tch::{nn, Device, Kind, Tensor};
@@ -51,6 +56,25 @@ const CHECKS: &[(&str, CheckFn<Harness>)] = &[
         check_model_in_cuda_graph(cx, Model::R0322)
     }),
     ("r0322_timing", |cx| time_model(cx, Model::R0322)),
+    ("r0427_formulations", |cx| {
+        check_model_formulations(cx, Model::R0427)
+    }),
+    ("r0427_cuda_graph", |cx| {
+        check_model_in_cuda_graph(cx, Model::R0427)
+    }),
+    ("r0427_timing", |cx| time_model(cx, Model::R0427)),
+    ("r0427_unlooped_formulations", |cx| {
+        check_model_formulations(cx, Model::R0427Unlooped)
+    }),
+    ("r0427_unlooped_timing", |cx| {
+        time_model(cx, Model::R0427Unlooped)
+    }),
+    ("headwise_formulations", |cx| {
+        check_model_formulations(cx, Model::Headwise)
+    }),
+    ("headwise_cuda_graph", |cx| {
+        check_model_in_cuda_graph(cx, Model::Headwise)
+    }),
 ];
 
 /// The model a model check runs.
@@ -58,6 +82,19 @@ const CHECKS: &[(&str, CheckFn<Harness>)] = &[
 enum Model {
     Baseline,
     R0322,
+    /// R0427's model with its depth recurrence running (as evaluated, and trained from 35 % on).
+    R0427,
+    /// R0427's model before its recurrence switches on (the plain U-Net).
+    R0427Unlooped,
+    /// The headwise-gate submission's model.
+    Headwise,
+}
+
+impl Model {
+    /// Whether the model's depth recurrence runs in the checks.
+    fn looping(self) -> bool {
+        !matches!(self, Model::R0427Unlooped)
+    }
 }
 
 /// The baseline's shapes for the op checks (REFERENCE.md §3): rows = B·T of one micro-batch.
@@ -260,8 +297,10 @@ fn check_norm_ops_in_cuda_graph(cx: &mut Harness) -> Result<()> {
 /// (8 and 48: 48 × 2048 = 98,304 tokens, an eighth of its 786,432-token step); on the CPU a tiny
 /// baseline or R0322 at reduced width.
 fn model_setup(device: Device, model: Model) -> (ModelConfig, i64, i64) {
-    if let Model::R0322 = model {
-        return r0322_setup(device);
+    match model {
+        Model::R0322 => return r0322_setup(device),
+        Model::R0427 | Model::R0427Unlooped | Model::Headwise => return r0427_setup(device, model),
+        Model::Baseline => {}
     }
     match device {
         Device::Cpu => (
@@ -331,6 +370,72 @@ fn r0322_setup(device: Device) -> (ModelConfig, i64, i64) {
             2,
         ),
         _ => (r0322, 8, 48),
+    }
+}
+
+/// R0427's model (its README's run): 11×512, vocab 8192, MLP 4× LeakyReLU(0.5)², T 2048, partial
+/// RoPE 16 of 64 without rescale, XSA everywhere, LN scale, QK gain 5, layers 3–5 looped twice
+/// more, skip gates, parallel lanes from layer 8, SmearGate v2 (window 12) and the sparse gate
+/// (scale 0.5), banks; or the headwise-gate submission's (SmearGate and the sparse gate off, the
+/// headwise gate on). Compared on 4 sequences, timed on 24 (a 2048-token micro-batch of 48 is
+/// R0427's per-GPU share of 786,432 on 8 GPUs; 24 keeps the f32 reference's looped activations
+/// in memory). On the CPU at width 128 (two heads of 64, one kv head), vocab 64, T 32.
+fn r0427_setup(device: Device, model: Model) -> (ModelConfig, i64, i64) {
+    let r0427 = ModelConfig {
+        vocab_size: 8192,
+        num_layers: 11,
+        mlp_mult: 4,
+        seq_len: 2048,
+        qk_gain_init: 5.0,
+        activation: pgolf_model::Activation::LeakyRelu2(0.5),
+        rope_dims: Some(16),
+        xsa_last_n: 11,
+        ln_scale: true,
+        init: InitScheme::OrthogonalBanks,
+        banks: true,
+        recurrence: Some(Recurrence {
+            start: 3,
+            end: 5,
+            loops: 2,
+        }),
+        skip_gates: true,
+        parallel: Some(ParallelLanes {
+            start_layer: 8,
+            final_lane: FinalLane::Mean,
+        }),
+        smear_gate_v2: Some(SmearGateV2 {
+            window: 12,
+            bos_id: 1,
+        }),
+        attn_gate: Some(AttnGate::Sparse {
+            window: 12,
+            scale: 0.5,
+            init_std: 0.0,
+        }),
+        ..ModelConfig::default()
+    };
+    let cfg = match model {
+        Model::Headwise => ModelConfig {
+            smear_gate_v2: None,
+            attn_gate: Some(AttnGate::Headwise { init_std: 0.01 }),
+            ..r0427
+        },
+        _ => r0427,
+    };
+    match device {
+        Device::Cpu => (
+            ModelConfig {
+                vocab_size: 64,
+                model_dim: 128,
+                num_heads: 2,
+                num_kv_heads: 1,
+                seq_len: 32,
+                ..cfg
+            },
+            2,
+            2,
+        ),
+        _ => (cfg, 4, 24),
     }
 }
 
@@ -420,6 +525,7 @@ fn check_model_formulations(cx: &mut Harness, model: Model) -> Result<()> {
         rows * cfg.seq_len as i64
     );
     let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
+    gpt.set_recurrence(model.looping());
     let (x, y) = tokens(&cfg, rows, device);
     gpt.set_compute_kind(Kind::Float);
     gpt.set_formulation(Formulation::Literal, device)?;
@@ -441,7 +547,12 @@ fn check_model_formulations(cx: &mut Harness, model: Model) -> Result<()> {
     // cancellation and varies from layer to layer by 10×, in both formulations alike; so each
     // gradient is judged against the largest literal error of its kind (the name without its
     // layer index) as well as its own.
+    // The parallel lanes' ρ and π are gains of the same sort (each Σ over every token and
+    // channel of a lane times its gradient): one kind with the q gains.
     let kind = |name: &str| -> String {
+        if name.starts_with("parallel_") {
+            return "blocks.*.attn.q_gain".to_string();
+        }
         name.split('.')
             .map(|p| match p.parse::<usize>() {
                 Ok(_) => "*",
@@ -495,6 +606,7 @@ fn check_model_in_cuda_graph(cx: &mut Harness, model: Model) -> Result<()> {
     let device = cx.device;
     let (cfg, rows, _) = model_setup(device, model);
     let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
+    gpt.set_recurrence(model.looping());
     gpt.set_compute_kind(Kind::BFloat16);
     gpt.set_formulation(Formulation::Fast, device)?;
     let (x, y) = tokens(&cfg, rows, device);
@@ -557,6 +669,7 @@ fn time_model(cx: &mut Harness, model: Model) -> Result<()> {
     let device = cx.device;
     let (cfg, _, rows) = model_setup(device, model);
     let (_vs, mut gpt) = perturbed_model(&cfg, device)?;
+    gpt.set_recurrence(model.looping());
     gpt.set_compute_kind(Kind::BFloat16);
     let (x, y) = tokens(&cfg, rows, device);
     let mut ms = vec![];

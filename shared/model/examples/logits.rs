@@ -1,9 +1,10 @@
 //! Writes our model's logits and per-token NLL for the first sequences of a token shard, for the
 //! cross-check against the Python reference (bench/check_model_vs_reference.py):
 //!
-//!     logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fast]
+//!     logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fast] [loop-off]
 //!
-//! Runs on the CPU in f32, in the fast formulation unless `literal` is given.
+//! Runs on the CPU in f32, in the fast formulation unless `literal` is given; `loop-off` runs a
+//! configured depth recurrence switched off (the plain U-Net training runs before it switches on).
 
 use anyhow::{bail, Context, Result};
 use pgolf_data::Shard;
@@ -13,8 +14,8 @@ use tch::{Device, Kind, Tensor};
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    if !(6..=7).contains(&args.len()) {
-        bail!("usage: logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fast]");
+    if !(6..=8).contains(&args.len()) {
+        bail!("usage: logits CONFIG.json WEIGHTS.safetensors SHARD.bin N_SEQS OUT.safetensors [literal|fast] [loop-off]");
     }
     let cfg = ModelConfig::read(Path::new(&args[1]))?;
     let (mut vs, mut gpt) = build(&cfg, Device::Cpu)?;
@@ -24,6 +25,11 @@ fn main() -> Result<()> {
         Some(other) => bail!("formulation: literal or fast, not {other}"),
     };
     gpt.set_formulation(formulation, Device::Cpu)?;
+    match args.get(7).map(String::as_str) {
+        None => {}
+        Some("loop-off") => gpt.set_recurrence(false),
+        Some(other) => bail!("the 7th argument is `loop-off` or nothing, not {other}"),
+    }
     load_safetensors(&mut vs, Path::new(&args[2]))?;
     let shard = Shard::open(Path::new(&args[3]))?;
     let n: usize = args[4].parse().context("N_SEQS")?;

@@ -21,7 +21,7 @@ use crate::rope::Rope;
 
 mod addons;
 mod fast;
-use addons::{xsa, Addons};
+use addons::{attn_gate_weight, xsa, Addons};
 
 /// One transformer block's parameters (names under `blocks.{i}.`).
 pub(crate) struct Block {
@@ -37,6 +37,8 @@ pub(crate) struct Block {
     pub(crate) resid_mix: Tensor,
     /// `attn_norm.weight`, `mlp_norm.weight` when the norms are learnable.
     pub(crate) norm_weights: Option<[Tensor; 2]>,
+    /// `attn.attn_gate_w` `[H, n]` when the attention output is gated.
+    pub(crate) attn_gate: Option<Tensor>,
 }
 
 pub struct Gpt {
@@ -53,6 +55,8 @@ pub struct Gpt {
     params: Vec<(String, Tensor)>,
     /// Late QAT's fake quantization of the block matrices ([`Gpt::set_fake_quant`]).
     fake_quant: Cell<bool>,
+    /// Whether the configured depth recurrence runs ([`Gpt::set_recurrence`]).
+    looping: Cell<bool>,
     pub(crate) compute: Kind,
     rope: RefCell<Rope>,
     /// The chosen formulation ([`Gpt::formulation`] is the one that runs).
@@ -232,6 +236,8 @@ impl Gpt {
                 ["attn_norm", "mlp_norm"]
                     .map(|n| add(format!("{pre}.{n}.weight"), (&b / n).ones("weight", &[d])))
             });
+            let attn_gate =
+                attn_gate_weight(&attn, cfg).map(|w| add(format!("{pre}.attn.attn_gate_w"), w));
             blocks.push(Block {
                 c_q,
                 c_k,
@@ -244,6 +250,7 @@ impl Gpt {
                 mlp_scale,
                 resid_mix,
                 norm_weights,
+                attn_gate,
             });
         }
         let lm_head = (!cfg.tie_embeddings).then(|| {
@@ -263,6 +270,7 @@ impl Gpt {
             addons,
             params,
             fake_quant: Cell::new(false),
+            looping: Cell::new(true),
             compute: Kind::Float,
             rope: RefCell::new(rope),
             // Nothing compiled or loaded unasked: `Fast` preloads its kernels when chosen.
@@ -336,6 +344,20 @@ impl Gpt {
 
     pub fn fake_quant(&self) -> bool {
         self.fake_quant.get()
+    }
+
+    /// Turns the configured depth recurrence on or off (on in a new model: evaluation and TTT
+    /// always loop). Training turns it off and back on at a fraction of its budget, as the
+    /// records do; off, the plain U-Net runs over the same weights. Without a recurrence in the
+    /// config the switch changes nothing.
+    pub fn set_recurrence(&self, on: bool) {
+        self.looping.set(on);
+    }
+
+    /// Whether the depth recurrence runs (see [`Gpt::set_recurrence`]); false when the config has
+    /// none.
+    pub fn recurrence(&self) -> bool {
+        self.cfg.recurrence.is_some() && self.looping.get()
     }
 
     /// Stores the embedding tables in `kind` (upstream keeps them bf16 for training, R0322 its
@@ -430,14 +452,15 @@ impl Gpt {
         Tensor::embedding(&self.tok_emb, x, -1, false, false).to_kind(self.compute)
     }
 
-    /// The literal trunk: the normed embedding (BigramHash before the norm, SmearGate after it),
-    /// the U-Net of [`Gpt::block`]s, the final norm.
+    /// The literal trunk: the normed embedding (BigramHash and SmearGate v2 before the norm,
+    /// SmearGate v1 after it), the U-Net of [`Gpt::block`]s, the final norm.
     fn trunk(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
         let ck = self.compute;
         let (_, t) = x.size2().expect("forward expects token ids [B, T]");
         let upstream = self.numerics == Numerics::UpstreamBf16;
         let (cos, sin) = self.rope.borrow_mut().tables(t, ck, x.device(), upstream);
-        let mut h = self.smear(rms(&self.embed_input(x, hooks)));
+        let embedded = self.smear_v2(self.embed_input(x, hooks), x);
+        let mut h = self.smear(rms(&embedded));
         let ctx = Frame {
             x0: h.shallow_clone(),
             value_embed: self.value_embedding(x, hooks),
@@ -446,35 +469,58 @@ impl Gpt {
         };
         h = self.unet(
             h,
-            |i, h| self.block(i, h, &ctx, hooks),
+            |i, lanes| match lanes {
+                Lanes::One(h) => Lanes::One(self.block(i, &h, &ctx, hooks)),
+                Lanes::Two(l0, l1) => {
+                    let [l0, l1] = self.parallel_block(i, [&l0, &l1], &ctx, hooks);
+                    Lanes::Two(l0, l1)
+                }
+            },
             |h, w, skip| &h + w * skip, // not `+=` (in place)
         );
         rms(&h)
     }
 
-    /// The U-Net trunk (REFERENCE.md §3.2): blocks `0..enc` push their outputs as skips; before
-    /// block `enc + j` the last pushed is popped and `add_skip(h, skip_weights[j], skip)` applied.
-    /// `block(i, h)` runs block `i` of the caller's formulation.
+    /// The U-Net trunk (REFERENCE.md §3.2, §5.13) over the layer slots of
+    /// [`ModelConfig::layer_order`] (the recurrence's virtual list while it runs): the encoder
+    /// slots push their outputs as skips; before decoder slot `j` the last pushed is popped and
+    /// merged ([`Gpt::merge_skip`]: `add_skip(h, skip_weights[j], skip)` or the gated lerp). At
+    /// the first decoder slot whose layer runs in parallel the stream splits into two lanes (the
+    /// skips then merge into lane 0), joined again after the last. `block(i, lanes)` runs layer
+    /// `i` of the caller's formulation on one stream or on the two lanes.
     pub(crate) fn unet(
         &self,
         mut h: Tensor,
-        mut block: impl FnMut(usize, &Tensor) -> Tensor,
+        mut block: impl FnMut(usize, Lanes) -> Lanes,
         add_skip: impl Fn(Tensor, &Tensor, &Tensor) -> Tensor,
     ) -> Tensor {
-        let enc = self.cfg.num_encoder_layers();
-        let mut skips = Vec::with_capacity(enc);
-        for i in 0..enc {
-            h = block(i, &h);
+        let (enc, dec) = self.cfg.layer_order(self.looping.get());
+        let num_skips = self.cfg.num_skip_weights();
+        let mut skips = Vec::with_capacity(enc.len());
+        for &i in &enc {
+            let Lanes::One(out) = block(i, Lanes::One(h)) else {
+                unreachable!("encoder layers run on one stream")
+            };
+            h = out;
             skips.push(h.shallow_clone());
         }
-        for j in 0..self.cfg.num_decoder_layers() {
-            if let Some(skip) = skips.pop() {
-                let w = self.skip_weights.get(j as i64).to_kind(self.compute);
-                h = add_skip(h, &w, &skip);
+        let mut lanes = Lanes::One(h);
+        for (j, &i) in dec.iter().enumerate() {
+            if let (Lanes::One(h), true) = (&lanes, self.cfg.parallel_layer(i)) {
+                lanes = Lanes::Two(h.shallow_clone(), h.shallow_clone());
             }
-            h = block(enc + j, &h);
+            if let Some(skip) = (j < num_skips).then(|| skips.pop()).flatten() {
+                lanes = match lanes {
+                    Lanes::One(h) => Lanes::One(self.merge_skip(j, h, &skip, &add_skip)),
+                    Lanes::Two(l0, l1) => Lanes::Two(self.merge_skip(j, l0, &skip, &add_skip), l1),
+                };
+            }
+            lanes = block(i, lanes);
         }
-        h
+        match lanes {
+            Lanes::One(h) => h,
+            Lanes::Two(l0, l1) => self.final_lane(l0, l1),
+        }
     }
 
     /// Soft-capped logits without hooks.
@@ -544,6 +590,36 @@ impl Gpt {
             hooks,
         );
         x + blk.mlp_scale.to_kind(ck) * mlp
+    }
+
+    /// Layer `i` in the parallel lanes (R0427's `_parallel_block`): both branches read the lanes
+    /// before the block, attention lane 0 (mixed with x0), the MLP lane 1, and
+    /// [`Gpt::mix_lanes`] writes the new lanes.
+    fn parallel_block(
+        &self,
+        i: usize,
+        [lane0, lane1]: [&Tensor; 2],
+        ctx: &Frame,
+        hooks: &mut Hooks,
+    ) -> [Tensor; 2] {
+        let ck = self.compute;
+        let blk = &self.blocks[i];
+        let mix = blk.resid_mix.to_kind(ck);
+        let read = mix.get(0) * lane0 + mix.get(1) * &ctx.x0;
+        let attn = self.attention(
+            i,
+            &self.ln_scaled(i, self.norm_weight(i, 0, rms(&read))),
+            ctx,
+            hooks,
+        );
+        let a = blk.attn_scale.to_kind(ck) * attn;
+        let mlp = self.mlp(
+            i,
+            &self.ln_scaled(i, self.norm_weight(i, 1, rms(lane1))),
+            hooks,
+        );
+        let m = blk.mlp_scale.to_kind(ck) * mlp;
+        self.mix_lanes(i, [lane0, lane1], &a, &m)
     }
 
     /// Block `i`'s norm `which` (0 before attention, 1 before the MLP) times its learnable weight,
@@ -623,10 +699,8 @@ impl Gpt {
             Rope::apply(&rms(&q), cos, sin) * blk.q_gain.to_kind(self.compute).view([1, h, 1, 1]);
         let k = Rope::apply(&rms(&k), cos, sin);
         let y = self.causal_attention(&q, &k, &v.transpose(1, 2));
-        let y = self
-            .xsa_if(i, y.transpose(1, 2), &v)
-            .contiguous()
-            .view([b, t, d]);
+        let y = self.xsa_if(i, y.transpose(1, 2), &v);
+        let y = self.attn_gate(i, u, y).contiguous().view([b, t, d]);
         hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
         self.project(&y, &blk.attn_proj, Site::O, i, hooks)
     }
@@ -647,6 +721,12 @@ impl Gpt {
         hooks.tap(|| format!("blocks.{i}.mlp.proj.weight"), &act);
         self.project(&act, &blk.mlp_proj, Site::MlpOut, i, hooks)
     }
+}
+
+/// The residual stream between layers: one, or the parallel lanes (attention's, the MLP's).
+pub(crate) enum Lanes {
+    One(Tensor),
+    Two(Tensor, Tensor),
 }
 
 /// One forward pass's frame: what every block reads besides its input: the stream's `x0`, the shared
@@ -711,6 +791,78 @@ mod tests {
             mlp_hidden: Some(48),
             norm_weights: true,
             ..tiny()
+        }
+    }
+
+    /// The SP8192 line's options at a size where every path runs (R0427's combination): layers 1–2
+    /// looped once more (slots enc [0, 1, 2] dec [1, 2, 3, 4]), skip gates, parallel lanes from
+    /// layer 3, SmearGate v2 and the sparse attention gate, with R0405/R0427's XSA everywhere,
+    /// partial RoPE, LN scale and MLP 4× LeakyReLU(0.5)².
+    fn tiny_sp8192() -> ModelConfig {
+        ModelConfig {
+            num_layers: 5,
+            mlp_mult: 4,
+            qk_gain_init: 5.0,
+            activation: crate::Activation::LeakyRelu2(0.5),
+            rope_dims: Some(4),
+            xsa_last_n: 5,
+            ln_scale: true,
+            init: InitScheme::OrthogonalBanks,
+            recurrence: Some(crate::config::Recurrence {
+                start: 1,
+                end: 2,
+                loops: 1,
+            }),
+            skip_gates: true,
+            parallel: Some(crate::config::ParallelLanes {
+                start_layer: 3,
+                final_lane: crate::config::FinalLane::Mean,
+            }),
+            smear_gate_v2: Some(crate::config::SmearGateV2 {
+                window: 8,
+                bos_id: 1,
+            }),
+            attn_gate: Some(crate::config::AttnGate::Sparse {
+                window: 8,
+                scale: 0.5,
+                init_std: 0.0,
+            }),
+            ..tiny()
+        }
+    }
+
+    /// The headwise-gate submission's combination: R0427's without SmearGate and the sparse gate,
+    /// with the headwise gate (and the MLP lane handed to the final norm, for that branch).
+    fn tiny_headwise() -> ModelConfig {
+        ModelConfig {
+            smear_gate_v2: None,
+            attn_gate: Some(crate::config::AttnGate::Headwise { init_std: 0.01 }),
+            parallel: Some(crate::config::ParallelLanes {
+                start_layer: 3,
+                final_lane: crate::config::FinalLane::Mlp,
+            }),
+            ..tiny_sp8192()
+        }
+    }
+
+    /// The SP8192 options composed with every R0322 one (BigramHash, SmearGate v1, VE on a looped
+    /// and a parallel layer, norm weights, NTK-rescaled partial RoPE).
+    fn tiny_composed() -> ModelConfig {
+        let sp = tiny_sp8192();
+        ModelConfig {
+            num_layers: 5,
+            value_embed: Some(crate::config::ValueEmbedding {
+                dim: 4,
+                layers: vec![2, 4],
+            }),
+            recurrence: sp.recurrence,
+            skip_gates: true,
+            parallel: Some(crate::config::ParallelLanes {
+                start_layer: 3,
+                final_lane: crate::config::FinalLane::Attn,
+            }),
+            attn_gate: sp.attn_gate,
+            ..tiny_r0322()
         }
     }
 
@@ -907,7 +1059,15 @@ mod tests {
             }),
             ..tiny_r0322()
         };
-        for cfg in [ModelConfig::default(), tiny(), tiny_r0322(), untied] {
+        for cfg in [
+            ModelConfig::default(),
+            tiny(),
+            tiny_r0322(),
+            untied,
+            tiny_sp8192(),
+            tiny_headwise(),
+            tiny_composed(),
+        ] {
             let (_vs, gpt) = build(&cfg, Device::Cpu).unwrap();
             let built: BTreeMap<String, Vec<usize>> = gpt
                 .named_parameters()
@@ -947,6 +1107,235 @@ mod tests {
         let n = Tensor::from_slice(&[2.0f32]);
         assert_eq!(gpt.ln_scaled(3, n).double_value(&[0]), 1.0);
         assert_eq!(cfg.ln_scale_factor(0), 1.0);
+    }
+
+    /// R0405, R0427 (its README's command) and the headwise-gate run at full size: the records'
+    /// logged `model_params` (35,943,512; 35,945,671; 35,989,658), built.
+    #[test]
+    fn the_sp8192_stacks_have_the_records_parameter_counts() {
+        let r0405 = ModelConfig {
+            vocab_size: 8192,
+            num_layers: 11,
+            mlp_mult: 4,
+            seq_len: 2048,
+            qk_gain_init: 4.0,
+            activation: crate::Activation::LeakyRelu2(0.5),
+            rope_dims: Some(16),
+            rope_ntk_len: Some(2048),
+            xsa_last_n: 11,
+            ln_scale: true,
+            init: InitScheme::Orthogonal,
+            recurrence: Some(crate::config::Recurrence {
+                start: 4,
+                end: 5,
+                loops: 2,
+            }),
+            skip_gates: true,
+            ..Default::default()
+        };
+        let r0427 = ModelConfig {
+            qk_gain_init: 5.0,
+            rope_ntk_len: None,
+            init: InitScheme::OrthogonalBanks,
+            recurrence: Some(crate::config::Recurrence {
+                start: 3,
+                end: 5,
+                loops: 2,
+            }),
+            parallel: Some(crate::config::ParallelLanes {
+                start_layer: 8,
+                final_lane: crate::config::FinalLane::Mean,
+            }),
+            smear_gate_v2: Some(crate::config::SmearGateV2 {
+                window: 12,
+                bos_id: 1,
+            }),
+            attn_gate: Some(crate::config::AttnGate::Sparse {
+                window: 12,
+                scale: 0.5,
+                init_std: 0.0,
+            }),
+            ..r0405.clone()
+        };
+        let headwise = ModelConfig {
+            smear_gate_v2: None,
+            attn_gate: Some(crate::config::AttnGate::Headwise { init_std: 0.01 }),
+            ..r0427.clone()
+        };
+        for (cfg, want) in [
+            (r0405, 35_943_512),
+            (r0427, 35_945_671),
+            (headwise, 35_989_658),
+        ] {
+            let (_vs, gpt) = build(&cfg, Device::Cpu).unwrap();
+            let total: usize = gpt.named_parameters().iter().map(|(_, t)| t.numel()).sum();
+            assert_eq!((total, cfg.num_params()), (want, want));
+            if let Some(crate::config::AttnGate::Headwise { .. }) = cfg.attn_gate {
+                let w = &gpt.blocks[3].attn_gate.as_ref().unwrap();
+                let std = w.std(true).double_value(&[]);
+                assert!((std - 0.01).abs() < 1e-3, "attn_gate_w std {std}");
+            }
+            for name in [
+                "skip_gates",
+                "parallel_resid_lambdas",
+                "attn_gate_w",
+                "smear_lambda",
+            ] {
+                assert_eq!(param_role(name, 2), ParamRole::Control, "{name}");
+            }
+            assert_eq!(param_role("smear_gate.weight", 2), ParamRole::Control);
+        }
+    }
+
+    /// The SP8192 add-ons on hand-checkable cases, from their init (gates 0, λ set to 1).
+    #[test]
+    fn the_sp8192_add_ons_follow_their_formulas() {
+        let (_vs, gpt) = build(&tiny_sp8192(), Device::Cpu).unwrap();
+        let column = |v: &[f32]| {
+            Tensor::from_slice(v)
+                .view([1, v.len() as i64, 1])
+                .expand([1, v.len() as i64, 32], false)
+        };
+        let got = |t: Tensor| -> Vec<f32> { Vec::try_from(t.select(2, 7).view([-1])).unwrap() };
+        // SmearGate v2, w = 0 (σ = ½), λ = 1: x_t + ½·x_{t−1}, except at the BOS (id 1).
+        let (_, lambda) = gpt.addons.smear_v2.as_ref().unwrap();
+        tch::no_grad(|| {
+            let _ = lambda.shallow_clone().fill_(1.0);
+        });
+        let ids = Tensor::from_slice(&[5i64, 1, 7, 9]).view([1, 4]);
+        let smeared = gpt.smear_v2(column(&[2.0, 4.0, 6.0, 8.0]), &ids);
+        assert_eq!(got(smeared), vec![2.0, 4.0, 8.0, 11.0]);
+        // A skip gate at 0 (σ = ½), w = 1: lerp(skip, h, ½) = (skip + h)/2.
+        let add = |h: Tensor, w: &Tensor, s: &Tensor| h + w * s;
+        let merged = gpt.merge_skip(1, column(&[2.0]), &column(&[4.0]), &add);
+        assert_eq!(got(merged), vec![3.0]);
+        // The lanes at init (ρ = 1.1, π = 1): 1.1·1 + 3 + 5 and 1.1·2 + 3 + 5.
+        let [l0, l1] = gpt.mix_lanes(
+            3,
+            [&column(&[1.0]), &column(&[2.0])],
+            &column(&[3.0]),
+            &column(&[5.0]),
+        );
+        let (l0, l1) = (got(l0)[0], got(l1)[0]);
+        assert!(
+            (l0 - 9.1).abs() < 1e-6 && (l1 - 10.2).abs() < 1e-6,
+            "{l0} {l1}"
+        );
+        assert_eq!(
+            gpt.final_lane(column(&[1.0]), column(&[2.0]))
+                .double_value(&[0, 0, 0]),
+            1.5
+        );
+        // The sparse gate at init (w = 0) halves every head; then w_h = 2·h·e_0 on u_0 = 1 gives
+        // head h the factor σ(0.5·2h) = σ(h).
+        let y = Tensor::ones([1, 2, 4, 8], (Kind::Float, Device::Cpu));
+        let u = Tensor::ones([1, 2, 32], (Kind::Float, Device::Cpu));
+        assert!(gpt.attn_gate(0, &u, y.copy()).equal(&(&y * 0.5)));
+        let w = gpt.blocks[0].attn_gate.as_ref().unwrap();
+        tch::no_grad(|| {
+            let _ = w.shallow_clone().zero_();
+            for h in 0..4 {
+                let _ = w.get(h).get(0).fill_(2.0 * h as f64);
+            }
+        });
+        let u = u.narrow(2, 0, 1).pad([0, 31], "constant", Some(0.0));
+        let g: Vec<f32> =
+            Vec::try_from(gpt.attn_gate(0, &u, y).get(0).get(1).select(1, 0)).unwrap();
+        let want: Vec<f32> = (0..4).map(|h| 1.0 / (1.0 + (-(h as f32)).exp())).collect();
+        for (a, b) in g.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{g:?} {want:?}");
+        }
+    }
+
+    /// The BOS mask: a token's smeared embedding never depends on the previous document. Two
+    /// inputs that differ only before a BOS give the same embeddings from the BOS on.
+    #[test]
+    fn smear_gate_v2_never_reads_across_a_bos() {
+        let (_vs, gpt) = perturbed(&tiny_sp8192());
+        let a = Tensor::from_slice(&[7i64, 9, 11, 1, 5, 6, 1, 8]).view([1, 8]);
+        let b = Tensor::from_slice(&[3i64, 4, 12, 1, 5, 6, 1, 8]).view([1, 8]);
+        let (ea, eb) = (
+            gpt.smear_v2(gpt.embed(&a), &a),
+            gpt.smear_v2(gpt.embed(&b), &b),
+        );
+        assert!(ea.narrow(1, 3, 5).equal(&eb.narrow(1, 3, 5)));
+        assert!(!ea.narrow(1, 1, 2).equal(&eb.narrow(1, 1, 2)));
+        // And the smear itself is on: position 4 differs from its plain embedding.
+        assert!(!ea.narrow(1, 4, 1).equal(&gpt.embed(&a).narrow(1, 4, 1)));
+    }
+
+    /// Depth recurrence is the unrolled network: looping layer 1 once more equals a 4-layer model
+    /// whose layers are copies of layers 0, 1, 1, 2; with the recurrence off it is the plain
+    /// 3-layer U-Net. `set_recurrence` switches between the two and back, exactly.
+    #[test]
+    fn recurrence_runs_the_unrolled_layers_and_switches_exactly() {
+        let looped_cfg = ModelConfig {
+            recurrence: Some(crate::config::Recurrence {
+                start: 1,
+                end: 1,
+                loops: 1,
+            }),
+            skip_gates: true,
+            ..tiny()
+        };
+        let (_vs, looped) = perturbed(&looped_cfg);
+        let copy = |cfg: &ModelConfig, layer_of: &[usize]| {
+            let (vs, gpt) = build(cfg, Device::Cpu).unwrap();
+            let src: BTreeMap<String, Tensor> = looped
+                .named_parameters()
+                .iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect();
+            tch::no_grad(|| {
+                for (name, t) in gpt.named_parameters() {
+                    let from = match name.strip_prefix("blocks.") {
+                        Some(rest) => {
+                            let (i, tail) = rest.split_once('.').unwrap();
+                            format!("blocks.{}.{tail}", layer_of[i.parse::<usize>().unwrap()])
+                        }
+                        None => name.clone(),
+                    };
+                    let s = &src[&from];
+                    let s = s.narrow(0, 0, t.size()[0]); // skip rows: the first ones
+                    t.shallow_clone().copy_(&s);
+                }
+            });
+            (vs, gpt)
+        };
+        let (_v4, unrolled) = copy(
+            &ModelConfig {
+                num_layers: 4,
+                skip_gates: true,
+                ..tiny()
+            },
+            &[0, 1, 1, 2],
+        );
+        let (_v3, plain) = copy(
+            &ModelConfig {
+                skip_gates: true,
+                ..tiny()
+            },
+            &[0, 1, 2],
+        );
+        let x = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
+        let on = looped.logits(&x);
+        assert!(looped.recurrence());
+        let diff = (&on - unrolled.logits(&x)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "looped vs unrolled: {diff}");
+        looped.set_recurrence(false);
+        assert!(!looped.recurrence());
+        let off = looped.logits(&x);
+        let diff = (&off - plain.logits(&x)).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "off vs plain: {diff}");
+        assert!((&on - &off).abs().max().double_value(&[]) > 1e-3);
+        looped.set_recurrence(true);
+        assert!(looped.logits(&x).equal(&on), "on again: the same function");
+        // Without a recurrence in the config the switch changes nothing.
+        plain.set_recurrence(false);
+        assert!(!plain.recurrence());
+        let again = plain.logits(&x);
+        plain.set_recurrence(true);
+        assert!(plain.logits(&x).equal(&again));
     }
 
     /// Late QAT: the forward pass sees per-row int6 weights (so the loss changes when it turns
@@ -1164,7 +1553,14 @@ mod tests {
     /// adapters, for GQA and plain multi-head attention, tied and untied heads.
     #[test]
     fn literal_and_fast_formulations_agree() {
-        for cfg in [
+        let sp8192 = [
+            (tiny_sp8192(), true),
+            (tiny_sp8192(), false),
+            (tiny_headwise(), true),
+            (tiny_composed(), true),
+            (tiny_composed(), false),
+        ];
+        let cases = [
             tiny(),
             ModelConfig {
                 num_kv_heads: 4,
@@ -1199,9 +1595,15 @@ mod tests {
                 }),
                 ..tiny_r0322()
             },
-        ] {
+        ];
+        for (cfg, looping) in cases.into_iter().map(|c| (c, true)).chain(sp8192) {
             let (_vs, mut gpt) = perturbed(&cfg);
+            gpt.set_recurrence(looping);
             let x = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
+            if let Some(s) = &cfg.smear_gate_v2 {
+                // Documents start mid-window, so the BOS mask takes part.
+                let _ = x.narrow(1, 5, 1).fill_(s.bos_id as i64);
+            }
             let y = Tensor::randint(64, [2, 16], (Kind::Int64, Device::Cpu));
             let mut outputs = vec![];
             for formulation in BOTH {

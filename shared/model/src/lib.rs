@@ -11,9 +11,14 @@
 //!   bit-identical with them off): `mlp_hidden`, `rope_dims` (partial RoPE), `rope_ntk_len`
 //!   (R0322's NTK rescale), `xsa_last_n`, `ln_scale`, `norm_weights`, `smear_gate` (`smear.gate`),
 //!   `bigram` (`bigram.embed/proj/scale`), `value_embed` (`ve_shared.*`, `ve_layer_scales.{k}`),
-//!   `init` (`pytorch_default` | `orthogonal`); written once in `gpt/addons.rs` for both
-//!   formulations, names as R0322's `state_dict` (bench/check_model_vs_reference.py loads ours
-//!   into its `GPT` strictly). [`Gpt::set_fake_quant`] is late QAT's switch.
+//!   `init` (`pytorch_default` | `orthogonal` | `orthogonal_banks`), `banks`; the SP8192 line's
+//!   (R0405, R0427, PR #2071): `recurrence` (looped layers, no tensors), `skip_gates`
+//!   (`skip_gates`), `parallel` (`parallel_post_lambdas`, `parallel_resid_lambdas`),
+//!   `smear_gate_v2` (`smear_gate.weight`, `smear_lambda`), `attn_gate` (sparse or headwise,
+//!   `blocks.{i}.attn.attn_gate_w`); written once in `gpt/addons.rs` for both formulations, names
+//!   as the records' `state_dict` (bench/check_model_vs_reference.py loads ours into their `GPT`
+//!   strictly). [`Gpt::set_fake_quant`] is late QAT's switch, [`Gpt::set_recurrence`] the depth
+//!   recurrence's (on in a new model).
 //! - [`Gpt::new`]`(path: &nn::Path, cfg) -> Result<Gpt>`: variables named as upstream's
 //!   `state_dict` (`tok_emb.weight`, `skip_weights`, `blocks.{i}.attn.c_q.weight`, `c_k`, `c_v`,
 //!   `proj`, `blocks.{i}.attn.q_gain`, `blocks.{i}.mlp.fc.weight`, `blocks.{i}.mlp.proj.weight`,

@@ -78,6 +78,8 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         gpt.set_embedding_kind(Kind::BFloat16);
     }
     gpt.set_formulation(p.formulation, device)?;
+    // The plain U-Net first when the recurrence switches on later (the loop turns it on).
+    gpt.set_recurrence(p.recurrence_enable_at <= 0.0);
     log.line(&format!(
         "model_params:{} config:{}",
         p.model.num_params(),

@@ -75,6 +75,8 @@ pub fn write(
     stage.headline("swa_snapshots", swa_snapshots);
     stage.headline("late_qat_threshold", p.late_qat_threshold);
     stage.headline("late_qat_step", run.qat_step);
+    stage.headline("recurrence_enable_at", p.recurrence_enable_at);
+    stage.headline("recurrence_step", run.recurrence_step);
     // With CUDA graphs the graph's activations live in its private pool: they count as reserved,
     // not allocated, so both figures are reported.
     stage.headline("peak_gpu_mib", peak.map(|(allocated, _)| allocated >> 20));

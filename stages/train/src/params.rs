@@ -69,6 +69,11 @@ pub struct Params {
     /// Late QAT (REFERENCE.md §5.9): from the first step whose lr_mul is below this, the block
     /// matrices train through per-row int6 fake quantization (straight-through); 0 = off.
     pub late_qat_threshold: f64,
+    /// Depth recurrence (the model's `recurrence`, REFERENCE.md §5.13): the plain U-Net trains
+    /// until this fraction of the budget (`train_ms / max_wallclock`, or `step / iterations`
+    /// without a cap, as R0405/R0427 measure it), then the loop; 0 = from the first step (R0405:
+    /// 0.5, R0427: 0.35). Evaluation always loops.
+    pub recurrence_enable_at: f64,
     /// PROTEUS+STYX's routing: BigramHash's and VE's projections trained by the scalar AdamW group
     /// instead of Muon (R0322's routing, the default).
     pub projections_to_adam: bool,
@@ -124,6 +129,7 @@ impl Default for Params {
             swa_every: 0,
             swa_lr_threshold: 0.4,
             late_qat_threshold: 0.0,
+            recurrence_enable_at: 0.0,
             projections_to_adam: false,
             precision: Precision::Auto,
             threads: 0,
@@ -171,6 +177,12 @@ impl Params {
         }
         if self.late_qat_threshold.is_nan() || self.late_qat_threshold < 0.0 {
             bail!("params: late_qat_threshold must be ≥ 0 (0 = off)");
+        }
+        if !(0.0..=1.0).contains(&self.recurrence_enable_at) {
+            bail!(
+                "params: recurrence_enable_at must be in [0, 1], got {}",
+                self.recurrence_enable_at
+            );
         }
         if !(self.swa_lr_threshold > 0.0 && self.swa_lr_threshold <= 1.0) {
             bail!(

@@ -43,6 +43,9 @@ pub struct Finished {
     pub swa: Option<Swa>,
     /// The step at which late QAT turned on, if it did.
     pub qat_step: Option<u64>,
+    /// The step at which the depth recurrence turned on, if the model has one and it did (0 when
+    /// it ran from the start).
+    pub recurrence_step: Option<u64>,
 }
 
 pub fn run(t: Training) -> Result<Finished> {
@@ -76,6 +79,7 @@ pub fn run(t: Training) -> Result<Finished> {
     let mut last_loss: Option<(u64, f64)> = None;
     let mut profile = ProfileWindow::from_env()?;
     let mut qat_step = None;
+    let mut recurrence_step = gpt.recurrence().then_some(0);
     loop {
         let last = step == p.iterations || stop_after.is_some_and(|s| step >= s);
         if last || (p.val_loss_every > 0 && step.is_multiple_of(p.val_loss_every)) {
@@ -108,6 +112,25 @@ pub fn run(t: Training) -> Result<Finished> {
             }
             log.line(&format!("late_qat:enabled step:{step} lr_mul:{lr_mul:.4}"))?;
             qat_step = Some(step);
+        }
+        // R0405/R0427's training fraction: of the wall-clock cap, else of the iterations.
+        let frac = match schedule.max_wallclock_ms {
+            Some(cap) => train_ms / cap,
+            None => step as f64 / p.iterations as f64,
+        };
+        if p.model.recurrence.is_some()
+            && recurrence_step.is_none()
+            && frac >= p.recurrence_enable_at
+        {
+            gpt.set_recurrence(true);
+            if let Some(g) = graphed.as_deref_mut() {
+                g.recapture(gpt, opt)?;
+            }
+            let (enc, dec) = p.model.layer_order(true);
+            log.line(&format!(
+                "layer_loop:enabled step:{step} frac:{frac:.3} encoder:{enc:?} decoder:{dec:?}"
+            ))?;
+            recurrence_step = Some(step);
         }
         let settings = StepSettings {
             lr_mul,
@@ -185,6 +208,7 @@ pub fn run(t: Training) -> Result<Finished> {
         ema,
         swa,
         qat_step,
+        recurrence_step,
     })
 }
 

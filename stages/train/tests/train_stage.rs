@@ -362,3 +362,60 @@ fn swa_averages_the_weights_after_every_due_step() {
         bad.stderr
     );
 }
+
+/// Depth recurrence switched on mid-run: at `recurrence_enable_at` · iterations the loop turns on
+/// (logged, in the headline); before it the run is the plain U-Net's (the same losses as a run
+/// that never loops), from it on the losses leave that run's; a run looping from the start differs
+/// from the first step.
+#[test]
+fn the_recurrence_switches_on_mid_run() {
+    let root = tempfile::tempdir().unwrap();
+    let data = data_dir(root.path(), &markov_tokens(200, 1), &markov_tokens(20, 2));
+    let run = |name: &str, enable_at: f64| {
+        let mut p = tiny_params(8);
+        p["model"]["recurrence"] = json!({"start": 1, "end": 1, "loops": 1});
+        p["model"]["skip_gates"] = json!(true);
+        p["train_log_every"] = json!(1);
+        p["recurrence_enable_at"] = json!(enable_at);
+        let run = run_train(root.path(), name, &data, &p);
+        assert!(run.ok, "{}", run.stderr);
+        let log = std::fs::read_to_string(run.out.join(files::TRAIN_LOG)).unwrap();
+        let losses: Vec<String> = (1..=8)
+            .map(|s| {
+                let prefix = format!("step:{s}/8 train_loss:");
+                let line = log.lines().find(|l| l.starts_with(&prefix)).unwrap();
+                line[prefix.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        (run, log, losses)
+    };
+    let (mid, log, mid_losses) = run("mid", 0.5);
+    assert!(
+        log.contains("layer_loop:enabled step:4 frac:0.500 encoder:[0, 1] decoder:[1, 2]"),
+        "{log}"
+    );
+    assert_eq!(mid.headline("recurrence_step"), 4.0);
+    let (never, _, never_losses) = run("never", 1.0);
+    assert!(never.manifest()["headline"]["recurrence_step"].is_null());
+    let (always, _, always_losses) = run("always", 0.0);
+    assert_eq!(always.headline("recurrence_step"), 0.0);
+    // Steps 1–4 ran before the switch (step index 4 is the fifth step).
+    assert_eq!(mid_losses[..4], never_losses[..4]);
+    assert_ne!(mid_losses[4], never_losses[4]);
+    // (The first step cannot tell: the zero-initialised output projections make every block the
+    // identity, looped or not.)
+    assert_ne!(always_losses[1..], never_losses[1..]);
+    let mut bad = tiny_params(2);
+    bad["recurrence_enable_at"] = json!(1.5);
+    let bad = run_train(root.path(), "bad_enable_at", &data, &bad);
+    assert!(
+        !bad.ok
+            && bad
+                .stderr
+                .contains("recurrence_enable_at must be in [0, 1]")
+    );
+}

@@ -205,3 +205,63 @@ fn the_r0322_options_agree_with_libtorch() {
     };
     check(cfg, routing, compression);
 }
+
+/// The SP8192 line's options (R0427's combination at a tiny size): depth recurrence (the counted
+/// forward always loops, as does a loaded model), skip gates, parallel lanes, SmearGate v2 with
+/// its BOS mask, the sparse attention gate; then the headwise gate in its place. int6 GPTQ-lite
+/// matrices, zstd.
+#[test]
+fn the_sp8192_options_agree_with_libtorch() {
+    use pgolf_model::config::{AttnGate, FinalLane, ParallelLanes, Recurrence, SmearGateV2};
+    let sparse = ModelConfig {
+        num_layers: 5,
+        mlp_mult: 4,
+        activation: Activation::LeakyRelu2(0.5),
+        rope_dims: Some(4),
+        xsa_last_n: 5,
+        ln_scale: true,
+        recurrence: Some(Recurrence {
+            start: 1,
+            end: 2,
+            loops: 1,
+        }),
+        skip_gates: true,
+        parallel: Some(ParallelLanes {
+            start_layer: 3,
+            final_lane: FinalLane::Mean,
+        }),
+        smear_gate_v2: Some(SmearGateV2 {
+            window: 8,
+            bos_id: 1,
+        }),
+        attn_gate: Some(AttnGate::Sparse {
+            window: 8,
+            scale: 0.5,
+            init_std: 0.0,
+        }),
+        ..tiny()
+    };
+    let headwise = ModelConfig {
+        smear_gate_v2: None,
+        attn_gate: Some(AttnGate::Headwise { init_std: 0.01 }),
+        ..sparse.clone()
+    };
+    for cfg in [sparse, headwise] {
+        let lite = Rule {
+            method: Method::Lite,
+            bits: 6,
+            ..Rule::default()
+        };
+        let routing = Routing {
+            small_numel: 256,
+            attn: lite.clone(),
+            mlp: lite,
+            ..Routing::default()
+        };
+        let compression = Compression {
+            level: Some(3),
+            ..Compression::default()
+        };
+        check(cfg, routing, compression);
+    }
+}

@@ -1,12 +1,14 @@
-//! The record stacks' architecture options (REFERENCE.md §5.6–5.7; R0322's `train_gpt.py` is the
-//! ground truth for each formula): BigramHash, SmearGate v1, the value embedding, XSA and
-//! late-QAT's fake quantization. Each is written once, here, and both formulations call it; a
-//! fused kernel for one of them would be its fast form, tested against this one.
+//! The record stacks' architecture options (REFERENCE.md §5.6–5.7, §5.13; R0322's, R0405's,
+//! R0427's and PR #2071's `train_gpt.py` are the ground truth for each formula): BigramHash,
+//! SmearGate v1 and v2, the value embedding, XSA, late-QAT's fake quantization, the skip gates,
+//! the parallel lanes' mixing and the attention output gates. Each is written once, here, and both
+//! formulations call it; a fused kernel for one of them would be its fast form, tested against
+//! this one.
 
 use tch::{nn, Kind, Tensor};
 
 use super::Gpt;
-use crate::config::{InitScheme, ModelConfig};
+use crate::config::{AttnGate, FinalLane, InitScheme, ModelConfig};
 use crate::hooks::Hooks;
 
 /// A token table, its optional projection and its scalar scale (R0322's `BigramHashEmbedding` and
@@ -27,6 +29,12 @@ pub(crate) struct Addons {
     pub(crate) bigram: Option<ScaledTable>,
     /// `ve_shared.*` and `ve_layer_scales.{k}` (`[1]` each).
     pub(crate) value_embed: Option<(ScaledTable, Vec<Tensor>)>,
+    /// `skip_gates` `[num_skip_weights, d]`.
+    pub(crate) skip_gates: Option<Tensor>,
+    /// `parallel_post_lambdas` π `[L, 2, 2]`, `parallel_resid_lambdas` ρ `[L, 2]`.
+    pub(crate) parallel: Option<(Tensor, Tensor)>,
+    /// SmearGate v2's `smear_gate.weight` `[1, window]` and `smear_lambda` `[1]`.
+    pub(crate) smear_v2: Option<(Tensor, Tensor)>,
 }
 
 impl Addons {
@@ -78,12 +86,51 @@ impl Addons {
                 .collect();
             (table, scales)
         });
+        // R0427's order after the blocks: skip gates, the lanes' lambdas, SmearGate v2.
+        let skip_gates = cfg.skip_gates.then(|| {
+            let shape = [cfg.num_skip_weights() as i64, d];
+            add("skip_gates".into(), path.zeros("skip_gates", &shape))
+        });
+        let parallel = cfg.parallel.as_ref().map(|_| {
+            let l = cfg.num_layers as i64;
+            let post = path.ones("parallel_post_lambdas", &[l, 2, 2]);
+            let resid = path.var("parallel_resid_lambdas", &[l, 2], nn::Init::Const(1.1));
+            (
+                add("parallel_post_lambdas".into(), post),
+                add("parallel_resid_lambdas".into(), resid),
+            )
+        });
+        let smear_v2 = cfg.smear_gate_v2.as_ref().map(|s| {
+            let w = (path / "smear_gate").zeros("weight", &[1, s.window as i64]);
+            let lambda = path.zeros("smear_lambda", &[1]);
+            (
+                add("smear_gate.weight".into(), w),
+                add("smear_lambda".into(), lambda),
+            )
+        });
         Addons {
             smear_gate,
             bigram,
             value_embed,
+            skip_gates,
+            parallel,
+            smear_v2,
         }
     }
+}
+
+/// A block's attention gate weight `attn.attn_gate_w` `[H, n]` with its record's init: N(0, std²),
+/// or zeros when std is 0 (R0427's sparse gate).
+pub(crate) fn attn_gate_weight(attn: &nn::Path, cfg: &ModelConfig) -> Option<Tensor> {
+    let gate = cfg.attn_gate.as_ref()?;
+    let shape = [cfg.num_heads as i64, gate.width(cfg.model_dim) as i64];
+    let std = match gate {
+        AttnGate::Sparse { init_std, .. } | AttnGate::Headwise { init_std } => *init_std,
+    };
+    Some(match std > 0.0 {
+        true => attn.randn("attn_gate_w", &shape, 0.0, std),
+        false => attn.zeros("attn_gate_w", &shape),
+    })
 }
 
 impl ScaledTable {
@@ -180,6 +227,99 @@ impl Gpt {
         let t = x.size()[1];
         let prev = Tensor::cat(&[x.narrow(1, 0, 1).zeros_like(), x.narrow(1, 0, t - 1)], 1);
         (1.0 - &g) * &x + g * prev
+    }
+
+    /// SmearGate v2 with the BOS mask on the raw embedding `x` of ids `ids` (identity when off):
+    /// `x_t ← x_t + λ·σ(w·x_t[0:n])·x_{t−1}·[id_t ≠ bos]` for t ≥ 1 (R0427's `_forward_hidden`).
+    pub(crate) fn smear_v2(&self, x: Tensor, ids: &Tensor) -> Tensor {
+        let (Some((w, lambda)), Some(s)) = (&self.addons.smear_v2, &self.cfg.smear_gate_v2) else {
+            return x;
+        };
+        let ck = self.compute;
+        let t = x.size()[1];
+        if t < 2 {
+            return x;
+        }
+        let cur = x.narrow(1, 1, t - 1);
+        let gate_in = cur.narrow(2, 0, s.window as i64);
+        let g = lambda.to_kind(ck) * gate_in.linear(&w.to_kind(ck), None::<Tensor>).sigmoid();
+        let not_bos = ids
+            .narrow(1, 1, t - 1)
+            .ne(s.bos_id as i64)
+            .to_kind(ck)
+            .unsqueeze(-1);
+        let smeared = &cur + g * x.narrow(1, 0, t - 1) * not_bos;
+        Tensor::cat(&[x.narrow(1, 0, 1), smeared], 1)
+    }
+
+    /// Decoder slot `j`'s skip merge into `h`: `h + w_j⊙skip` (by the formulation's `add`), or
+    /// with skip gates `lerp(w_j⊙skip, h, σ(g_j))`.
+    pub(crate) fn merge_skip(
+        &self,
+        j: usize,
+        h: Tensor,
+        skip: &Tensor,
+        add: &impl Fn(Tensor, &Tensor, &Tensor) -> Tensor,
+    ) -> Tensor {
+        let w = self.skip_weights.get(j as i64).to_kind(self.compute);
+        match &self.addons.skip_gates {
+            Some(gates) => {
+                let g = gates.get(j as i64).to_kind(self.compute).sigmoid();
+                (&w * skip).lerp_tensor(&h, &g)
+            }
+            None => add(h, &w, skip),
+        }
+    }
+
+    /// The parallel lanes' update of layer `i` from its two branch outputs `a` (attention) and
+    /// `m` (MLP), both already scaled: `lane_k ← ρ[i,k]·lane_k + π[i,0,k]·a + π[i,1,k]·m`.
+    pub(crate) fn mix_lanes(
+        &self,
+        i: usize,
+        [lane0, lane1]: [&Tensor; 2],
+        a: &Tensor,
+        m: &Tensor,
+    ) -> [Tensor; 2] {
+        let (post, resid) = self
+            .addons
+            .parallel
+            .as_ref()
+            .expect("parallel lanes configured");
+        let ck = self.compute;
+        let (post, resid) = (
+            post.get(i as i64).to_kind(ck),
+            resid.get(i as i64).to_kind(ck),
+        );
+        let lane =
+            |k: i64, x: &Tensor| resid.get(k) * x + post.get(0).get(k) * a + post.get(1).get(k) * m;
+        [lane(0, lane0), lane(1, lane1)]
+    }
+
+    /// The hidden state the parallel lanes hand to the final norm (R0427's
+    /// `_final_parallel_hidden`).
+    pub(crate) fn final_lane(&self, lane0: Tensor, lane1: Tensor) -> Tensor {
+        match self.cfg.parallel.as_ref().map(|p| p.final_lane) {
+            Some(FinalLane::Attn) => lane0,
+            Some(FinalLane::Mlp) => lane1,
+            _ => (lane0 + lane1) * 0.5,
+        }
+    }
+
+    /// Block `i`'s attention output gate on the heads' outputs `y` `[B, T, H, hd]` (after XSA),
+    /// from its attention input `u` `[B, T, d]`: `y_h · σ(s·u[0:n]·w_hᵀ)`; `y` unchanged when off.
+    pub(crate) fn attn_gate(&self, i: usize, u: &Tensor, y: Tensor) -> Tensor {
+        let (Some(w), Some(gate)) = (&self.blocks[i].attn_gate, &self.cfg.attn_gate) else {
+            return y;
+        };
+        let n = gate.width(self.cfg.model_dim) as i64;
+        let z = u
+            .narrow(2, 0, n)
+            .linear(&w.to_kind(self.compute), None::<Tensor>);
+        let g = match gate.scale() {
+            1.0 => z,
+            s => z * s,
+        };
+        y * g.sigmoid().unsqueeze(-1)
     }
 
     /// The shared value embedding of ids `x` (before its per-layer scale), when on.

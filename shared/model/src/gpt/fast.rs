@@ -14,7 +14,10 @@
 //! - relu² / LeakyReLU² → `relu_square`;
 //! - each branch's output projection, its scale (`attn_scale`, `mlp_scale`) and the residual add
 //!   are one GEMM: `x + s ⊙ (y Wᵀ) = addmm(x, y, (s ⊙ W)ᵀ)`, the scale folded into W's rows;
-//! - the U-Net skips use `addcmul`.
+//! - the U-Net skips use `addcmul` (gated skips: `lerp`, as the literal);
+//! - SmearGate v2, the attention output gates and the parallel lanes' mix are the shared ATen
+//!   forms of `gpt/addons.rs`; in the parallel lanes each branch's scale is folded into its output
+//!   projection, and lane 0's `resid_mix` and norm are one `mix_norm`.
 //!
 //! The head (with `1/c` folded into its weight) and the loss (the fused `softcap_cross_entropy`:
 //! the `[N, V]` f32 logits and their gradient are never materialised) are `gpt.rs`'s
@@ -33,7 +36,7 @@ use pgolf_kernels::ops::{
 };
 use tch::{Kind, Tensor};
 
-use super::{Frame, Gpt};
+use super::{Frame, Gpt, Lanes};
 use crate::config::Activation;
 use crate::hooks::{Hooks, Site};
 
@@ -55,7 +58,8 @@ impl Gpt {
             .borrow_mut()
             .tables(t, Kind::Float, x.device(), false);
         let (cos, sin) = (cos.view([t, -1]), sin.view([t, -1]));
-        let normed = must(rms_norm(&self.embed_input(x, hooks), DEFAULT_EPS, 1.0));
+        let embedded = self.smear_v2(self.embed_input(x, hooks), x);
+        let normed = must(rms_norm(&embedded, DEFAULT_EPS, 1.0));
         let mut h = match &self.addons.smear_gate {
             Some(gate) => must(smear_gate(&normed, gate)),
             None => normed,
@@ -68,7 +72,13 @@ impl Gpt {
         };
         h = self.unet(
             h,
-            |i, h| self.block_fast(i, h, &ctx, hooks),
+            |i, lanes| match lanes {
+                Lanes::One(h) => Lanes::One(self.block_fast(i, &h, &ctx, hooks)),
+                Lanes::Two(l0, l1) => {
+                    let [l0, l1] = self.parallel_block_fast(i, [&l0, &l1], &ctx, hooks);
+                    Lanes::Two(l0, l1)
+                }
+            },
             |h, w, skip| h.addcmul(w, skip),
         );
         must(rms_norm(&h, DEFAULT_EPS, 1.0))
@@ -84,14 +94,7 @@ impl Gpt {
         let x =
             self.residual_projection(&x, &y, &blk.attn_proj, &blk.attn_scale, Site::O, i, hooks);
         let u = self.norm_weight(i, 1, must(rms_norm(&x, DEFAULT_EPS, ln_scale)));
-        hooks.tap(|| format!("blocks.{i}.mlp.fc.weight"), &u);
-        let pre = self.project(&u, &blk.fc, Site::MlpIn, i, hooks);
-        let slope = match self.cfg.activation {
-            Activation::Relu2 => 0.0,
-            Activation::LeakyRelu2(slope) => slope,
-        };
-        let act = must(relu_square(&pre, slope));
-        hooks.tap(|| format!("blocks.{i}.mlp.proj.weight"), &act);
+        let act = self.mlp_act_fast(i, &u, hooks);
         self.residual_projection(
             &x,
             &act,
@@ -101,6 +104,66 @@ impl Gpt {
             i,
             hooks,
         )
+    }
+
+    /// Layer `i` in the parallel lanes, as the literal `parallel_block`: lane 0's `resid_mix`
+    /// and norm in one `mix_norm`, lane 1's norm in one `rms_norm`, each branch's scale folded
+    /// into its output projection, then the lanes' mix.
+    fn parallel_block_fast(
+        &self,
+        i: usize,
+        [lane0, lane1]: [&Tensor; 2],
+        ctx: &Frame,
+        hooks: &mut Hooks,
+    ) -> [Tensor; 2] {
+        let blk = &self.blocks[i];
+        let ln_scale = self.cfg.ln_scale_factor(i);
+        let (_, n) = must(mix_norm(
+            lane0,
+            &ctx.x0,
+            &blk.resid_mix,
+            DEFAULT_EPS,
+            ln_scale,
+        ));
+        let y = self.attention_fast(i, &self.norm_weight(i, 0, n), ctx, hooks);
+        hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
+        let a = self.scaled_projection(&y, &blk.attn_proj, &blk.attn_scale, Site::O, i, hooks);
+        let u = self.norm_weight(i, 1, must(rms_norm(lane1, DEFAULT_EPS, ln_scale)));
+        let act = self.mlp_act_fast(i, &u, hooks);
+        let m = self.scaled_projection(&act, &blk.mlp_proj, &blk.mlp_scale, Site::MlpOut, i, hooks);
+        self.mix_lanes(i, [lane0, lane1], &a, &m)
+    }
+
+    /// The MLP's activations `act(u W1ᵀ)` (the down projection's input, tapped).
+    fn mlp_act_fast(&self, i: usize, u: &Tensor, hooks: &mut Hooks) -> Tensor {
+        hooks.tap(|| format!("blocks.{i}.mlp.fc.weight"), u);
+        let pre = self.project(u, &self.blocks[i].fc, Site::MlpIn, i, hooks);
+        let slope = match self.cfg.activation {
+            Activation::Relu2 => 0.0,
+            Activation::LeakyRelu2(slope) => slope,
+        };
+        let act = must(relu_square(&pre, slope));
+        hooks.tap(|| format!("blocks.{i}.mlp.proj.weight"), &act);
+        act
+    }
+
+    /// `scale ⊙ (y Wᵀ + δ)` with the scale folded into W's rows.
+    fn scaled_projection(
+        &self,
+        y: &Tensor,
+        w: &Tensor,
+        scale: &Tensor,
+        site: Site,
+        layer: usize,
+        hooks: &Hooks,
+    ) -> Tensor {
+        let ck = self.compute;
+        let w_scaled = (self.qat(w) * scale.unsqueeze(1)).to_kind(ck);
+        let out = y.linear(&w_scaled, None::<Tensor>);
+        match hooks.delta(site, layer, y) {
+            Some(delta) => out + delta.to_kind(ck) * scale.to_kind(ck),
+            None => out,
+        }
     }
 
     /// `x + scale ⊙ (y Wᵀ + δ)` with the scale folded into W's rows and the residual as the GEMM's
@@ -181,6 +244,6 @@ impl Gpt {
             true => must(xsa(&y, &v)),
             false => y,
         };
-        y.reshape([b, t, d])
+        self.attn_gate(i, u, y).reshape([b, t, d])
     }
 }
