@@ -13,7 +13,7 @@ fn body(dir: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 fn err(b: &[u8]) -> String {
-    format!("{:#}", decode_body(b).err().expect("refused"))
+    format!("{:#}", decode_body(b).expect_err("refused"))
 }
 
 #[test]
