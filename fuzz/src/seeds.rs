@@ -326,13 +326,13 @@ pub fn real(root: &Path, project: &Path) -> Result<()> {
     )?;
     let out = project.join("out");
     let mut n = 0;
-    for stage in fs::read_dir(&out)?.flatten() {
+    for stage in fs::read_dir(&out)?.flatten().filter(|e| e.path().is_dir()) {
         for run in fs::read_dir(stage.path())?.flatten() {
             let dir = run.path();
             let Ok(m) = Manifest::read(&dir) else {
                 continue;
             };
-            let tag = format!("real-{}-{}", m.stage, &m.key[..8]);
+            let tag = format!("real-{}-{}", m.stage, pipeline::project::short(&m.key));
             put(root, "manifest", &tag, &fs::read(dir.join(MANIFEST))?)?;
             for o in &m.outputs {
                 let p = dir.join(&o.path);

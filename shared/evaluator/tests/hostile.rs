@@ -39,3 +39,37 @@ fn a_config_whose_mlp_width_overflows_is_refused() {
     let e = format!("{:#}", cfg.validate().unwrap_err());
     assert!(e.contains("mlp_mult × model_dim overflows"), "{e}");
 }
+
+#[test]
+fn a_tokenizer_piece_longer_than_a_byte_count_holds_is_refused() {
+    // ModelProto { pieces: [ "▁", "a" × 65536 ] }: the second piece's byte count was cut to u16
+    // (65536 → 0 bytes), a silently wrong denominator.
+    let piece = |text: &[u8]| {
+        let mut p = vec![0x0a];
+        let mut n = text.len();
+        while n >= 0x80 {
+            p.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        p.push(n as u8);
+        p.extend_from_slice(text);
+        let mut m = vec![0x0a];
+        let mut n = p.len();
+        while n >= 0x80 {
+            m.push((n as u8 & 0x7f) | 0x80);
+            n >>= 7;
+        }
+        m.push(n as u8);
+        m.extend(p);
+        m
+    };
+    let mut model = piece("\u{2581}".as_bytes());
+    model.extend(piece(&[b'a'; 65536]));
+    let Err(e) = ByteLut::sentencepiece(&model) else {
+        panic!("a 65536-byte piece was taken")
+    };
+    assert!(
+        format!("{e:#}").contains("piece 1 is over 65535 bytes"),
+        "{e:#}"
+    );
+}
