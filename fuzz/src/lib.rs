@@ -35,15 +35,21 @@ pub const TARGETS: &[(&str, Target)] = &[
 ];
 
 thread_local! {
-    static SCRATCH: RefCell<Option<tempfile::TempDir>> = const { RefCell::new(None) };
+    static SCRATCH: RefCell<Option<(PathBuf, Option<tempfile::TempDir>)>> = const { RefCell::new(None) };
 }
 
 /// A folder of this thread's own, made once and reused by every call (the readers under test take
-/// paths). Under /dev/shm where there is one: a file write per input then costs no disk I/O.
+/// paths). `PGOLF_FUZZ_SCRATCH` names it (bench/fuzz.sh: the libFuzzer binaries exit without
+/// running thread-local destructors, so the script removes it); else a temporary folder, under
+/// /dev/shm where there is one: a file write per input then costs no disk I/O.
 pub fn scratch(sub: &str) -> PathBuf {
     let root = SCRATCH.with(|s| {
         s.borrow_mut()
             .get_or_insert_with(|| {
+                if let Some(dir) = std::env::var_os("PGOLF_FUZZ_SCRATCH") {
+                    let dir = PathBuf::from(dir).join(format!("{:?}", std::thread::current().id()));
+                    return (dir, None);
+                }
                 let shm = Path::new("/dev/shm");
                 let made = if shm.is_dir() {
                     tempfile::Builder::new()
@@ -52,10 +58,11 @@ pub fn scratch(sub: &str) -> PathBuf {
                 } else {
                     tempfile::Builder::new().prefix("pgolf-fuzz-").tempdir()
                 };
-                made.expect("a scratch folder for the fuzz targets")
+                let made = made.expect("a scratch folder for the fuzz targets");
+                (made.path().to_path_buf(), Some(made))
             })
-            .path()
-            .to_path_buf()
+            .0
+            .clone()
     });
     let dir = root.join(sub);
     std::fs::create_dir_all(&dir).expect("a scratch subfolder");
