@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The reliability suite of issue 14, full counts, on this machine (2 cores: ~15 min): SIGKILL of
 # every stage (50 each) and of the driver, concurrent drivers, gc during sweeps, a full disk and a
-# read-only out/, lying memos, 187 bad inputs, numerical faults in train. Prints the summary table
+# read-only out/, lying memos, 187 bad inputs, numerical faults in train, and coverage-guided
+# fuzzing of every parser (bench/fuzz.sh, FUZZ_SECONDS=30 each). Prints the summary table
 # (and every detailed table) and leaves them in target/reliability/. CI runs the same tests with
 # short counts as ordinary tests. Knobs: PGOLF_SEED, PGOLF_KILLS, PGOLF_DRIVER_KILLS,
 # PGOLF_CONCURRENT_ROUNDS, PGOLF_KILL_WORKERS (tests/tests/reliability_support/mod.rs).
@@ -29,6 +30,12 @@ if nice -n 10 cargo test --release $jobs -p train --test numerical_faults -- --t
 else
   status=1; echo "FAILED: numerical_faults (see $out/numerical_faults.log)" >&2
 fi
+echo "== fuzzing" >&2
+# Coverage-guided, FUZZ_SECONDS per parser (30 here; bench/fuzz.sh alone defaults to 60); it writes
+# summary row 10 and its table into $PGOLF_RELIABILITY_OUT.
+if ! FUZZ_SECONDS=${FUZZ_SECONDS:-30} bench/fuzz.sh >"$out/fuzz.log" 2>&1; then
+  status=1; echo "FAILED: fuzzing (see $out/fuzz.log)" >&2
+fi
 secs=$(( $(date +%s) - start ))
 {
   echo "# Reliability suite"
@@ -37,7 +44,7 @@ secs=$(( $(date +%s) - start ))
   echo
   echo "| area | tried | wrong | notes |"
   echo "|---|---|---|---|"
-  for i in 01 02 03 04 05 06 07 08 09; do
+  for i in 01 02 03 04 05 06 07 08 09 10; do
     if [ -f "$out/tables/summary-$i.row" ]; then cat "$out/tables/summary-$i.row"; else echo "| (row $i) | FAILED: see the logs in target/reliability/ | ? | |"; fi
   done
   echo

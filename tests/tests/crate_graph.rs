@@ -67,7 +67,13 @@ enum Role {
     Stage,
     /// The end-to-end test crate (`tests/`): runs the stage binaries, links only libraries.
     Harness,
+    /// The fuzz targets (`fuzz/`): call the parsers themselves, so they link libraries and the
+    /// libraries of the stages named in [`FUZZ_STAGES`]; nothing depends on them.
+    Fuzz,
 }
+
+/// The stages whose parsers the fuzz targets call through the stage's library (lib.rs).
+const FUZZ_STAGES: &[&str] = &["pipeline"];
 
 struct Graph {
     roles: BTreeMap<String, Role>,
@@ -111,6 +117,7 @@ fn graph() -> Graph {
             "shared" => Role::Library,
             "stages" => Role::Stage,
             "tests" => Role::Harness,
+            "fuzz" => Role::Fuzz,
             other => {
                 panic!("{name}: a workspace crate under {other}/, which this test does not know")
             }
@@ -135,6 +142,9 @@ fn graph() -> Graph {
 /// Why the edge is not allowed, if it is not.
 fn refusal(g: &Graph, from: &str, kind: &str, to: &str) -> Option<String> {
     let to_role = g.roles[to];
+    if g.roles[from] == Role::Fuzz && to_role == Role::Stage && FUZZ_STAGES.contains(&to) {
+        return None;
+    }
     if to_role != Role::Library {
         return Some(format!("{to} is a {to_role:?}, not a library"));
     }
@@ -142,7 +152,7 @@ fn refusal(g: &Graph, from: &str, kind: &str, to: &str) -> Option<String> {
         return Some(format!("{TESTKIT} may only be a dev-dependency"));
     }
     match g.roles[from] {
-        Role::Harness => None,
+        Role::Harness | Role::Fuzz => None,
         Role::Stage => {
             let forbidden = STAGE_FORBIDDEN
                 .iter()

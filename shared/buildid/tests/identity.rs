@@ -18,7 +18,7 @@ fn copy_workspace() -> tempfile::TempDir {
     for file in ["Cargo.toml", "Cargo.lock"] {
         fs::copy(from.join(file), tmp.path().join(file)).unwrap();
     }
-    for dir in ["stages", "shared", "tests"] {
+    for dir in ["stages", "shared", "tests", "fuzz"] {
         copy_dir(&from.join(dir), &tmp.path().join(dir));
     }
     tmp

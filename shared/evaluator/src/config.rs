@@ -493,6 +493,9 @@ impl ModelConfig {
                 bail!("model config: {name} must be positive");
             }
         }
+        if self.mlp_mult.checked_mul(self.model_dim).is_none() {
+            bail!("model config: mlp_mult × model_dim overflows");
+        }
         if self.vocab_size > 65536 {
             bail!(
                 "model config: vocab_size {} does not fit u16 token shards",

@@ -113,7 +113,12 @@ impl StoredTensor {
 
     /// Checks that sizes agree with the shape and integers lie in their range.
     pub fn validate(&self) -> Result<()> {
-        let (numel, name) = (self.numel(), &self.name);
+        let name = &self.name;
+        // Checked, with room for 4-byte elements: a product that wrapped would pass the checks below.
+        let numel = (self.shape.iter())
+            .try_fold(4usize, |n, &d| n.checked_mul(d))
+            .map(|n| n / 4)
+            .ok_or_else(|| anyhow!("tensor {name}: shape {:?} is too large", self.shape))?;
         let check_q = |bits: u8, q: &[i8]| -> Result<()> {
             if !(2..=8).contains(&bits) {
                 bail!("tensor {name}: {bits}-bit integers are not supported (2..=8)");

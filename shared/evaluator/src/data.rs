@@ -151,7 +151,8 @@ impl ByteLut {
                     let rest = text.strip_prefix('\u{2581}');
                     lut.space[id] = rest.is_some();
                     bare_space |= rest == Some("");
-                    lut.base[id] = rest.unwrap_or(text).len() as u16;
+                    lut.base[id] = u16::try_from(rest.unwrap_or(text).len())
+                        .map_err(|_| anyhow!("piece {id} is over 65535 bytes"))?;
                 }
                 k => bail!("piece {id} has unknown type {k}"),
             }

@@ -4,6 +4,7 @@
 
 use anyhow::Result;
 use serde_json::Value;
+#[cfg(feature = "torch")]
 use tch::{Device, Tensor};
 
 use crate::chunks::compress_chunked;
@@ -18,8 +19,14 @@ pub fn encode_artifact(
     tensors: &[StoredTensor],
     compression: &Compression,
 ) -> Result<Vec<u8>> {
-    let body = encode_body(config, tensors)?;
-    let stream = compress_chunked(compression, &body)?;
+    encode_frame(&encode_body(config, tensors)?, compression)
+}
+
+/// An artifact file holding `body` as it is (the frame, then the compressed chunks): the
+/// writing half of [`Artifact::from_bytes`], also for fuzzing the reader with bodies that no
+/// encoder would write.
+pub fn encode_frame(body: &[u8], compression: &Compression) -> Result<Vec<u8>> {
+    let stream = compress_chunked(compression, body)?;
     let mut out = Vec::with_capacity(FRAME_BYTES + stream.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[
@@ -30,17 +37,19 @@ pub fn encode_artifact(
     ]);
     out.extend_from_slice(&(body.len() as u64).to_le_bytes());
     out.extend_from_slice(&(stream.len() as u64).to_le_bytes());
-    out.extend_from_slice(blake3::hash(&body).as_bytes());
+    out.extend_from_slice(blake3::hash(body).as_bytes());
     out.extend_from_slice(&stream);
     Ok(out)
 }
 
 /// [`Artifact`]'s tensors as libtorch tensors.
+#[cfg(feature = "torch")]
 pub trait ToTch {
     /// Name → tensor on `device`, each in its original dtype (ready for `VarStore` loading).
     fn to_tch(&self, device: Device) -> Result<Vec<(String, Tensor)>>;
 }
 
+#[cfg(feature = "torch")]
 impl ToTch for Artifact {
     fn to_tch(&self, device: Device) -> Result<Vec<(String, Tensor)>> {
         self.decode_all()?

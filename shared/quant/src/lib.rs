@@ -25,10 +25,9 @@
 //! - [`weights`], [`dtype`]: safetensors IO and float dtypes.
 //!
 //! Feature `torch` (libtorch): GPTQ (libtorch factors the Hessian), [`quantize_all`] and the
-//! artifact with its `to_tch`. Without it the crate is the pure-Rust schemes, formats and
-//! safetensors IO (what ema-finalize needs), and builds without libtorch.
+//! artifact's `to_tch`. Without it the crate is the pure-Rust schemes, formats (the artifact writer
+//! included) and safetensors IO (what ema-finalize needs), and builds without libtorch.
 
-#[cfg(feature = "torch")]
 pub mod artifact;
 pub mod chunks;
 pub mod compress;
@@ -47,7 +46,8 @@ pub mod rows;
 pub mod weights;
 
 #[cfg(feature = "torch")]
-pub use artifact::{encode_artifact, Artifact, DecodedTensor, ToTch};
+pub use artifact::ToTch;
+pub use artifact::{encode_artifact, encode_frame, Artifact, DecodedTensor};
 pub use compress::{Codec, Compression};
 pub use dtype::DType;
 pub use encoded::{Encoding, Scale, StoredTensor};

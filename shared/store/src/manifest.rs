@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use crate::device::DeviceRecord;
 use crate::files::MANIFEST;
@@ -88,7 +88,39 @@ impl Manifest {
                 READ_SCHEMAS
             );
         }
+        manifest
+            .check_paths()
+            .with_context(|| format!("{}: not a valid pgolf manifest", path.display()))?;
         Ok(manifest)
+    }
+
+    /// What a manifest names on disk stays inside `out/`: every output a path below the run
+    /// folder, every upstream stage and run key one folder name. Verification joins outputs to the
+    /// run folder and `export --with-deps` follows inputs to `out/<stage>/<key>`, so a manifest
+    /// that arrived in a bundle must not lead them elsewhere (`../`, absolute paths).
+    fn check_paths(&self) -> Result<()> {
+        let one_name = |s: &str| {
+            let mut parts = Path::new(s).components();
+            matches!(
+                (parts.next(), parts.next()),
+                (Some(Component::Normal(_)), None)
+            ) && !s.contains('/')
+        };
+        for out in &self.outputs {
+            let p = Path::new(&out.path);
+            if out.path.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+                bail!("output {:?} is not a path inside the run folder", out.path);
+            }
+        }
+        for (name, input) in &self.inputs {
+            if let Some(stage) = &input.stage {
+                let keys = std::iter::once(&input.key).chain(&input.runs);
+                if !one_name(stage) || !keys.into_iter().all(|k| one_name(k)) {
+                    bail!("input {name}: stage {stage:?} or its run keys are not folder names under out/");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Cheap check: every listed file exists with its recorded size, and nothing unlisted is there.
@@ -195,6 +227,57 @@ mod tests {
             "wall_seconds": 1.0, "host": "h", "device": device, "headline": {}
         });
         fs::write(dir.join(MANIFEST), m.to_string()).unwrap();
+    }
+
+    #[test]
+    fn a_manifest_naming_paths_outside_its_run_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("w.bin"), "w").unwrap();
+        let outside = dir.path().parent().unwrap().join("secret.bin");
+        let good = serde_json::json!({
+            "schema": 2, "stage": "train", "identity": "train@1", "key": "k", "params": {},
+            "inputs": {"data": {"key": "a".repeat(64), "stage": "tokenize"},
+                       "raw": {"key": "file:00", "paths": ["../docs/x.parquet"]}},
+            "outputs": [{"path": "w.bin", "bytes": 1, "blake3": crate::hashing::hash_file(&dir.path().join("w.bin")).unwrap()}],
+            "started": "", "finished": "", "wall_seconds": 1.0, "host": "h", "headline": {}
+        });
+        let read = |m: &Value| {
+            fs::write(dir.path().join(MANIFEST), m.to_string()).unwrap();
+            Manifest::read(dir.path()).map_err(|e| format!("{e:#}"))
+        };
+        read(&good).unwrap().verify_hashes(dir.path()).unwrap();
+        // Verification joined these to the run folder and hashed whatever was there.
+        for path in [
+            "../secret.bin",
+            outside.to_str().unwrap(),
+            "",
+            "a/../../b",
+            "./w.bin",
+        ] {
+            let mut m = good.clone();
+            m["outputs"][0]["path"] = path.into();
+            let err = read(&m).unwrap_err();
+            assert!(
+                err.contains("not a valid pgolf manifest")
+                    && err.contains("is not a path inside the run folder"),
+                "{path}: {err}"
+            );
+        }
+        // `export --with-deps` followed these to out/<stage>/<key>.
+        for (stage, key) in [
+            ("../../home", "a"),
+            ("tokenize", "../x"),
+            ("a/b", "k"),
+            ("..", "k"),
+        ] {
+            let mut m = good.clone();
+            m["inputs"]["data"] = serde_json::json!({"key": key, "stage": stage});
+            let err = read(&m).unwrap_err();
+            assert!(err.contains("input data: stage"), "{stage}/{key}: {err}");
+        }
+        let mut m = good.clone();
+        m["inputs"]["data"]["runs"] = serde_json::json!(["b".repeat(64), "../c"]);
+        assert!(read(&m).unwrap_err().contains("input data: stage"));
     }
 
     #[test]

@@ -4,33 +4,12 @@
 //! stage computes itself), reuses what is already in `out/<stage>/<key>/`, runs what is stale, and
 //! ships runs between machines as verified bundles. See docs/PIPELINE.md.
 
-mod bundle;
-mod config;
-mod display;
-mod export;
-mod freshness;
-mod gc;
-mod graph;
-mod identity;
-mod import;
-mod inputs;
-mod last_runs;
-mod params;
-mod plan;
-mod project;
-mod run;
-mod runner;
-mod schedule;
-mod session;
-mod settings;
-mod status;
-mod why;
-
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-use session::Session;
+use pipeline::session::Session;
+use pipeline::{export, gc, import, project, run, status};
 
 #[derive(Parser)]
 #[command(about = "Runs the pgolf stage DAG of pipeline.yaml with content-addressed caching")]

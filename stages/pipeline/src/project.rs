@@ -90,7 +90,22 @@ pub fn is_key(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The first 8 hex digits, for status lines.
+/// The first 8 hex digits, for status lines. Keys also come from manifests and folder names, so
+/// the cut is by characters: a key that is not hex must not panic the driver (fuzz/).
 pub fn short(key: &str) -> &str {
-    &key[..key.len().min(8)]
+    key.char_indices().nth(8).map_or(key, |(i, _)| &key[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_cuts_keys_by_characters() {
+        assert_eq!(short(&"ab".repeat(32)), "abababab");
+        assert_eq!(short("abc"), "abc");
+        // A manifest's key or a folder under out/ need not be hex: no panic inside a character.
+        assert_eq!(short("ééééééééé"), "éééééééé");
+        assert_eq!(short("abcdefgé"), "abcdefgé");
+    }
 }

@@ -104,10 +104,35 @@ pub fn explain(
 fn distinct_prefixes<'a>(a: &'a str, b: &'a str) -> (&'a str, &'a str) {
     let common = a.bytes().zip(b.bytes()).take_while(|(x, y)| x == y).count();
     let name = a.find('@').map(|i| i + 1).unwrap_or(0);
-    let cut = |s: &'a str| &s[..s.len().min((common + 1).max(name + 8))];
+    // Identities come from manifests: cut at a character boundary, whatever their text.
+    let cut = |s: &'a str| {
+        let mut at = s.len().min((common + 1).max(name + 8));
+        while !s.is_char_boundary(at) {
+            at += 1;
+        }
+        &s[..at]
+    };
     (cut(a), cut(b))
 }
 
 fn shown(v: Option<&Value>) -> String {
     v.map(canonical_json).unwrap_or_else(|| "(unset)".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_cut_at_character_boundaries() {
+        assert_eq!(
+            distinct_prefixes("train@0123456789ab", "train@0123456789cd"),
+            ("train@0123456789a", "train@0123456789c")
+        );
+        // Identities read from manifests may hold any text: the cut never splits a character.
+        let (a, b) = distinct_prefixes("é@ééééééééé", "é@éééééééé€");
+        assert!(a.starts_with("é@") && b.starts_with("é@"), "{a} {b}");
+        let (a, b) = distinct_prefixes("ab", "aé");
+        assert_eq!((a, b), ("ab", "aé"));
+    }
 }
