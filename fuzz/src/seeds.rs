@@ -166,7 +166,7 @@ pub fn seal(
         .iter()
         .map(|(n, i)| (n.clone(), i.key.clone()))
         .collect();
-    let key = run_key(stage, &identity, &params, &keys);
+    let key = run_key(stage, &identity, &params, &keys, 1);
     let m = Manifest {
         schema: MANIFEST_SCHEMA,
         stage: stage.into(),

@@ -180,7 +180,13 @@ pub fn manifest(data: &[u8]) {
         .iter()
         .map(|(n, i)| (n.clone(), i.key.clone()))
         .collect();
-    let _ = run_key(&m.stage, &m.identity, &m.params, &inputs);
+    let _ = run_key(
+        &m.stage,
+        &m.identity,
+        &m.params,
+        &inputs,
+        m.device.world_size,
+    );
     let _ = pipeline::project::short(&m.key);
     let _ = m.headline_f64("val_bpb");
     let text = serde_json::to_vec(&m).expect("a manifest that was read serialises");
