@@ -355,9 +355,8 @@ where
     // a run under a key that does not describe it.
     if device.world_size != world_size.max(1) {
         bail!(
-            "{name} ran on {} rank(s) but was launched as {} (its key says {})",
+            "{name} ran on {} rank(s) but its key is for {}",
             device.world_size,
-            world_size.max(1),
             world_size.max(1)
         );
     }

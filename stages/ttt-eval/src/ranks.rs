@@ -12,7 +12,7 @@ use pgolf_eval::guards::Normalization;
 use pgolf_eval::{BpbSums, LedgerReport};
 use pgolf_optim::Collective;
 use std::ops::Range;
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The report of the whole range from each rank's report of its share: sums over ranks.
 pub fn merge(
@@ -36,9 +36,7 @@ pub fn merge(
     for d in &mine.docs {
         flat.extend([d.nll, d.targets as f64, d.lut_bytes as f64]);
     }
-    let mut sums = Tensor::from_slice(&flat)
-        .to_kind(Kind::Double)
-        .to_device(device);
+    let mut sums = Tensor::from_slice(&flat).to_device(device);
     comm.all_reduce_sum(&mut sums)?;
     let mut max_error = Tensor::from_slice(&[norm.max_error]).to_device(device);
     comm.all_reduce_max(&mut max_error)?;
