@@ -549,8 +549,10 @@ fn check_model_formulations(cx: &mut Harness, model: Model) -> Result<()> {
     // layer index) as well as its own.
     // The parallel lanes' ρ and π are gains of the same sort (each Σ over every token and
     // channel of a lane times its gradient): one kind with the q gains.
+    // So are the BigramHash and value-embedding output scales (one number each, Σ over every
+    // token of its table's projected output times its gradient).
     let kind = |name: &str| -> String {
-        if name.starts_with("parallel_") {
+        if name.starts_with("parallel_") || name == "bigram.scale" || name == "ve_shared.scale" {
             return "blocks.*.attn.q_gain".to_string();
         }
         name.split('.')
@@ -626,12 +628,27 @@ fn check_model_in_cuda_graph(cx: &mut Harness, model: Model) -> Result<()> {
         .map(|(_, p)| p.grad().copy())
         .collect();
     let replayed_loss = loss.copy();
-    zero_grads(&gpt);
-    let eager_loss = micro_step(&gpt, &x2, &y2)?;
+    // Eager runs differ among themselves where a gradient is a sum over every token made with
+    // atomics; the graph is judged against that spread (three more eager runs), not against
+    // bit-equality it cannot have.
+    let mut eager: Vec<Vec<Tensor>> = vec![];
+    let mut eager_loss = None;
+    for _ in 0..4 {
+        zero_grads(&gpt);
+        eager_loss = Some(micro_step(&gpt, &x2, &y2)?);
+        eager.push(
+            gpt.named_parameters()
+                .iter()
+                .map(|(_, p)| p.grad().to_kind(Kind::Float))
+                .collect(),
+        );
+    }
+    let eager_loss = eager_loss.expect("four eager runs");
     cx.compare("replayed loss", &replayed_loss, &eager_loss, 1e-6, 1e-5)?;
     let mut worst = (0.0, String::new());
     let mut passed = 0;
-    for ((name, p), g) in gpt.named_parameters().iter().zip(&replayed) {
+    let mut within_spread = 0;
+    for (i, ((name, p), g)) in gpt.named_parameters().iter().zip(&replayed).enumerate() {
         let e = rel_error(g, &p.grad())?;
         if e > worst.0 {
             worst = (e, name.clone());
@@ -641,7 +658,18 @@ fn check_model_in_cuda_graph(cx: &mut Harness, model: Model) -> Result<()> {
         let scale = f64::try_from(want.abs().max())?;
         let bound = want.abs() * (1.0 / 64.0) + 1e-3 * scale;
         let bad = i64::try_from((&g - &want).abs().gt_tensor(&bound).sum(Kind::Int64))?;
-        if bad > 0 {
+        // The eager spread: the largest |Δ| between the last eager run and each earlier one.
+        let spread = eager[..3]
+            .iter()
+            .map(|run| f64::try_from((&run[i] - &want).abs().max()))
+            .collect::<Result<Vec<f64>, _>>()?
+            .into_iter()
+            .fold(0.0, f64::max);
+        let replay_delta = f64::try_from((&g - &want).abs().max())?;
+        if bad > 0 && spread > 0.0 && replay_delta <= 2.0 * spread {
+            within_spread += 1;
+            passed += 1;
+        } else if bad > 0 {
             cx.compare(
                 &format!("replayed grad {name}"),
                 &g,
@@ -654,7 +682,7 @@ fn check_model_in_cuda_graph(cx: &mut Harness, model: Model) -> Result<()> {
         }
     }
     println!(
-        "  info  {passed} of {} replayed gradients within tolerance of eager; the largest max|Δ|/max|ref| {:.3e} ({})",
+        "  info  {passed} of {} replayed gradients within tolerance of eager ({within_spread} of them over the elementwise bound but within twice the spread of four eager runs); the largest max|Δ|/max|ref| {:.3e} ({})",
         replayed.len(),
         worst.0,
         worst.1

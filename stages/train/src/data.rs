@@ -11,7 +11,7 @@ use pgolf_data::{
     list_shards, refuse_lookup_table_bytes, ByteLut, Shard, Split, TokenStream, TokenizerInfo,
 };
 use std::path::{Path, PathBuf};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::params::BatchPlan;
 
@@ -61,7 +61,9 @@ impl BatchLoader {
     }
 
     /// The `grad_accum` micro-batches `(x, y)` of one step for this rank, on the device: one
-    /// host-to-device copy per step (the previous step ended with a sync, so it waits for nothing).
+    /// host-to-device copy per step. On a GPU it is an asynchronous copy from pinned memory, so the
+    /// host goes on issuing this step while the device still runs the previous one (a copy from
+    /// pageable memory would wait for the device to drain).
     pub fn next_step(&mut self) -> Result<Vec<(Tensor, Tensor)>> {
         let BatchPlan {
             world_size,
@@ -94,7 +96,14 @@ impl BatchLoader {
             mine.extend(rank_span.iter().map(|&t| t as i64));
         }
         let host = Tensor::from_slice(&mine).view([grad_accum as i64, span as i64]);
-        let all = host.to_device(self.device);
+        // (Should pinning fail, the plain copy is as correct, only slower.)
+        let all = match self.device {
+            Device::Cuda(_) => host
+                .f_pin_memory(self.device)
+                .and_then(|pinned| pinned.f_to_device_(self.device, Kind::Int64, true, false))
+                .unwrap_or_else(|_| host.to_device(self.device)),
+            _ => host.to_device(self.device),
+        };
         let rows = (local_tokens / seq_len) as i64;
         Ok((0..grad_accum as i64)
             .map(|k| {

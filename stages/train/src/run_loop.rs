@@ -1,6 +1,7 @@
 //! The training loop (REFERENCE.md §3.9–3.10): validate at step 0, every `val_loss_every` and at
 //! the end; stop at `iterations` or just past the wall-clock cap, which excludes validation. After
-//! each step the EMA and SWA averages take the new weights.
+//! each step the EMA and SWA averages take the new weights. The host reads a step's loss only
+//! after issuing the next step, so the device always has queued work.
 
 use anyhow::{bail, Result};
 use pgolf_model::Gpt;
@@ -60,6 +61,7 @@ pub fn run(t: Training) -> Result<Finished> {
         comm,
         log,
     } = t;
+    let device = val_set.tokens.device();
     let mut ema = (p.ema_decay > 0.0).then(|| Ema::new(gpt.named_parameters(), p.ema_decay));
     if let Some(ema) = ema.as_mut() {
         ema.every = p.ema_every;
@@ -71,20 +73,39 @@ pub fn run(t: Training) -> Result<Finished> {
         max_wallclock_ms: (p.max_wallclock_seconds > 0.0).then_some(p.max_wallclock_seconds * 1e3),
     };
     let bar = progress::bar(p.iterations, "train");
-    let mut metrics = Metrics::default();
+    let mut done = Done {
+        metrics: Metrics::default(),
+        last_loss: None,
+    };
+    // Training time is wall time, validation excluded (as the record scripts count it): the
+    // clock runs from the end of the last validation, and each step's share is the host's time
+    // around it, which equals the device's once the host waits on the previous step's loss.
     let mut train_ms = 0.0;
+    let mut clock = Instant::now();
     let mut step: u64 = 0;
     let mut stop_after: Option<u64> = None;
     let mut last_val = None;
-    let mut last_loss: Option<(u64, f64)> = None;
+    // The step issued last, whose loss is read after the next one is issued.
+    let mut pending: Option<Issued> = None;
     let mut profile = ProfileWindow::from_env()?;
     let mut qat_step = None;
     let mut recurrence_step = gpt.recurrence().then_some(0);
     loop {
         let last = step == p.iterations || stop_after.is_some_and(|s| step >= s);
         if last || (p.val_loss_every > 0 && step.is_multiple_of(p.val_loss_every)) {
+            // The pending step's loss is read (the device drains) and that wait is training time.
+            if let Some(issued) = pending.take() {
+                done.finish(issued, None, comm, device, p, log)?;
+            }
+            let [wait_ms] = crate::ranks::agree_mean(comm, device, [elapsed_ms(&clock)])?;
+            train_ms += wait_ms;
+            if let Some(row) = done.metrics.rows.last_mut().filter(|r| r.step == step) {
+                row.step_ms += wait_ms;
+                row.elapsed_ms = train_ms;
+            }
             let r = validate(gpt, val_set, val_batch_seqs, comm)?;
-            metrics.record_val(step, r.loss, r.bpb, schedule.lr_mul(step, train_ms));
+            done.metrics
+                .record_val(step, r.loss, r.bpb, schedule.lr_mul(step, train_ms));
             log.line(&format!(
                 "step:{step}/{} val_loss:{:.4} val_bpb:{:.4} train_time:{train_ms:.0}ms step_avg:{:.2}ms",
                 p.iterations,
@@ -93,6 +114,7 @@ pub fn run(t: Training) -> Result<Finished> {
                 train_ms / step.max(1) as f64
             ))?;
             last_val = Some(r);
+            clock = Instant::now();
         }
         if last {
             if stop_after.is_some() && step < p.iterations {
@@ -143,12 +165,7 @@ pub fn run(t: Training) -> Result<Finished> {
             phase_timing: p.phase_timing,
         };
         profile.at_step(step)?;
-        let started = Instant::now();
-        let mut out = train_step(gpt, loader, opt, graphed.as_deref_mut(), settings, comm)?;
-        // The loss over all ranks' tokens (every rank then stops on divergence together).
-        [out.loss] = crate::ranks::agree_mean(comm, val_set.tokens.device(), [out.loss])?;
-        check_loss(step + 1, &out, p.max_loss, last_loss)?;
-        last_loss = Some((step + 1, out.loss));
+        let out = train_step(gpt, loader, opt, graphed.as_deref_mut(), settings, comm)?;
         if let Some(ema) = ema.as_mut() {
             ema.after_step(step, gpt.named_parameters());
         }
@@ -157,43 +174,39 @@ pub fn run(t: Training) -> Result<Finished> {
                 log.line(&format!("swa:start step:{}", step + 1))?;
             }
         }
-        // Agreed over ranks, so the wall-clock warm-down and stop are the same on every rank.
-        let [step_ms] = crate::ranks::agree_mean(
-            comm,
-            val_set.tokens.device(),
-            [started.elapsed().as_secs_f64() * 1e3],
-        )?;
-        train_ms += step_ms;
         step += 1;
-
-        metrics.rows.push(Row {
+        let issued = Issued {
             step,
-            train_loss: Some(out.loss),
+            out,
             lr_mul,
             tokens_seen: loader.tokens_taken,
-            step_ms,
-            elapsed_ms: train_ms,
-            val_loss: None,
-            val_bpb: None,
-        });
-        let tokens_per_s = p.train_batch_tokens as f64 * step as f64 / (train_ms / 1e3);
+            step_ms: 0.0,
+            elapsed_ms: 0.0,
+        };
+        // The previous step's loss, read now that this one is queued behind it; the wait is
+        // this step's time. Agreed over ranks, so the wall-clock warm-down and stop are the same
+        // on every rank.
+        let previous = pending.replace(issued);
+        let mut step_ms = elapsed_ms(&clock);
+        if let Some(previous) = previous {
+            step_ms = done.finish(previous, Some(step_ms), comm, device, p, log)?;
+        } else {
+            [step_ms] = crate::ranks::agree_mean(comm, device, [step_ms])?;
+        }
+        clock = Instant::now();
+        train_ms += step_ms;
+        if let Some(issued) = pending.as_mut() {
+            issued.step_ms = step_ms;
+            issued.elapsed_ms = train_ms;
+        }
         bar.set_position(step);
-        bar.set_message(format!(
-            "loss {:.4} · {:.0}k tok/s",
-            out.loss,
-            tokens_per_s / 1e3
-        ));
-        if p.train_log_every > 0 && (step <= 10 || step.is_multiple_of(p.train_log_every)) {
-            let phases = out.phases_ms.map_or(String::new(), |[d, m, o]| {
-                format!(" data_ms:{d:.1} micro_ms:{m:.1} optim_ms:{o:.1}")
-            });
-            log.line(&format!(
-                "step:{step}/{} train_loss:{:.4} train_time:{train_ms:.0}ms step_avg:{:.2}ms host_ms:{:.1} lr_mul:{lr_mul:.4}{phases}",
-                p.iterations,
-                out.loss,
-                train_ms / step as f64,
-                out.host_ms
-            ))?;
+        if let Some(loss) = done.last_loss {
+            let tokens_per_s = p.train_batch_tokens as f64 * step as f64 / (train_ms / 1e3);
+            bar.set_message(format!(
+                "loss {:.4} · {:.0}k tok/s",
+                loss.1,
+                tokens_per_s / 1e3
+            ));
         }
         if stop_after.is_none() && schedule.max_wallclock_ms.is_some_and(|cap| train_ms >= cap) {
             stop_after = Some(step);
@@ -203,7 +216,7 @@ pub fn run(t: Training) -> Result<Finished> {
     Ok(Finished {
         steps: step,
         train_ms,
-        metrics,
+        metrics: done.metrics,
         val: last_val.expect("the loop validates before it ends"),
         ema,
         swa,
@@ -212,17 +225,94 @@ pub fn run(t: Training) -> Result<Finished> {
     })
 }
 
+fn elapsed_ms(since: &Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1e3
+}
+
+/// A step issued to the device, its loss not read yet. Reading a loss waits for the device, so
+/// the loop reads each one only after issuing the next step: the host never waits with the device
+/// idle (the record scripts read theirs only to log it).
+struct Issued {
+    /// The step's number, counted from 1.
+    step: u64,
+    out: StepOutcome,
+    lr_mul: f64,
+    tokens_seen: u64,
+    /// The step's time and the training time at its end, once known (the host time of the loop
+    /// iteration that issued it).
+    step_ms: f64,
+    elapsed_ms: f64,
+}
+
+/// What the read losses have made: the metrics table and the last finite loss.
+struct Done {
+    metrics: Metrics,
+    last_loss: Option<(u64, f64)>,
+}
+
+impl Done {
+    /// Reads an issued step's loss (over all ranks, with `step_ms` of the current iteration if
+    /// given, in one agreement), stops on divergence, and records and logs the step. Returns the
+    /// agreed `step_ms`.
+    fn finish(
+        &mut self,
+        issued: Issued,
+        step_ms: Option<f64>,
+        comm: &dyn Collective,
+        device: tch::Device,
+        p: &Params,
+        log: &mut RunLog,
+    ) -> Result<f64> {
+        let Issued {
+            step,
+            out,
+            lr_mul,
+            tokens_seen,
+            step_ms: own_ms,
+            elapsed_ms,
+        } = issued;
+        // The loss over all ranks' tokens (every rank then stops on divergence together).
+        let [loss, step_ms] =
+            crate::ranks::agree_mean(comm, device, [out.loss_value(), step_ms.unwrap_or(0.0)])?;
+        check_loss(step, loss, &out, p.max_loss, self.last_loss)?;
+        self.last_loss = Some((step, loss));
+        self.metrics.rows.push(Row {
+            step,
+            train_loss: Some(loss),
+            lr_mul,
+            tokens_seen,
+            step_ms: own_ms,
+            elapsed_ms,
+            val_loss: None,
+            val_bpb: None,
+        });
+        if p.train_log_every > 0 && (step <= 10 || step.is_multiple_of(p.train_log_every)) {
+            let phases = out.phases_ms.map_or(String::new(), |[d, m, o]| {
+                format!(" data_ms:{d:.1} micro_ms:{m:.1} optim_ms:{o:.1}")
+            });
+            log.line(&format!(
+                "step:{step}/{} train_loss:{loss:.4} train_time:{elapsed_ms:.0}ms step_avg:{:.2}ms host_ms:{:.1} lr_mul:{lr_mul:.4}{phases}",
+                p.iterations,
+                elapsed_ms / step as f64,
+                out.host_ms
+            ))?;
+        }
+        Ok(step_ms)
+    }
+}
+
 /// Stops the run at a step whose loss is not finite, or above `max_loss` (a diverging run), naming
 /// the step, the first bad micro-batch (this rank's; the loss is the mean over ranks) and the last
 /// finite loss before it.
 fn check_loss(
     step: u64,
+    loss: f64,
     out: &StepOutcome,
     max_loss: Option<f64>,
     last: Option<(u64, f64)>,
 ) -> Result<()> {
     let too_high = |l: f64| max_loss.is_some_and(|max| l > max);
-    if out.loss.is_finite() && !too_high(out.loss) {
+    if loss.is_finite() && !too_high(loss) {
         return Ok(());
     }
     let micro = out.micro.values();
@@ -244,13 +334,10 @@ fn check_loss(
         None => "no earlier step".to_string(),
     };
     let what = match max_loss {
-        Some(max) if out.loss.is_finite() => {
-            format!(
-                "the train loss {:.4} is above max_loss {max} (diverging)",
-                out.loss
-            )
+        Some(max) if loss.is_finite() => {
+            format!("the train loss {loss:.4} is above max_loss {max} (diverging)")
         }
-        _ => format!("the train loss is {} (diverged)", out.loss),
+        _ => format!("the train loss is {loss} (diverged)"),
     };
     bail!("step {step}, {which}: {what}; {before}; stopping")
 }

@@ -1,6 +1,6 @@
 //! One optimizer step (REFERENCE.md §3.9): zero grads, `A` micro-batches of forward and
 //! `(loss / A).backward()` — eagerly, or as replays of a captured CUDA graph — then every
-//! optimizer. The logged loss is the micro-batch mean.
+//! optimizer. The logged loss is the micro-batch mean. Nothing here waits for the device.
 
 use anyhow::Result;
 use pgolf_model::Gpt;
@@ -13,8 +13,9 @@ use crate::graphed::GraphedMicroStep;
 use crate::optimizers::Optimizers;
 
 pub struct StepOutcome {
-    /// Mean train loss of the step's micro-batches (read back from the device: a sync point).
-    pub loss: f64,
+    /// Mean train loss of the step's micro-batches, left on the device: reading it waits for the
+    /// step, so the loop reads it only after issuing the next one.
+    pub loss: Tensor,
     /// Host time spent issuing the step's work before waiting for it; close to the step time
     /// with eager micro-batches means the host (kernel launches), not the GPU, is the bottleneck.
     pub host_ms: f64,
@@ -31,6 +32,13 @@ pub struct StepOutcome {
 pub enum MicroLosses {
     Each(Vec<Tensor>),
     RunningSums(Vec<Tensor>),
+}
+
+impl StepOutcome {
+    /// The step's loss as a number: waits for the device to finish the step.
+    pub fn loss_value(&self) -> f64 {
+        self.loss.to_kind(Kind::Double).double_value(&[])
+    }
 }
 
 impl MicroLosses {
@@ -130,7 +138,7 @@ pub fn train_step(
     let host_ms = start.elapsed().as_secs_f64() * 1e3;
     let phases_ms = phase_timing.then_some([data_ms, micro_ms, opt_ms]);
     Ok(StepOutcome {
-        loss: loss_sum.to_kind(Kind::Double).double_value(&[]) * scale,
+        loss: loss_sum * scale,
         host_ms,
         phases_ms,
         micro,
