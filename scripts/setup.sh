@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything pgolf needs on a fresh Debian machine with Rust and Python, idempotently:
-#   1. system packages (cmake builds the vendored SentencePiece C++; chromium renders reports in tests),
+#   1. system packages (cmake builds the vendored SentencePiece C++; chromium renders reports in tests;
+#      Mesa's software Vulkan runs portable-eval's shaders in tests),
 #   2. .venv: PyPI torch==2.11.0 (libtorch for tch =0.24.0) and the Python reference packages,
 #   3. the release build of every stage and the pipeline driver.
 # A second run on a set-up machine only checks and rebuilds what changed (seconds).
@@ -13,6 +14,8 @@ command -v pkg-config >/dev/null || missing+=(pkg-config)
 [ -e /usr/include/fontconfig/fontconfig.h ] || missing+=(libfontconfig1-dev)
 [ -e /usr/include/freetype2/ft2build.h ] || missing+=(libfreetype6-dev)
 command -v chromium >/dev/null || missing+=(chromium)
+# Mesa's software Vulkan (lavapipe) and the Vulkan loader: portable-eval's tests run their shaders on it.
+compgen -G "/usr/share/vulkan/icd.d/lvp_icd.*.json" >/dev/null || missing+=(mesa-vulkan-drivers libvulkan1)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -57,6 +57,8 @@ const STAGE_FORBIDDEN: &[(&str, &[&str])] = &[
     ("pipeline",      &["pgolf-model", "pgolf-kernels", "pgolf-runtime", "tch", "torch-sys"]),
     ("tokenize",      &["pgolf-model", "pgolf-kernels", "pgolf-runtime", "tch", "torch-sys"]),
     ("quantize-pack", &["pgolf-model", "pgolf-kernels"]),
+    // The portable evaluator: its point is to run where neither libtorch nor CUDA is.
+    ("portable-eval", &["pgolf-model", "pgolf-kernels", "pgolf-runtime", "tch", "torch-sys", "cudarc"]),
 ];
 
 const TESTKIT: &str = "pgolf-testkit";

@@ -2,6 +2,7 @@
 //!
 //! - [`valset`]: the val stream, its documents and byte tables, cross-checked on load.
 //! - [`schedule`]: window schedules (flat, sliding version B, doc-isolated chunks), single-pass.
+//! - [`fixed`]: the flat and sliding modes' schedule and byte denominator (every fixed-model evaluator).
 //! - [`scorer`]: what a model must provide (NLL from a full distribution; probe rows).
 //! - [`ledger`]: every score recorded once; the only source of tokens for adaptation.
 //! - [`pass`]: one scoring pass; [`adapt`]: the score-first TTT drivers.
@@ -13,6 +14,7 @@
 
 pub mod adapt;
 pub mod bpb;
+pub mod fixed;
 pub mod guards;
 pub mod ledger;
 pub mod ngram;

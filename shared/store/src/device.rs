@@ -15,6 +15,8 @@ use serde_json::Value;
 pub enum Backend {
     Cpu,
     Cuda,
+    /// A wgpu adapter (Vulkan, Metal or DX12; portable-eval), GPU or software.
+    Wgpu,
     /// Not recorded as a record (an older manifest), or a backend this build does not know.
     #[serde(other)]
     Unknown,
@@ -62,6 +64,18 @@ impl DeviceRecord {
         }
     }
 
+    /// One process on one wgpu adapter, named as the driver names it (e.g.
+    /// `NVIDIA H100 80GB HBM3 (Vulkan, discrete GPU; NVIDIA 580.65)`).
+    pub fn wgpu(adapter: String) -> DeviceRecord {
+        DeviceRecord {
+            backend: Backend::Wgpu,
+            device_count: 1,
+            device_names: vec![adapter],
+            world_size: 1,
+            description: None,
+        }
+    }
+
     /// What an old manifest said, kept as text; nothing about it is known by field.
     pub fn unknown(description: impl Into<String>) -> DeviceRecord {
         DeviceRecord {
@@ -92,6 +106,7 @@ impl DeviceRecord {
                 None => "unknown".into(),
             },
             Backend::Cpu => format!("cpu, world size {}", self.world_size),
+            Backend::Wgpu => format!("wgpu: {}", self.device_names.join(", ")),
             Backend::Cuda => {
                 let mut names: Vec<(usize, &str)> = Vec::new();
                 for name in &self.device_names {
@@ -187,6 +202,7 @@ mod tests {
         for record in [
             DeviceRecord::cpu(),
             DeviceRecord::cuda(h100s(8), 8),
+            DeviceRecord::wgpu("llvmpipe (Vulkan, CPU)".into()),
             DeviceRecord::unknown("cuda:0"),
         ] {
             let text = serde_json::to_string(&record).unwrap();

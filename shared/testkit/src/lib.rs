@@ -1,13 +1,16 @@
 //! Small, real inputs for tests of the eval crate and the eval stages: a synthetic Markov corpus
 //! with exact source information per document, a tokenize-like output directory (byte260 shards,
 //! doc table, tokenizer.json, manifest) and a quantize-pack-like directory holding a tiny model's
-//! artifact. A dev-dependency only: nothing here is used by the stages themselves (the
+//! artifact (raw f32, or quantized as quantize-pack quantizes). A dev-dependency only: nothing here is used by the stages themselves (the
 //! `tiny_artifact` example writes such a directory for benchmarks).
 
 use anyhow::Result;
 use pgolf_data::{write_doc_table, write_shard, DocRecord, Split, TokenizerInfo};
 use pgolf_model::{build, ModelConfig};
-use pgolf_quant::{encode_artifact, Compression, DType, Encoding, StoredTensor};
+use pgolf_quant::{
+    encode_artifact, quantize_all, Compression, DType, Encoding, GptqSettings, QuantInputs,
+    Routing, StoredTensor, Weight,
+};
 use pgolf_store::files;
 use pgolf_store::manifest::describe_outputs;
 use pgolf_store::{DeviceRecord, Manifest, MANIFEST_SCHEMA};
@@ -207,4 +210,40 @@ pub fn write_artifact_dir(
     std::fs::write(dir.join(files::ARTIFACT), bytes)?;
     seal(dir, "quantize-pack")?;
     Ok(named)
+}
+
+/// A quantize-pack-like output in `dir`: [`tiny_weights`] of `cfg` (seed 5) quantized as
+/// quantize-pack does (matrices per row, small tensors as `routing` sends them; no Hessians, so
+/// GPTQ rules fall back to their Hessian-free form) and encoded with `compression`.
+pub fn write_quantized_dir(
+    dir: &Path,
+    cfg: &ModelConfig,
+    routing: &Routing,
+    compression: &Compression,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let weights = tiny_weights(cfg, 5)?
+        .into_iter()
+        .map(|(name, t)| {
+            Ok(Weight {
+                name,
+                shape: t.size().iter().map(|s| *s as usize).collect(),
+                dtype: DType::F32,
+                data: Vec::<f32>::try_from(t.flatten(0, -1))?,
+            })
+        })
+        .collect::<Result<Vec<Weight>>>()?;
+    let inputs = QuantInputs {
+        routing,
+        gptq: &GptqSettings::default(),
+        hessians: &Default::default(),
+        device: Device::Cpu,
+    };
+    let stored: Vec<StoredTensor> = quantize_all(&weights, &inputs, &|_| {})?
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let bytes = encode_artifact(&serde_json::to_value(cfg)?, &stored, compression)?;
+    std::fs::write(dir.join(files::ARTIFACT), bytes)?;
+    seal(dir, "quantize-pack")
 }

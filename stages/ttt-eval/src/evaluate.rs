@@ -4,10 +4,11 @@
 
 use anyhow::{bail, Result};
 use pgolf_eval::adapt::{score_first_chunks, score_first_docs, ChunkRow};
+use pgolf_eval::fixed::{fixed_schedule, FixedSchedule};
 use pgolf_eval::guards::Normalization;
 use pgolf_eval::pass::{score_windows, PassOptions};
 use pgolf_eval::report::Denominator;
-use pgolf_eval::schedule::{check_single_pass, doc_chunks, flat, sliding};
+use pgolf_eval::schedule::{check_single_pass, doc_chunks, sliding};
 use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net};
 use pgolf_eval::{Ledger, LedgerReport, ValSet};
 use pgolf_optim::Collective;
@@ -72,22 +73,12 @@ pub fn evaluate(
     let mut net = net;
     match p.mode {
         Mode::Flat | Mode::Sliding => {
-            // Upstream-compatible flat scoring drops the ragged tail (§1.4); ours scores it with a
-            // short last window.
-            let (targets, denominator) = if p.upstream_compatible {
-                ((n / seq_len) * seq_len, Denominator::UpstreamLut)
-            } else {
-                (n, Denominator::Raw)
-            };
-            if targets == 0 {
-                bail!("the val stream ({n} targets) is shorter than one {seq_len}-token window");
-            }
-            let windows = if p.mode == Mode::Flat {
-                flat(targets, seq_len)?
-            } else {
-                sliding(targets, seq_len, p.stride)?
-            };
-            check_single_pass(&windows, 1..targets + 1)?;
+            let stride = (p.mode == Mode::Sliding).then_some(p.stride);
+            let FixedSchedule {
+                windows,
+                targets,
+                denominator,
+            } = fixed_schedule(n, seq_len, stride, p.upstream_compatible)?;
             if windows.len() < world {
                 bail!(
                     "{} windows cannot be shared by {world} ranks",

@@ -3,49 +3,22 @@
 #![allow(dead_code)] // each test file uses its own part
 
 use pgolf_model::ModelConfig;
-use pgolf_quant::{
-    encode_artifact, quantize_all, Compression, DType, GptqSettings, QuantInputs, Routing, Weight,
-};
+use pgolf_quant::{Compression, Routing};
 use pgolf_store::files;
-use pgolf_testkit::{seal, tiny_weights};
+use pgolf_testkit::write_quantized_dir;
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
-use tch::Device;
 
-/// Quantizes seeded weights of `cfg` as quantize-pack does (matrices per row, small tensors as
-/// `small_float: upstream` routes them) and writes a quantize-pack-like output in `dir`.
+/// Quantizes seeded weights of `cfg` as quantize-pack does and writes a quantize-pack-like
+/// output in `dir` (pgolf-testkit's fixture, shared with portable-eval's tests).
 pub fn write_quantized(
     dir: &Path,
     cfg: &ModelConfig,
     routing: &Routing,
     compression: &Compression,
 ) {
-    std::fs::create_dir_all(dir).unwrap();
-    let weights: Vec<Weight> = tiny_weights(cfg, 5)
-        .unwrap()
-        .into_iter()
-        .map(|(name, t)| Weight {
-            name,
-            shape: t.size().iter().map(|s| *s as usize).collect(),
-            dtype: DType::F32,
-            data: Vec::<f32>::try_from(t.flatten(0, -1)).unwrap(),
-        })
-        .collect();
-    let inputs = QuantInputs {
-        routing,
-        gptq: &GptqSettings::default(),
-        hessians: &Default::default(),
-        device: Device::Cpu,
-    };
-    let stored: Vec<_> = quantize_all(&weights, &inputs, &|_| {})
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    let bytes = encode_artifact(&serde_json::to_value(cfg).unwrap(), &stored, compression).unwrap();
-    std::fs::write(dir.join(files::ARTIFACT), bytes).unwrap();
-    seal(dir, "quantize-pack").unwrap();
+    write_quantized_dir(dir, cfg, routing, compression).unwrap();
 }
 
 /// Runs the ttt-eval binary on `root`'s `data` and `artifact` with `params` and `extra` arguments

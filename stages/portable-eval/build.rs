@@ -1,0 +1,3 @@
+fn main() {
+    pgolf_buildid::stage();
+}
