@@ -279,6 +279,8 @@ pub fn tiny_tensors(cfg: &ModelConfig) -> Vec<StoredTensor> {
                 shape,
                 dtype: DType::F32,
                 encoding,
+                lqer: None,
+                layout: Default::default(),
             }
         })
         .collect()

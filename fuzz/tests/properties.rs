@@ -72,6 +72,8 @@ fn tensor(i: usize) -> impl Strategy<Value = StoredTensor> {
                 shape,
                 dtype: dt,
                 encoding,
+                lqer: None,
+                layout: Default::default(),
             }
         })
 }

@@ -9,7 +9,10 @@
 //! ```
 //!
 //! Integers are stored one per byte (int5..int8 alike, REFERENCE.md §5.8): the entropy coder
-//! absorbs the unused high bits, and a byte-aligned layout keeps this decoder trivial.
+//! absorbs the unused high bits, and a byte-aligned layout keeps this decoder trivial. A `rows`
+//! entry may add an LQER correction (`lqer`: the factors' integers follow all tensors' integers,
+//! their scales all tensors' scales) and a layout (`perm`: its rows in that order, u16 LE, in a
+//! fourth section after the raw values; `cols`: written column-major).
 
 use anyhow::{anyhow, bail, Result};
 use half::f16;
@@ -48,6 +51,13 @@ pub enum Entry {
         bits: u8,
         q: [usize; 2],
         scales: [usize; 2],
+        // Absent when off, so directories written before these existed read and re-encode as is.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lqer: Option<LqerEntry>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        perm: Option<[usize; 2]>,
+        #[serde(default, skip_serializing_if = "is_false")]
+        cols: bool,
     },
     Tensor {
         name: String,
@@ -58,6 +68,126 @@ pub enum Entry {
         q: [usize; 2],
         scale: [usize; 2],
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// An LQER correction in the directory: rank and the two factors' ranges.
+#[derive(Serialize, Deserialize)]
+pub struct LqerEntry {
+    pub rank: usize,
+    pub a: FactorEntry,
+    pub b: FactorEntry,
+}
+
+#[derive(Serialize, Deserialize)]
+pub struct FactorEntry {
+    pub bits: u8,
+    pub group: usize,
+    pub q: [usize; 2],
+    pub scales: [usize; 2],
+}
+
+/// LQER (REFERENCE.md §5.12): `A·B` (A `rows × rank`, B `rank × cols`) added to a `rows` matrix's
+/// dequantized values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowRank {
+    pub rank: usize,
+    pub a: Factor,
+    pub b: Factor,
+}
+
+/// Signed integers in −2^(bits−1) ..= 2^(bits−1)−1 (the asymmetric INT2 range is [−2, 1]), row-major,
+/// with one fp16 scale per `group` consecutive values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Factor {
+    pub bits: u8,
+    pub group: usize,
+    pub q: Vec<i8>,
+    pub scales: Vec<f16>,
+}
+
+impl Factor {
+    fn validate(&self, name: &str, numel: usize) -> Result<()> {
+        if !(2..=8).contains(&self.bits) || self.group == 0 || self.q.len() != numel {
+            bail!(
+                "tensor {name}: LQER factor of {} {}-bit integers, group {}, expected {numel}",
+                self.q.len(),
+                self.bits,
+                self.group
+            );
+        }
+        let hi = max_level(self.bits);
+        let lo = -hi - 1;
+        if self.scales.len() != numel.div_ceil(self.group) {
+            bail!(
+                "tensor {name}: {} LQER scales for {numel} values in groups of {}",
+                self.scales.len(),
+                self.group
+            );
+        }
+        if let Some(v) = self.q.iter().find(|v| !(lo..=hi).contains(&(**v as i32))) {
+            bail!("tensor {name}: LQER integer {v} outside {lo}..={hi}");
+        }
+        Ok(())
+    }
+
+    fn values(&self) -> Vec<f32> {
+        let g = self.group;
+        (self.q.iter().enumerate())
+            .map(|(i, v)| *v as f32 * self.scales[i / g].to_f32())
+            .collect()
+    }
+}
+
+/// Where a `rows` tensor's integers sit in the payload: `perm[k]` is the row written k-th (rows ≤
+/// 65,536); `column_major` writes the (permuted) matrix column by column. The values are the same.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Layout {
+    pub perm: Option<Vec<u16>>,
+    pub column_major: bool,
+}
+
+impl Layout {
+    /// Offset of entry (row r, column c) in the written integers, given the inverse permutation.
+    pub fn position(
+        &self,
+        inverse: &[usize],
+        rows: usize,
+        cols: usize,
+        r: usize,
+        c: usize,
+    ) -> usize {
+        let k = if inverse.is_empty() { r } else { inverse[r] };
+        if self.column_major {
+            c * rows + k
+        } else {
+            k * cols + c
+        }
+    }
+
+    /// The inverse of `perm` (empty without one); an error unless it permutes 0..rows.
+    pub fn inverse(&self, name: &str, rows: usize) -> Result<Vec<usize>> {
+        let Some(perm) = &self.perm else {
+            return Ok(Vec::new());
+        };
+        let mut inv = vec![usize::MAX; rows];
+        if perm.len() != rows {
+            bail!(
+                "tensor {name}: row permutation of {} for {rows} rows",
+                perm.len()
+            );
+        }
+        for (k, &r) in perm.iter().enumerate() {
+            match inv.get_mut(r as usize) {
+                Some(slot) if *slot == usize::MAX => *slot = k,
+                _ => bail!("tensor {name}: row permutation is not a permutation of 0..{rows}"),
+            }
+        }
+        Ok(inv)
+    }
 }
 
 /// How a tensor's values are stored.
@@ -104,6 +234,10 @@ pub struct StoredTensor {
     /// The dtype the model holds this tensor in (what decoding casts back to).
     pub dtype: DType,
     pub encoding: Encoding,
+    /// `rows` only: an LQER correction added after dequantization.
+    pub lqer: Option<LowRank>,
+    /// `rows` only: how its integers are written (default: row-major, rows in order).
+    pub layout: Layout,
 }
 
 impl StoredTensor {
@@ -154,6 +288,25 @@ impl StoredTensor {
             }
             Encoding::Tensor { bits, q, .. } => check_q(*bits, q)?,
         }
+        let is_rows = matches!(self.encoding, Encoding::Rows { .. });
+        if !is_rows && (self.lqer.is_some() || self.layout != Layout::default()) {
+            bail!("tensor {name}: an LQER correction or a layout needs a rows encoding");
+        }
+        if is_rows {
+            let rows = self.shape[0];
+            if self.layout.perm.is_some() && rows > 1 << 16 {
+                bail!("tensor {name}: {rows} rows are too many for a u16 permutation");
+            }
+            self.layout.inverse(name, rows)?;
+            if let Some(l) = &self.lqer {
+                let cols = numel / rows.max(1);
+                if l.rank == 0 {
+                    bail!("tensor {name}: LQER rank 0");
+                }
+                l.a.validate(name, rows * l.rank)?;
+                l.b.validate(name, l.rank * cols)?;
+            }
+        }
         Ok(())
     }
 
@@ -174,11 +327,58 @@ impl StoredTensor {
                 q.iter().map(|v| *v as f32 * scale.value()).collect()
             }
         };
+        let mut values = values;
+        if let Some(l) = &self.lqer {
+            // W = Q·s + A·B in f32, each entry of A·B summed over the rank in order.
+            let (r, cols) = (l.rank, self.numel() / self.shape[0].max(1));
+            let (a, b) = (l.a.values(), l.b.values());
+            for (i, row) in values.chunks_mut(cols.max(1)).enumerate() {
+                for (j, v) in row.iter_mut().enumerate() {
+                    let mut ab = 0f32;
+                    for k in 0..r {
+                        ab += a[i * r + k] * b[k * cols + j];
+                    }
+                    *v += ab;
+                }
+            }
+        }
         Ok(values
             .into_iter()
             .map(|v| round_through(self.dtype, v))
             .collect())
     }
+}
+
+fn halves(name: &str, b: &[u8]) -> Result<Vec<f16>> {
+    if b.len() % 2 != 0 {
+        bail!("tensor {name}: odd number of bytes for 16-bit values");
+    }
+    Ok(b.chunks_exact(2)
+        .map(|b| f16::from_le_bytes([b[0], b[1]]))
+        .collect())
+}
+
+/// The row-major integers of a `rows` tensor from the ones written in `layout`.
+fn unlay(name: &str, shape: &[usize], layout: &Layout, written: Vec<i8>) -> Result<Vec<i8>> {
+    if *layout == Layout::default() {
+        return Ok(written);
+    }
+    let rows = *shape.first().unwrap_or(&0);
+    let cols = written.len() / rows.max(1);
+    if rows * cols != written.len() {
+        bail!(
+            "tensor {name}: {} integers do not fill {rows} rows",
+            written.len()
+        );
+    }
+    let inverse = layout.inverse(name, rows)?;
+    let mut q = vec![0i8; written.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            q[r * cols + c] = written[layout.position(&inverse, rows, cols, r, c)];
+        }
+    }
+    Ok(q)
 }
 
 /// Parses a body, checking every range and size; the payload must be covered exactly once.
@@ -218,7 +418,7 @@ pub fn decode_body(body: &[u8]) -> Result<(Value, Vec<StoredTensor>)> {
     let ints = |b: &[u8]| -> Vec<i8> { b.iter().map(|v| *v as i8).collect() };
     let mut tensors = Vec::with_capacity(dir.tensors.len());
     for e in dir.tensors {
-        let (name, shape, dtype, encoding) = match e {
+        let (name, shape, dtype, encoding, lqer, layout) = match e {
             Entry::Raw {
                 name,
                 shape,
@@ -227,7 +427,14 @@ pub fn decode_body(body: &[u8]) -> Result<(Value, Vec<StoredTensor>)> {
                 data,
             } => {
                 let bytes = take(&name, data)?.to_vec();
-                (name, shape, dtype, Encoding::Raw { stored, bytes })
+                (
+                    name,
+                    shape,
+                    dtype,
+                    Encoding::Raw { stored, bytes },
+                    None,
+                    Layout::default(),
+                )
             }
             Entry::Rows {
                 name,
@@ -236,17 +443,51 @@ pub fn decode_body(body: &[u8]) -> Result<(Value, Vec<StoredTensor>)> {
                 bits,
                 q,
                 scales,
+                lqer: lq,
+                perm,
+                cols,
             } => {
-                let q = ints(take(&name, q)?);
-                let sb = take(&name, scales)?;
-                if sb.len() % 2 != 0 {
-                    bail!("tensor {name}: odd number of fp16 scale bytes");
-                }
-                let scales = sb
-                    .chunks_exact(2)
-                    .map(|b| f16::from_le_bytes([b[0], b[1]]))
-                    .collect();
-                (name, shape, dtype, Encoding::Rows { bits, q, scales })
+                let written = ints(take(&name, q)?);
+                let scales = halves(&name, take(&name, scales)?)?;
+                let mut factor = |f: FactorEntry| -> Result<Factor> {
+                    Ok(Factor {
+                        bits: f.bits,
+                        group: f.group,
+                        q: ints(take(&name, f.q)?),
+                        scales: halves(&name, take(&name, f.scales)?)?,
+                    })
+                };
+                let lqer = match lq {
+                    Some(l) => Some(LowRank {
+                        rank: l.rank,
+                        a: factor(l.a)?,
+                        b: factor(l.b)?,
+                    }),
+                    None => None,
+                };
+                let perm = match perm {
+                    // u16 LE, as fp16 scales are two bytes each.
+                    Some(range) => Some(
+                        halves(&name, take(&name, range)?)?
+                            .iter()
+                            .map(|h| h.to_bits())
+                            .collect(),
+                    ),
+                    None => None,
+                };
+                let layout = Layout {
+                    perm,
+                    column_major: cols,
+                };
+                let q = unlay(&name, &shape, &layout, written)?;
+                (
+                    name,
+                    shape,
+                    dtype,
+                    Encoding::Rows { bits, q, scales },
+                    lqer,
+                    layout,
+                )
             }
             Entry::Tensor {
                 name,
@@ -264,7 +505,8 @@ pub fn decode_body(body: &[u8]) -> Result<(Value, Vec<StoredTensor>)> {
                     (DType::F16, 2) => Scale::F16(f16::from_le_bytes(sb.try_into().unwrap())),
                     (d, n) => bail!("tensor {name}: {n}-byte {} scale", d.name()),
                 };
-                (name, shape, dtype, Encoding::Tensor { bits, q, scale })
+                let t = Encoding::Tensor { bits, q, scale };
+                (name, shape, dtype, t, None, Layout::default())
             }
         };
         let t = StoredTensor {
@@ -272,6 +514,8 @@ pub fn decode_body(body: &[u8]) -> Result<(Value, Vec<StoredTensor>)> {
             shape,
             dtype,
             encoding,
+            lqer,
+            layout,
         };
         t.validate()?;
         tensors.push(t);

@@ -19,6 +19,8 @@
 //! - [`gptq`]: full-Hessian GPTQ with act-order and lazy block updates.
 //! - [`plan`]: which scheme each tensor gets (by size, name category and patterns).
 //! - [`prune`]: magnitude pruning of a matrix before it is quantized.
+//! - [`lqer`]: the low-rank correction of the largest quantization errors (its SVD needs `torch`).
+//! - [`layout`]: the per-group layout of the integers (role groups, row reordering, column-major).
 //! - [`quantize`]: applies a plan to a model's weights, with a per-tensor report.
 //! - [`encoded`]: a tensor as stored, and its exact dequantization.
 //! - [`container`], [`artifact`], [`compress`], [`chunks`]: the file format (docs/ARTIFACT.md).
@@ -37,6 +39,8 @@ pub mod encoded;
 #[cfg(feature = "torch")]
 pub mod gptq;
 pub mod int8;
+pub mod layout;
+pub mod lqer;
 pub mod numeric;
 pub mod plan;
 pub mod prune;
@@ -50,10 +54,12 @@ pub use artifact::ToTch;
 pub use artifact::{encode_artifact, encode_frame, Artifact, DecodedTensor};
 pub use compress::{Codec, Compression};
 pub use dtype::DType;
-pub use encoded::{Encoding, Scale, StoredTensor};
+pub use encoded::{Encoding, Factor, Layout, LowRank, Scale, StoredTensor};
 #[cfg(feature = "torch")]
 pub use gptq::GptqSettings;
+pub use layout::LayoutSettings;
+pub use lqer::LqerSettings;
 pub use plan::{Method, Override, Routing, Rule, SmallFloat};
 #[cfg(feature = "torch")]
-pub use quantize::{quantize_all, QuantInputs, TensorReport};
+pub use quantize::{correct_lqer, quantize_all, QuantInputs, TensorReport};
 pub use weights::{read_safetensors, read_safetensors_map, unbank, write_safetensors, Weight};

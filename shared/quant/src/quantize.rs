@@ -11,6 +11,7 @@ use crate::dtype::floats_to_bytes;
 use crate::encoded::{Encoding, Scale, StoredTensor};
 use crate::gptq::{self, GptqSettings};
 use crate::int8::{int8_rows, int8_tensor, INT8_CLIP_Q};
+use crate::lqer::{self, LqerSettings};
 use crate::plan::{Decision, Method, Routing, Rule};
 use crate::prune::prune_smallest;
 use crate::rows::{
@@ -41,6 +42,13 @@ pub struct TensorReport {
     pub stored_bytes: usize,
     /// Entries set to 0 by magnitude pruning before quantization (the rule's `prune`); 0 when off.
     pub pruned: usize,
+    /// LQER: the correction (`r4 asym g64`, `r4 sym int4`), empty when none.
+    pub lqer: String,
+    /// LQER: the factors' bytes before compression (part of `stored_bytes`); 0 when none.
+    pub lqer_bytes: usize,
+    /// LQER: `mse` and `rel_output_err` of the tensor without its correction (`None` when none).
+    pub mse_before_lqer: Option<f64>,
+    pub rel_output_err_before_lqer: Option<f64>,
 }
 
 /// The inputs every tensor's quantization may need.
@@ -108,21 +116,10 @@ fn quantize_one(w: &Weight, ctx: &QuantInputs) -> Result<(StoredTensor, TensorRe
         shape: w.shape.clone(),
         dtype: w.dtype,
         encoding,
+        lqer: None,
+        layout: Default::default(),
     };
-    let decoded = stored.dequantize()?;
-    let mse = w
-        .data
-        .iter()
-        .zip(&decoded)
-        .map(|(a, b)| ((a - b) as f64).powi(2))
-        .sum::<f64>()
-        / w.numel().max(1) as f64;
-    let rel_output_err = match ctx.hessians.get(&w.name) {
-        Some(h) if w.shape.len() == 2 && h.shape == [w.shape[1], w.shape[1]] => {
-            Some(relative_output_error(w, &decoded, h, ctx.device)?)
-        }
-        _ => None,
-    };
+    let (mse, rel_output_err) = errors(w, &stored, ctx)?;
     let report = TensorReport {
         name: w.name.clone(),
         shape: w.shape.clone(),
@@ -134,8 +131,83 @@ fn quantize_one(w: &Weight, ctx: &QuantInputs) -> Result<(StoredTensor, TensorRe
         rel_output_err,
         stored_bytes: crate::encoded::stored_bytes(&stored),
         pruned,
+        lqer: String::new(),
+        lqer_bytes: 0,
+        mse_before_lqer: None,
+        rel_output_err_before_lqer: None,
     };
     Ok((stored, report))
+}
+
+/// The decoded tensor's weight MSE and, with a Hessian, its relative output error.
+fn errors(w: &Weight, stored: &StoredTensor, ctx: &QuantInputs) -> Result<(f64, Option<f64>)> {
+    let decoded = stored.dequantize()?;
+    let mse = w
+        .data
+        .iter()
+        .zip(&decoded)
+        .map(|(a, b)| ((a - b) as f64).powi(2))
+        .sum::<f64>()
+        / w.numel().max(1) as f64;
+    let rel = match ctx.hessians.get(&w.name) {
+        Some(h) if w.shape.len() == 2 && h.shape == [w.shape[1], w.shape[1]] => {
+            Some(relative_output_error(w, &decoded, h, ctx.device)?)
+        }
+        _ => None,
+    };
+    Ok((mse, rel))
+}
+
+/// LQER ([`crate::lqer`]) over the output of [`quantize_all`] for the same `weights`: the
+/// `top_k` quantized matrices of largest ‖W − Q·s‖_F get their correction, and their report lines
+/// the new errors and sizes (the ones before kept in `*_before_lqer`). Off: nothing changes.
+pub fn correct_lqer(
+    weights: &[Weight],
+    quantized: &mut [(StoredTensor, TensorReport)],
+    settings: &LqerSettings,
+    ctx: &QuantInputs,
+) -> Result<()> {
+    if !settings.enabled {
+        return Ok(());
+    }
+    settings.validate()?;
+    if weights.len() != quantized.len() {
+        bail!(
+            "LQER: {} weights for {} quantized tensors",
+            weights.len(),
+            quantized.len()
+        );
+    }
+    let norms: Vec<(usize, f64)> = (weights.par_iter().zip(quantized.par_iter()))
+        .enumerate()
+        .filter_map(|(i, (w, (t, _)))| {
+            let e = lqer::residual(t, &w.data)?;
+            Some((i, e.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt()))
+        })
+        .collect();
+    for i in lqer::top_k(&norms, settings.top_k) {
+        let w = &weights[i];
+        let (t, report) = &mut quantized[i];
+        if t.name != w.name {
+            bail!("LQER: tensor {} paired with weight {}", t.name, w.name);
+        }
+        let (rows, cols) = (w.shape[0], w.shape[1]);
+        let e = lqer::residual(t, &w.data).expect("a candidate has a residual");
+        let (a, b, rank) = lqer::factors(&e, rows, cols, settings.rank)
+            .with_context(|| format!("tensor {}: SVD of the quantization error", w.name))?;
+        let correction = lqer::pack(&a, &b, rank, settings);
+        report.lqer = match correction.a.bits {
+            2 => format!("r{rank} asym g{}", correction.b.group),
+            bits => format!("r{rank} sym int{bits}"),
+        };
+        report.lqer_bytes = crate::encoded::lqer_bytes(&correction);
+        t.lqer = Some(correction);
+        let (mse, rel) = errors(w, t, ctx).with_context(|| format!("tensor {}", w.name))?;
+        report.mse_before_lqer = Some(std::mem::replace(&mut report.mse, mse));
+        report.rel_output_err_before_lqer = std::mem::replace(&mut report.rel_output_err, rel);
+        report.stored_bytes = crate::encoded::stored_bytes(t);
+    }
+    Ok(())
 }
 
 /// `tr(E H Eᵀ) / tr(W H Wᵀ)`, `E = W − Ŵ` (libtorch matmuls, f64).

@@ -41,6 +41,8 @@ fn tensors() -> Vec<StoredTensor> {
             shape: vec![rows, cols],
             dtype: DType::Bf16,
             encoding: Encoding::Rows { bits: 6, q, scales },
+            lqer: None,
+            layout: Default::default(),
         },
         StoredTensor {
             name: "blocks.0.attn_scale".into(),
@@ -50,6 +52,8 @@ fn tensors() -> Vec<StoredTensor> {
                 stored: DType::F16,
                 bytes: raw,
             },
+            lqer: None,
+            layout: Default::default(),
         },
     ]
 }
@@ -132,6 +136,8 @@ fn every_compressor_and_chunk_count_round_trips() {
             stored: DType::F16,
             bytes: vec![0, 60, 0, 188],
         },
+        lqer: None,
+        layout: Default::default(),
     }];
     let n = encode_body(&json!({}), &tiny).unwrap().len() as u32;
     for codec in CODECS {

@@ -324,6 +324,8 @@ fn a_directory_that_disagrees_with_the_payload_is_refused() {
             q: vec![1, -31, 0],
             scale: Scale::F16(f16::ONE),
         },
+        lqer: None,
+        layout: Default::default(),
     };
     let body = encode_body(&json!({}), &[t]).unwrap();
     assert!(decode_body(&body).is_ok());
@@ -585,4 +587,274 @@ fn a_tied_embedding_passes_through_as_fp16() {
         back.data != emb.data,
         "fp16 rounding is visible on random f32 values"
     );
+}
+
+// ---- LQER and the per-group layout (issue 16) ----
+
+use pgolf_quant::layout::{self, LayoutSettings};
+use pgolf_quant::{correct_lqer, Layout, LqerSettings};
+
+/// [`model`] with no GPTQ rule (plain Rust throughout, so its bytes are the same on every
+/// machine: libtorch's factorizations may round differently on another CPU).
+fn pure_rust_routing() -> Routing {
+    let (_, _, mut routing) = model();
+    routing.attn.method = Method::Lite;
+    routing.overrides[0].rule.method = Method::Lite;
+    routing
+}
+
+/// The stage's order of operations with both off: quantize, LQER, layout, encode.
+fn artifact_with(lqer: &LqerSettings, lay: &LayoutSettings, c: &Compression) -> Vec<u8> {
+    let (weights, hessians, _) = model();
+    let routing = pure_rust_routing();
+    let ctx = QuantInputs {
+        routing: &routing,
+        gptq: &GptqSettings::default(),
+        hessians: &hessians,
+        device: tch::Device::Cpu,
+    };
+    let mut q = quantize_all(&weights, &ctx, &|_| {}).unwrap();
+    correct_lqer(&weights, &mut q, lqer, &ctx).unwrap();
+    let mut stored: Vec<StoredTensor> = q.into_iter().map(|(t, _)| t).collect();
+    let order = layout::apply(&mut stored, lay).unwrap();
+    let stored: Vec<StoredTensor> = order.iter().map(|&i| stored[i].clone()).collect();
+    encode_artifact(&json!({"num_layers": 1}), &stored, c).unwrap()
+}
+
+/// With LQER and the layout off (their defaults) the artifact is byte for byte the one written
+/// before they existed: these hashes were taken at commit d73e469, without them.
+#[test]
+fn lqer_and_layout_off_write_the_bytes_written_before_them() {
+    for (codec, pinned) in [
+        (
+            Codec::Zstd,
+            "2cd427225ed206a70ba33f878c4b616391957360bc12b2e6814b1202be53eb9f",
+        ),
+        (
+            Codec::Brotli,
+            "58ca8879cc4a0beaac685db6268c3a2238fabdb9fad99fdd1f9f25480e49d011",
+        ),
+    ] {
+        let c = Compression {
+            codec,
+            chunks: 2,
+            ..Compression::default()
+        };
+        let bytes = artifact_with(&LqerSettings::default(), &LayoutSettings::default(), &c);
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), pinned, "{codec:?}");
+    }
+}
+
+fn lqer_on(rank: usize, top_k: usize, group: usize) -> LqerSettings {
+    LqerSettings {
+        enabled: true,
+        rank,
+        top_k,
+        group,
+        ..LqerSettings::default()
+    }
+}
+
+/// ‖W − Q·s‖_F of a rows matrix (f64).
+fn residual_norm(w: &Weight, t: &StoredTensor) -> Option<f64> {
+    let e = pgolf_quant::lqer::residual(t, &w.data)?;
+    Some(e.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt())
+}
+
+#[test]
+fn lqer_corrects_the_largest_errors_and_the_decoder_adds_a_times_b() {
+    let (weights, hessians, routing) = model();
+    let ctx = QuantInputs {
+        routing: &routing,
+        gptq: &GptqSettings::default(),
+        hessians: &hessians,
+        device: tch::Device::Cpu,
+    };
+    let plain = quantize_all(&weights, &ctx, &|_| {}).unwrap();
+    for (settings, packing) in [
+        (lqer_on(2, 2, 16), "asym"),
+        // 3·cols (48, 96) is not a multiple of 20: the symmetric fallback.
+        (lqer_on(3, 3, 20), "sym"),
+    ] {
+        let mut q = plain.clone();
+        correct_lqer(&weights, &mut q, &settings, &ctx).unwrap();
+        // The chosen ones are the top_k quantized matrices by ‖E‖_F.
+        let mut norms: Vec<(f64, &str)> = weights
+            .iter()
+            .zip(&plain)
+            .filter_map(|(w, (t, _))| residual_norm(w, t).map(|n| (n, w.name.as_str())))
+            .collect();
+        norms.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut expect: Vec<&str> = norms.iter().take(settings.top_k).map(|n| n.1).collect();
+        let mut chosen: Vec<&str> = q
+            .iter()
+            .filter(|(t, _)| t.lqer.is_some())
+            .map(|(t, _)| t.name.as_str())
+            .collect();
+        expect.sort();
+        chosen.sort();
+        assert_eq!(chosen, expect, "{packing}");
+        let bytes = encode_artifact(
+            &json!({}),
+            &q.iter().map(|(t, _)| t.clone()).collect::<Vec<_>>(),
+            &Compression::default(),
+        )
+        .unwrap();
+        let art = Artifact::from_bytes(&bytes).unwrap();
+        for ((t, report), ((_, before), w)) in q.iter().zip(plain.iter().zip(&weights)) {
+            let back = art.tensors.iter().find(|b| b.name == t.name).unwrap();
+            assert_eq!(back, t);
+            let Some(l) = &t.lqer else {
+                assert_eq!(report, before);
+                continue;
+            };
+            assert!(
+                report.lqer.starts_with(&format!("r{} {packing}", l.rank)),
+                "{}",
+                report.lqer
+            );
+            assert_eq!(report.lqer_bytes, pgolf_quant::encoded::lqer_bytes(l));
+            assert_eq!(report.mse_before_lqer, Some(before.mse));
+            assert_eq!(report.stored_bytes, before.stored_bytes + report.lqer_bytes);
+            // decoded = dequant(Q·s) + A·B, A and B from their integers and scales.
+            let Encoding::Rows { q: qi, scales, .. } = &t.encoding else {
+                panic!()
+            };
+            let (rows, cols, r) = (w.shape[0], w.shape[1], l.rank);
+            let fa = |i: usize| l.a.q[i] as f32 * l.a.scales[i / l.a.group].to_f32();
+            let fb = |i: usize| l.b.q[i] as f32 * l.b.scales[i / l.b.group].to_f32();
+            let decoded = art.decode(&t.name).unwrap().data;
+            for i in 0..rows {
+                for j in 0..cols {
+                    let ab: f32 = (0..r).map(|k| fa(i * r + k) * fb(k * cols + j)).sum();
+                    let v = qi[i * cols + j] as f32 * scales[i].to_f32() + ab;
+                    let v = pgolf_quant::dtype::round_through(w.dtype, v);
+                    assert_eq!(decoded[i * cols + j], v, "{} ({i}, {j})", t.name);
+                }
+            }
+            // The correction changes the values (the factors are not all zero).
+            assert_ne!(report.mse, before.mse, "{}", t.name);
+        }
+    }
+    // Off: nothing changes.
+    let mut q = plain.clone();
+    correct_lqer(&weights, &mut q, &LqerSettings::default(), &ctx).unwrap();
+    assert_eq!(q, plain);
+}
+
+#[test]
+fn the_per_group_layout_round_trips_and_writes_the_integers_where_it_says() {
+    let (_, stored, _) = quantized();
+    let on = LayoutSettings {
+        per_group: true,
+        ..LayoutSettings::default()
+    };
+    let mut laid = stored.clone();
+    let order = layout::apply(&mut laid, &on).unwrap();
+    let laid: Vec<StoredTensor> = order.iter().map(|&i| laid[i].clone()).collect();
+    // Groups first: tok_emb, c_k, c_q, proj, fc, mlp.proj, then the others in their order.
+    let names: Vec<&str> = laid.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(
+        &names[..6],
+        [
+            "tok_emb.weight",
+            "blocks.0.attn.c_k.weight",
+            "blocks.0.attn.c_q.weight",
+            "blocks.0.attn.proj.weight",
+            "blocks.0.mlp.fc.weight",
+            "blocks.0.mlp.proj.weight"
+        ]
+    );
+    let cq = laid
+        .iter()
+        .find(|t| t.name == "blocks.0.attn.c_q.weight")
+        .unwrap();
+    let perm = cq.layout.perm.clone().expect("c_q rows are sorted");
+    assert!(cq.layout.column_major);
+    assert!(laid
+        .iter()
+        .find(|t| t.name == "blocks.0.attn.c_k.weight")
+        .unwrap()
+        .layout
+        .perm
+        .is_none());
+    let config = json!({});
+    for compression in every_compressor() {
+        let bytes = encode_artifact(&config, &laid, &compression).unwrap();
+        let art = Artifact::from_bytes(&bytes).unwrap();
+        assert_eq!(art.tensors, laid, "{compression:?}");
+        let plain = Artifact::from_bytes(&encode_artifact(&config, &stored, &compression).unwrap())
+            .unwrap();
+        for d in plain.decode_all().unwrap() {
+            assert_eq!(art.decode(&d.name).unwrap(), d, "{}", d.name);
+        }
+    }
+    // In the body: c_q's integers, column by column of the rows in `perm` order.
+    let body = encode_body(&config, &laid).unwrap();
+    let dir_len = u32::from_le_bytes(body[..4].try_into().unwrap()) as usize;
+    let dir: serde_json::Value = serde_json::from_slice(&body[4..4 + dir_len]).unwrap();
+    let payload = &body[4 + dir_len..];
+    let entry = dir["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == cq.name)
+        .unwrap();
+    let at = |key: &str| {
+        [
+            entry[key][0].as_u64().unwrap() as usize,
+            entry[key][1].as_u64().unwrap() as usize,
+        ]
+    };
+    let [q0, qn] = at("q");
+    let Encoding::Rows { q, .. } = &cq.encoding else {
+        panic!()
+    };
+    let (rows, cols) = (cq.shape[0], cq.shape[1]);
+    let written: Vec<i8> = payload[q0..q0 + qn].iter().map(|b| *b as i8).collect();
+    for c in 0..cols {
+        for k in 0..rows {
+            assert_eq!(written[c * rows + k], q[perm[k] as usize * cols + c]);
+        }
+    }
+    assert_eq!(entry["cols"], true);
+    let [p0, pn] = at("perm");
+    let stored_perm: Vec<u16> = payload[p0..p0 + pn]
+        .chunks(2)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    assert_eq!(stored_perm, perm);
+    // A permutation that repeats a row is refused.
+    let mut bad = body.clone();
+    let base = 4 + dir_len + p0;
+    bad[base..base + 2].copy_from_slice(&perm[1].to_le_bytes());
+    let err = decode_body(&bad).unwrap_err().to_string();
+    assert!(err.contains("not a permutation"), "{err}");
+    // Off: the order and the layouts are as given.
+    let mut same = stored.clone();
+    assert_eq!(
+        layout::apply(&mut same, &LayoutSettings::default()).unwrap(),
+        (0..stored.len()).collect::<Vec<_>>()
+    );
+    assert!(same.iter().all(|t| t.layout == Layout::default()));
+}
+
+#[test]
+fn lqer_and_the_layout_together_decode_as_lqer_alone() {
+    let c = Compression::default();
+    let on = LayoutSettings {
+        per_group: true,
+        ..LayoutSettings::default()
+    };
+    let lq = lqer_on(2, 3, 16);
+    let alone = Artifact::from_bytes(&artifact_with(&lq, &LayoutSettings::default(), &c)).unwrap();
+    let both = Artifact::from_bytes(&artifact_with(&lq, &on, &c)).unwrap();
+    assert_eq!(alone.tensors.iter().filter(|t| t.lqer.is_some()).count(), 3);
+    assert!(both
+        .tensors
+        .iter()
+        .any(|t| t.lqer.is_some() && t.layout.perm.is_some()));
+    for d in alone.decode_all().unwrap() {
+        assert_eq!(both.decode(&d.name).unwrap(), d, "{}", d.name);
+    }
 }

@@ -200,6 +200,8 @@ pub fn write_artifact_dir(
                 stored: DType::F32,
                 bytes,
             },
+            lqer: None,
+            layout: Default::default(),
         });
     }
     let bytes = encode_artifact(

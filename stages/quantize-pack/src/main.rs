@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use params::Params;
 use pgolf_quant::plan::Decision;
 use pgolf_quant::{
-    encode_artifact, quantize_all, read_safetensors, read_safetensors_map, Artifact, Compression,
-    Encoding, Method, QuantInputs, Routing, Scale, StoredTensor, TensorReport, Weight,
+    correct_lqer, encode_artifact, quantize_all, read_safetensors, read_safetensors_map, Artifact,
+    Compression, Method, QuantInputs, Routing, StoredTensor, TensorReport, Weight,
 };
 use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::{files, progress, Stage};
@@ -53,16 +53,43 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     // 2. Quantize.
     let clock = Instant::now();
     let bar = progress::bar(weights.len() as u64, "quantize");
+    let (gptq, lqer, layout) = (
+        stage.params.gptq.clone(),
+        stage.params.lqer.clone(),
+        stage.params.layout.clone(),
+    );
     let inputs = QuantInputs {
         routing: &routing,
-        gptq: &stage.params.gptq,
+        gptq: &gptq,
         hessians: &hessians,
         device,
     };
-    let quantized = quantize_all(&weights, &inputs, &|_| bar.inc(1))?;
+    let mut quantized = quantize_all(&weights, &inputs, &|_| bar.inc(1))?;
     bar.finish_and_clear();
     stage.headline("quantize_seconds", clock.elapsed().as_secs_f64());
-    let (stored, reports): (Vec<StoredTensor>, Vec<TensorReport>) = quantized.into_iter().unzip();
+    if lqer.enabled {
+        let clock = Instant::now();
+        correct_lqer(&weights, &mut quantized, &lqer, &inputs)?;
+        stage.headline("lqer_seconds", clock.elapsed().as_secs_f64());
+        let corrected = quantized.iter().filter(|(t, _)| t.lqer.is_some());
+        stage.headline("lqer_tensors", corrected.clone().count());
+        let bytes: usize = corrected.map(|(_, r)| r.lqer_bytes).sum();
+        stage.headline("lqer_bytes", bytes);
+    }
+    // The per-group layout decides where each tensor's integers go, so the order of the body.
+    let (mut stored, reports): (Vec<StoredTensor>, Vec<TensorReport>) =
+        quantized.into_iter().unzip();
+    let clock = Instant::now();
+    let order = pgolf_quant::layout::apply(&mut stored, &layout)?;
+    if layout.per_group {
+        stage.headline("layout_seconds", clock.elapsed().as_secs_f64());
+    }
+    let mut paired: Vec<Option<(StoredTensor, TensorReport)>> =
+        stored.into_iter().zip(reports).map(Some).collect();
+    let (stored, reports): (Vec<StoredTensor>, Vec<TensorReport>) = order
+        .iter()
+        .map(|&i| paired[i].take().expect("a permutation"))
+        .unzip();
 
     // 3. Pack, write, read back. The artifact's chunks, each tensor's own compressed size (a report
     // figure; the cap is checked on the file) and the code bytes all compress in rayon's pool.
@@ -107,6 +134,9 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         "compressor",
         format!("{:?}-{}", compression.codec, compression.level()).to_lowercase(),
     );
+    if layout.per_group {
+        stage.headline("layout", "per_group");
+    }
     stage.headline("chunks", compression.chunks);
 
     // 5. The per-tensor table and its summary.
@@ -174,27 +204,12 @@ fn read_hessians(
 fn compressed_alone(stored: &[StoredTensor], compression: &Compression) -> Result<Vec<u64>> {
     stored
         .par_iter()
-        .map(|t| Ok(compression.compress(&tensor_bytes(t))?.len() as u64))
+        .map(|t| {
+            Ok(compression
+                .compress(&pgolf_quant::encoded::payload(t))?
+                .len() as u64)
+        })
         .collect()
-}
-
-/// A tensor's stored bytes: integers then scales, or raw values.
-fn tensor_bytes(t: &StoredTensor) -> Vec<u8> {
-    match &t.encoding {
-        Encoding::Raw { bytes, .. } => bytes.clone(),
-        Encoding::Rows { q, scales, .. } => q
-            .iter()
-            .map(|v| *v as u8)
-            .chain(scales.iter().flat_map(|s| s.to_le_bytes()))
-            .collect(),
-        Encoding::Tensor { q, scale, .. } => {
-            let s = match scale {
-                Scale::F32(v) => v.to_le_bytes().to_vec(),
-                Scale::F16(v) => v.to_le_bytes().to_vec(),
-            };
-            q.iter().map(|v| *v as u8).chain(s).collect()
-        }
-    }
 }
 
 /// Weight MSE over the quantized tensors, weighted by their sizes.

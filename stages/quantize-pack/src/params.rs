@@ -2,7 +2,10 @@
 //! compressor, and the size cap. Every field is optional; the defaults are the baseline's int8 with
 //! zstd-22.
 
-use pgolf_quant::{Codec, Compression, GptqSettings, Override, Routing, Rule, SmallFloat};
+use pgolf_quant::{
+    Codec, Compression, GptqSettings, LayoutSettings, LqerSettings, Override, Routing, Rule,
+    SmallFloat,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -22,6 +25,12 @@ pub struct Params {
     /// (`--set quantize-pack.prune=0.03,0.05`); overrides keep their own.
     pub prune: Option<f64>,
     pub gptq: GptqSettings,
+    /// LQER, the low-rank correction of the largest quantization errors (REFERENCE.md §5.12);
+    /// `{enabled: true}` is R0427's rank 4, top 3, asymmetric INT2/INT4, group 64. Default off.
+    pub lqer: LqerSettings,
+    /// The per-group layout of the integers (REFERENCE.md §5.8); `{per_group: true}` is R0427's
+    /// groups, row sort and column-major writing. Default off.
+    pub layout: LayoutSettings,
     /// `zstd` (level 22), `brotli` (byte shuffle, quality 11), `zlib` (level 9), `lzma` (.xz,
     /// preset 6), or `none`.
     pub compressor: Codec,
@@ -55,6 +64,8 @@ impl Default for Params {
             clip_sigmas: r.clip_sigmas,
             prune: r.prune,
             gptq: GptqSettings::default(),
+            lqer: LqerSettings::default(),
+            layout: LayoutSettings::default(),
             compressor: c.codec,
             level: c.level,
             shuffle: c.shuffle,

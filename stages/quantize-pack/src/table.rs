@@ -29,6 +29,10 @@ pub fn write(path: &Path, rows: &[Row]) -> Result<()> {
         Field::new("stored_bytes", DataType::UInt64, false),
         Field::new("compressed_bytes", DataType::UInt64, false),
         Field::new("pruned", DataType::UInt64, false),
+        Field::new("lqer", DataType::Utf8, false),
+        Field::new("lqer_bytes", DataType::UInt64, false),
+        Field::new("mse_before_lqer", DataType::Float64, true),
+        Field::new("rel_output_err_before_lqer", DataType::Float64, true),
     ]));
     let r = |f: &dyn Fn(&TensorReport) -> String| -> ArrayRef {
         Arc::new(StringArray::from_iter_values(
@@ -71,6 +75,20 @@ pub fn write(path: &Path, rows: &[Row]) -> Result<()> {
         )),
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|x| x.report.pruned as u64),
+        )),
+        r(&|t| t.lqer.clone()),
+        Arc::new(UInt64Array::from_iter_values(
+            rows.iter().map(|x| x.report.lqer_bytes as u64),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter()
+                .map(|x| x.report.mse_before_lqer)
+                .collect::<Vec<_>>(),
+        )),
+        Arc::new(Float64Array::from(
+            rows.iter()
+                .map(|x| x.report.rel_output_err_before_lqer)
+                .collect::<Vec<_>>(),
         )),
     ];
     let what = || format!("{}: cannot write the table", path.display());

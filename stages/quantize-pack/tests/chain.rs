@@ -469,3 +469,89 @@ fn pruning_is_counted_per_tensor_and_the_pruned_entries_decode_to_zero() {
     );
     assert_eq!(manifest(pruned_run)["headline"]["pruned"], total);
 }
+
+/// tensors.parquet's `lqer` and `lqer_bytes` columns by tensor name.
+fn lqer_columns(run: &Path) -> Vec<(String, String, u64)> {
+    let file = std::fs::File::open(run.join(files::TENSOR_TABLE)).unwrap();
+    let batches: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(file)
+        .unwrap()
+        .build()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut rows = Vec::new();
+    for b in batches {
+        let text = |c: &str| b.column_by_name(c).unwrap().as_string::<i32>().clone();
+        let bytes = b
+            .column_by_name("lqer_bytes")
+            .unwrap()
+            .as_primitive::<UInt64Type>()
+            .clone();
+        let (name, lqer) = (text("name"), text("lqer"));
+        for i in 0..b.num_rows() {
+            rows.push((
+                name.value(i).to_string(),
+                lqer.value(i).to_string(),
+                bytes.value(i),
+            ));
+        }
+    }
+    rows
+}
+
+/// `lqer: {enabled: true}` (R0427's rank 4, top 3, asymmetric group 64) corrects three matrices,
+/// which tensors.parquet and the headlines name and count; `layout: {per_group: true}` only moves
+/// bytes: every tensor without a correction decodes exactly as in the run with both off.
+#[test]
+fn lqer_and_the_per_group_layout_change_only_the_corrected_tensors() {
+    let p = Project::new();
+    p.ok(&["run", "quantize-pack"]);
+    p.ok(&[
+        "run",
+        "quantize-pack",
+        "--set",
+        "quantize-pack.lqer.enabled=true",
+        "--set",
+        "quantize-pack.layout.per_group=true",
+    ]);
+    let runs = p.runs("quantize-pack");
+    let (on, off) = match manifest(&runs[0])["params"]["lqer"]["enabled"].as_bool() {
+        Some(true) => (&runs[0], &runs[1]),
+        _ => (&runs[1], &runs[0]),
+    };
+    let head = &manifest(on)["headline"];
+    assert_eq!(head["lqer_tensors"], 3, "{head}");
+    assert_eq!(head["layout"], "per_group", "{head}");
+    assert!(manifest(off)["headline"].get("lqer_tensors").is_none());
+    let rows = lqer_columns(on);
+    let corrected: Vec<&(String, String, u64)> = rows.iter().filter(|r| !r.1.is_empty()).collect();
+    assert_eq!(corrected.len(), 3, "{rows:?}");
+    assert!(
+        corrected.iter().all(|r| r.1 == "r4 asym g64" && r.2 > 0),
+        "{rows:?}"
+    );
+    assert_eq!(
+        head["lqer_bytes"],
+        corrected.iter().map(|r| r.2).sum::<u64>()
+    );
+    assert!(lqer_columns(off).iter().all(|r| r.1.is_empty() && r.2 == 0));
+
+    let (a_on, a_off) = (
+        Artifact::read(&on.join(files::ARTIFACT)).unwrap(),
+        Artifact::read(&off.join(files::ARTIFACT)).unwrap(),
+    );
+    assert!(a_on.tensors.iter().any(|t| t.layout.perm.is_some()));
+    for t in &a_on.tensors {
+        let (mine, plain) = (
+            a_on.decode(&t.name).unwrap(),
+            a_off.decode(&t.name).unwrap(),
+        );
+        let named = corrected.iter().any(|r| r.0 == t.name);
+        assert_eq!(t.lqer.is_some(), named, "{}", t.name);
+        if named {
+            assert_ne!(mine, plain, "{}", t.name);
+        } else {
+            assert_eq!(mine, plain, "{}", t.name);
+        }
+    }
+}

@@ -390,6 +390,17 @@ pub fn artifact(doc: &mut Doc, f: &Findings) {
             ]);
         }
     }
+    // LQER's factors sit inside the groups above (each corrected tensor's bytes include them).
+    if let Some(bytes) = q.headline_f64("lqer_bytes") {
+        let n = q.headline_f64("lqer_tensors").unwrap_or(0.0);
+        rows.push(vec![
+            Line::text("of which LQER corrections"),
+            Line::text(thousands(n)),
+            linked(thousands(bytes), q),
+            Line::text(""),
+            Line::text(""),
+        ]);
+    }
     for (name, key) in [
         ("model file", "model_bytes"),
         ("code", "code_bytes"),
