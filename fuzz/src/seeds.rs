@@ -37,7 +37,8 @@ pub fn synthetic(root: &Path) -> Result<()> {
         &shard_bytes(&[1, 72, 105, 1, 33, 259])?,
     )?;
     put(root, "shard", "empty", &shard_bytes(&[])?)?;
-    // Sidecars: u16 counts (the official layout) beside tokens with a BOS every 3 (last byte 2).
+    // Sidecars: u16 counts (the official layout) beside tokens with a BOS every 3 (last byte 2),
+    // and the same header over u32 counts, which no upstream tool writes (refused).
     put(root, "sidecar", "u16", &shard_bytes(&[0, 3, 1, 0, 2, 2])?)?;
     let mut wide = shard_bytes(&[0; 4])?[..1024].to_vec();
     for c in [0u32, 70_000, 1, 2] {

@@ -118,8 +118,8 @@ proptest! {
         let shard = Shard::open(&path).unwrap();
         prop_assert_eq!(shard.tokens(), tokens.as_slice());
         prop_assert_eq!(pgolf_evaluator::read_shard(&path).unwrap(), tokens.clone());
-        // A sidecar for it: 0 at every BOS (id 1), in u16 or u32 counts.
-        let counts: Vec<u32> = tokens.iter().map(|&t| if t == 1 { 0 } else { t as u32 % 7 + 65_530 * wide as u32 }).collect();
+        // A sidecar for it: 0 at every BOS (id 1), as u16 counts (official) or u32 (refused).
+        let counts: Vec<u32> = tokens.iter().map(|&t| if t == 1 { 0 } else { t as u32 % 7 + 65_520 }).collect();
         let side = dir.path().join("fineweb_val_bytes_000000.bin");
         let mut bytes = fs::read(&path).unwrap()[..1024].to_vec();
         for c in &counts {
@@ -129,7 +129,10 @@ proptest! {
             }
         }
         fs::write(&side, bytes).unwrap();
-        prop_assert_eq!(read_sidecar(&side, &shard, 1).unwrap(), counts);
+        match wide && !tokens.is_empty() {
+            true => prop_assert!(read_sidecar(&side, &shard, 1).is_err()),
+            false => prop_assert_eq!(read_sidecar(&side, &shard, 1).unwrap(), counts),
+        }
     }
 
     #[test]

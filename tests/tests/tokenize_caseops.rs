@@ -1,142 +1,238 @@
-//! Shards made with a text-transforming tokenizer (the CaseOps sp8192 model in ../shared): their
-//! byte sidecars are validated and become the raw bytes, which equal the original text's UTF-8
-//! bytes; without sidecars the lookup-table bytes (which charge each case operator 3 bytes) are
-//! never used as a score. The CaseOps shards and sidecars are made here, by our own code: the
-//! `lossless_caps_caseops_v1` transform and the per-piece original byte counts of REFERENCE.md §2.4.
+//! CaseOps through the tokenize stage: `transform: caseops` case-transforms each document
+//! (`lossless_caps_caseops_v1`, pgolf-data's `caseops`) before the CaseOps sp8192 model in
+//! ../shared encodes it, writes a byte sidecar beside each val shard (the official format), and
+//! keeps the doc table's raw bytes the original text's — which the sidecar sums to, document by
+//! document. Importing such shards (`--in shards`) validates the sidecars and takes the raw bytes
+//! from them; without sidecars the lookup-table bytes (which charge each case operator 3 bytes)
+//! are never used as a score.
 
 mod tokenize_support;
 
-use pgolf_data::{write_shard, RawBytesSource, Split};
+use pgolf_data::caseops;
+use pgolf_data::sidecar::{read_sidecar, sidecar_path};
+use pgolf_data::{list_shards, write_shard, RawBytesSource, Shard, Split};
 use sentencepiece::SentencePieceProcessor;
 use serde_json::json;
 use std::fs;
 use std::path::{Path, PathBuf};
 use tokenize_support::*;
 
-const TITLE: char = '\u{E001}';
-const ALLCAPS: char = '\u{E002}';
-const CAPNEXT: char = '\u{E003}';
-const ESC: char = '\u{E004}';
-
 fn caseops_model() -> PathBuf {
     pgolf_e2e::shared_material()
         .join("tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model")
 }
 
-/// `encode_lossless_caps_v2` over maximal ASCII-letter runs: lowercase words unchanged; TitleCase
-/// → TITLE + lowercase; ALLCAPS (2 letters or more) → ALLCAPS + lowercase; other mixed case →
-/// TITLE if the first letter is upper, then CAPNEXT before each later upper letter; a literal
-/// operator character is escaped.
-fn transform(text: &str) -> String {
-    let mut out = String::new();
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        let upper: Vec<bool> = word.chars().map(|c| c.is_ascii_uppercase()).collect();
-        let lower = word.to_ascii_lowercase();
-        if upper.iter().all(|u| !u) {
-            out.push_str(word);
-        } else if upper.len() >= 2 && upper.iter().all(|&u| u) {
-            out.push(ALLCAPS);
-            out.push_str(&lower);
-        } else {
-            for (i, (c, &u)) in lower.chars().zip(&upper).enumerate() {
-                if u {
-                    out.push(if i == 0 { TITLE } else { CAPNEXT });
-                }
-                out.push(c);
-            }
-        }
-        word.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_alphabetic() {
-            word.push(c);
-            continue;
-        }
-        flush(&mut word, &mut out);
-        if [TITLE, ALLCAPS, CAPNEXT, ESC].contains(&c) {
-            out.push(ESC);
-        }
-        out.push(c);
-    }
-    flush(&mut word, &mut out);
-    out
-}
-
-/// Each piece's bytes of the original text: operators 0, an escaped character its UTF-8 length,
-/// everything else its UTF-8 length (`surface_piece_original_byte_counts`).
-fn original_bytes(surfaces: &[&str]) -> Vec<u16> {
-    let mut escaped = false;
-    surfaces
-        .iter()
-        .map(|s| {
-            let mut n = 0;
-            for c in s.chars() {
-                if escaped {
-                    n += c.len_utf8();
-                    escaped = false;
-                } else if c == ESC {
-                    escaped = true;
-                } else if ![TITLE, ALLCAPS, CAPNEXT].contains(&c) {
-                    n += c.len_utf8();
-                }
-            }
-            n as u16
-        })
-        .collect()
+fn sp8192() -> PathBuf {
+    pgolf_e2e::shared_material().join("tokenizers/fineweb_8192_bpe.model")
 }
 
 const TEXTS: [&str; 8] = [
     "The NASA Launch was seen by McDonald and his iPhone.",
     "In 1969 Apollo Eleven landed; NASA said The Eagle Has Landed.",
-    "Berlin is the Capital of Germany, said Angela Merkel in an interview with the BBC.",
-    "plain lowercase text with no capitals at all, just words and commas.",
+    "  Berlin is the Capital of Germany, said Angela Merkel in an interview with the BBC. \n",
+    "A literal operator \u{E001} and an escape \u{E004}, then ÉCOLE and Straße.",
     "OpenAI released GPT models; researchers at MIT and CMU tested them on WikiText.",
-    "MacBook users and YouTube viewers met in San Francisco on a Sunday.",
+    "plain lowercase text with no capitals at all, just words and commas.",
     "The Quick Brown Fox Jumps Over The Lazy Dog, again and AGAIN.",
     "Rust crates like SentencePiece and Arrow read Parquet files for pgolf.",
 ];
 
-/// Writes CaseOps shards of `TEXTS` (the first `val` documents are val) into `dir`, with a byte
-/// sidecar beside the val shard when `sidecar`; returns the texts' UTF-8 bytes of the val split.
-fn caseops_shards(dir: &Path, val: usize, sidecar: bool) -> u64 {
-    let sp = SentencePieceProcessor::open(caseops_model()).unwrap();
-    let bos = sp.bos_id().unwrap() as u16;
-    let (mut val_tokens, mut val_counts, mut train_tokens) = (vec![], vec![], vec![]);
-    let mut val_bytes = 0;
-    for (i, text) in TEXTS.iter().enumerate() {
-        let transformed = transform(text);
-        let pieces = sp.encode(&transformed).unwrap();
-        let surfaces: Vec<&str> = pieces
-            .iter()
-            .map(|p| &transformed[p.span.0 as usize..p.span.1 as usize])
-            .collect();
-        let tokens: Vec<u16> = std::iter::once(bos)
-            .chain(pieces.iter().map(|p| p.id as u16))
-            .collect();
-        if i < val {
-            val_bytes += text.len() as u64;
-            val_counts.push(0);
-            val_counts.extend(original_bytes(&surfaces));
-            val_tokens.extend(tokens);
-        } else {
-            train_tokens.extend(tokens);
-        }
-    }
-    fs::create_dir_all(dir).unwrap();
-    write_shard(&dir.join("fineweb_val_000000.bin"), &val_tokens).unwrap();
-    write_shard(&dir.join("fineweb_train_000000.bin"), &train_tokens).unwrap();
-    if sidecar {
-        write_shard(&dir.join("fineweb_val_bytes_000000.bin"), &val_counts).unwrap();
-    }
-    val_bytes
+/// `TEXTS` as a JSONL file in `dir`.
+fn texts_file(dir: &Path) -> PathBuf {
+    let path = dir.join("docs.jsonl");
+    let lines: Vec<String> = TEXTS
+        .iter()
+        .map(|t| json!({ "text": t }).to_string())
+        .collect();
+    fs::write(&path, lines.join("\n")).unwrap();
+    path
+}
+
+/// Tokenizes `TEXTS` with CaseOps (the first 5 are val), in shards of 40 tokens so that the val
+/// split spans several shards and a document straddles two.
+fn caseops_run(dir: &Path) -> Run {
+    tokenize_ok(
+        &[
+            ("documents", &texts_file(dir)),
+            ("tokenizer", &caseops_model()),
+        ],
+        json!({"val_docs": 5, "shard_tokens": 40, "transform": "caseops"}),
+    )
+}
+
+/// A split's sidecar counts concatenated, each sidecar checked against its shard.
+fn sidecar_counts(out: &Path) -> Vec<u32> {
+    list_shards(out, Split::Val)
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            let side = sidecar_path(p).unwrap();
+            read_sidecar(&side, &Shard::open(p).unwrap(), 1).unwrap()
+        })
+        .collect()
 }
 
 #[test]
-fn the_sidecar_gives_the_original_bytes_and_the_lookup_tables_overstate_them() {
+fn caseops_tokenization_writes_sidecars_that_sum_to_each_documents_original_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = caseops_run(dir.path());
+    let out = run.out();
+    let val_shards = list_shards(&out, Split::Val).unwrap();
+    assert!(val_shards.len() >= 3, "{val_shards:?}");
+    for p in &val_shards {
+        assert!(sidecar_path(p).unwrap().is_file(), "{}", p.display());
+    }
+    assert!(!list_shards(&out, Split::Train).unwrap().is_empty());
+    assert!(fs::read_dir(&out).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .contains("train_bytes")));
+
+    // The tokens are [BOS] + the model's encoding of the transformed text, as the records'
+    // prepare_caseops_data.py makes them.
+    let sp = SentencePieceProcessor::open(caseops_model()).unwrap();
+    let mut expected = Vec::new();
+    for text in &TEXTS[..5] {
+        expected.push(1u16);
+        let t = caseops::encode(text);
+        expected.extend(sp.encode(&t).unwrap().iter().map(|p| p.id as u16));
+    }
+    assert_eq!(run.tokens(Split::Val), expected);
+
+    // Per document: raw bytes are the original text's (from the text, not the sidecar), and the
+    // sidecar sums to exactly them; the lookup tables charge more (3 bytes per operator).
+    let counts = sidecar_counts(&out);
+    assert_eq!(counts.len(), expected.len());
+    let val: Vec<_> = run
+        .docs()
+        .into_iter()
+        .filter(|d| d.split == Split::Val)
+        .collect();
+    assert_eq!(val.len(), 5);
+    for (doc, text) in val.iter().zip(TEXTS) {
+        assert_eq!(doc.raw_bytes, Some(text.len() as u64), "{text}");
+        assert_eq!(doc.raw_bytes_source, Some(RawBytesSource::Text));
+        let (a, b) = (
+            doc.token_offset as usize,
+            (doc.token_offset + doc.token_count) as usize,
+        );
+        let sum: u64 = counts[a..b].iter().map(|&c| c as u64).sum();
+        assert_eq!(sum, text.len() as u64, "sidecar sum of {text:?}");
+        assert_eq!(counts[a], 0, "BOS stands for no bytes");
+        assert!(doc.lut_bytes > doc.raw_bytes.unwrap(), "{text}");
+    }
+    let raw: u64 = TEXTS[..5].iter().map(|t| t.len() as u64).sum();
+    assert_eq!(run.headline("val_raw_bytes"), json!(raw));
+    assert_eq!(run.headline("val_raw_bytes_source"), json!("text"));
+    assert_eq!(run.headline("transform"), json!("lossless_caps_caseops_v1"));
+    let lut = run.headline("val_lut_bytes").as_u64().unwrap();
+    assert!(lut > raw + 30, "LUT {lut} vs raw {raw}");
+}
+
+/// The team's val documents (the first 50 of part-07, the wiki CPU profiles' val split): every
+/// document's sidecar sum is its UTF-8 length, and the lookup tables overstate the bytes.
+#[test]
+fn on_wiki_val_documents_the_sidecar_sums_to_the_raw_utf8_bytes() {
+    let run = tokenize_ok(
+        &[
+            ("val_documents", &wiki_part(7)),
+            ("documents", &wiki_part(0)),
+            ("tokenizer", &caseops_model()),
+        ],
+        json!({"val_docs": 50, "max_docs": 60, "transform": "caseops"}),
+    );
+    let counts = sidecar_counts(&run.out());
+    let val: Vec<_> = run
+        .docs()
+        .into_iter()
+        .filter(|d| d.split == Split::Val)
+        .collect();
+    assert_eq!(val.len(), 50);
+    let mut raw = 0;
+    for d in &val {
+        let (a, b) = (
+            d.token_offset as usize,
+            (d.token_offset + d.token_count) as usize,
+        );
+        let sum: u64 = counts[a..b].iter().map(|&c| c as u64).sum();
+        assert_eq!(Some(sum), d.raw_bytes, "document {}", d.doc_id);
+        raw += sum;
+    }
+    let lut: u64 = val.iter().map(|d| d.lut_bytes).sum();
+    assert_eq!(run.headline("val_raw_bytes"), json!(raw));
+    let ratio = lut as f64 / raw as f64;
+    assert!(ratio > 1.03, "LUT/raw bytes {ratio}");
+}
+
+#[test]
+fn the_transform_is_checked_against_the_models_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let docs = texts_file(dir.path());
+    // A CaseOps model with no transform named: which text it should see is not guessed.
+    let err = tokenize(
+        &[("documents", &docs), ("tokenizer", &caseops_model())],
+        json!({"val_docs": 5}),
+    )
+    .error();
+    assert!(
+        err.contains("lossless_caps_caseops_v1_reserved.model")
+            && err.contains("set the tokenize param `transform: caseops`"),
+        "{err}"
+    );
+    // CaseOps with a model that has no operator pieces, or with none at all.
+    let err = tokenize(
+        &[("documents", &docs), ("tokenizer", &sp8192())],
+        json!({"val_docs": 5, "transform": "caseops"}),
+    )
+    .error();
+    assert!(
+        err.contains("fineweb_8192_bpe.model") && err.contains("CaseOps operator pieces"),
+        "{err}"
+    );
+    let err = tokenize(
+        &[("documents", &docs)],
+        json!({"val_docs": 5, "transform": "caseops"}),
+    )
+    .error();
+    assert!(err.contains("byte260"), "{err}");
+    // `none` encodes the text as it is (no sidecars): the raw bytes are still the text's.
+    let plain = tokenize_ok(
+        &[("documents", &docs), ("tokenizer", &caseops_model())],
+        json!({"val_docs": 5, "transform": "none"}),
+    );
+    assert!(!plain.out().join("fineweb_val_bytes_000000.bin").exists());
+    assert!(plain.headline("transform").is_null());
+    // Imported shards are encoded already.
+    let err = tokenize(
+        &[("shards", &plain.out()), ("tokenizer", &caseops_model())],
+        json!({"transform": "caseops"}),
+    )
+    .error();
+    assert!(err.contains("do not apply to --in shards"), "{err}");
+}
+
+/// Official-layout CaseOps shards made by our tokenize stage, copied into `dir` (with their
+/// sidecars, or without); returns the original UTF-8 bytes of the val texts.
+fn caseops_shards(dir: &Path, sidecars: bool) -> u64 {
+    let made = tempfile::tempdir().unwrap();
+    let run = caseops_run(made.path());
+    fs::create_dir_all(dir).unwrap();
+    for e in fs::read_dir(run.out()).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().to_string();
+        let is_shard = name.starts_with("fineweb_") && name.ends_with(".bin");
+        if is_shard && (sidecars || !name.contains("_bytes_")) {
+            fs::copy(run.out().join(&name), dir.join(&name)).unwrap();
+        }
+    }
+    TEXTS[..5].iter().map(|t| t.len() as u64).sum()
+}
+
+#[test]
+fn imported_sidecars_give_the_original_bytes_and_the_lookup_tables_overstate_them() {
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("shards");
-    let text_bytes = caseops_shards(&shards, 5, true);
+    let text_bytes = caseops_shards(&shards, true);
     let run = tokenize_ok(
         &[("shards", &shards), ("tokenizer", &caseops_model())],
         json!({}),
@@ -151,33 +247,31 @@ fn the_sidecar_gives_the_original_bytes_and_the_lookup_tables_overstate_them() {
     assert!(val
         .iter()
         .all(|d| d.raw_bytes_source == Some(RawBytesSource::Sidecar)));
-    let raw: u64 = val.iter().map(|d| d.raw_bytes.unwrap()).sum();
-    assert_eq!(
-        raw, text_bytes,
-        "sidecar sum = raw UTF-8 bytes of the val texts"
-    );
     for (doc, text) in val.iter().zip(TEXTS) {
         assert_eq!(doc.raw_bytes, Some(text.len() as u64), "{text}");
     }
     assert_eq!(run.headline("val_raw_bytes"), json!(text_bytes));
     assert_eq!(run.headline("val_raw_bytes_source"), json!("sidecar"));
-    // The lookup tables charge every case operator its 3 UTF-8 bytes: the LUT figure is too big.
     let lut = run.headline("val_lut_bytes").as_u64().unwrap();
     assert!(lut > text_bytes + 30, "LUT {lut} vs text {text_bytes}");
-    // The sidecar is linked beside its shard, for the stages that score per target.
-    assert_eq!(
-        fs::read(run.out().join("fineweb_val_bytes_000000.bin")).unwrap(),
-        fs::read(shards.join("fineweb_val_bytes_000000.bin")).unwrap()
-    );
+    // The sidecars are linked beside their shards, for the stages that score per target.
+    for p in list_shards(&shards, Split::Val).unwrap() {
+        let side = sidecar_path(&p).unwrap();
+        let name = side.file_name().unwrap();
+        assert_eq!(
+            fs::read(run.out().join(name)).unwrap(),
+            fs::read(&side).unwrap()
+        );
+    }
 }
 
 #[test]
 fn a_sidecar_that_does_not_match_its_shard_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("shards");
-    caseops_shards(&shards, 5, true);
+    caseops_shards(&shards, true);
     let side = shards.join("fineweb_val_bytes_000000.bin");
-    let mut counts: Vec<u16> = pgolf_data::Shard::open(&side).unwrap().tokens().to_vec();
+    let mut counts: Vec<u16> = Shard::open(&side).unwrap().tokens().to_vec();
     counts.pop();
     write_shard(&side, &counts).unwrap();
     let run = tokenize(
@@ -185,7 +279,6 @@ fn a_sidecar_that_does_not_match_its_shard_is_one_clear_error() {
         json!({}),
     );
     let err = run.error();
-    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains("fineweb_val_bytes_000000.bin") && err.contains("counts but its token shard"),
         "{err}"
@@ -196,7 +289,7 @@ fn a_sidecar_that_does_not_match_its_shard_is_one_clear_error() {
 fn without_sidecars_the_import_has_no_raw_bytes_and_nothing_scores_it() {
     let dir = tempfile::tempdir().unwrap();
     let shards = dir.path().join("shards");
-    caseops_shards(&shards, 5, false);
+    caseops_shards(&shards, false);
     let run = tokenize_ok(
         &[("shards", &shards), ("tokenizer", &caseops_model())],
         json!({}),
@@ -226,8 +319,4 @@ fn without_sidecars_the_import_has_no_raw_bytes_and_nothing_scores_it() {
     // A tokenizer that stands no piece for no text is not refused.
     let plain = tokenize_ok(&[("shards", &shards), ("tokenizer", &sp8192())], json!({}));
     pgolf_data::refuse_lookup_table_bytes(&plain.out()).unwrap();
-}
-
-fn sp8192() -> PathBuf {
-    pgolf_e2e::shared_material().join("tokenizers/fineweb_8192_bpe.model")
 }

@@ -5,9 +5,11 @@
 //! - [`doc_table`]: `docs.parquet`, one row per document (offsets, token counts, byte counts).
 //! - [`tokenizer_info`]: `tokenizer.json`, which tokenizer a tokenize output was made with.
 //! - [`sidecar`]: the official byte sidecars of text-transforming tokenizers (CaseOps).
+//! - [`caseops`]: the `lossless_caps_caseops_v1` transform, its inverse, and the sidecar counts.
 //! - [`sp_model`]: the fields of a SentencePiece `.model` protobuf that the tables need.
 //! - [`rng`]: the seeded generator of synthetic corpora and seeded initializations.
 
+pub mod caseops;
 pub mod doc_table;
 pub mod lut;
 pub mod rng;

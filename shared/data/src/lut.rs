@@ -16,6 +16,10 @@ pub struct ByteLut {
     pub has_leading_space: Vec<bool>,
     /// Control, unknown and unused pieces (BOS among them): text starts afresh after them.
     pub is_boundary: Vec<bool>,
+    /// Some piece stands for no text of the original document (a user-defined piece such as a
+    /// CaseOps case operator, or a control piece other than the specials; the counted evaluator's
+    /// rule): the tokenizer transforms the text, so these tables are no byte denominator.
+    pub transforms_text: bool,
 }
 
 impl ByteLut {
@@ -46,6 +50,7 @@ impl ByteLut {
             base_bytes: lut.base,
             has_leading_space: lut.space,
             is_boundary: lut.boundary,
+            transforms_text: lut.transforms_text,
         }
     }
 
@@ -180,6 +185,25 @@ mod tests {
             lut.sequence_bytes(&ids(&["<s>", "<0xC3>", "<0xA9>", "<s>"])),
             2
         );
+    }
+
+    #[test]
+    fn the_caseops_models_operator_pieces_mark_it_as_transforming_the_text() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../../../shared/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",
+        );
+        let model = ModelProto::read(&path).unwrap();
+        for (id, op) in crate::caseops::OPERATORS.iter().enumerate() {
+            let piece = &model.pieces[4 + id];
+            assert_eq!(piece.text(), op.to_string());
+            assert_eq!(piece.piece_type().unwrap(), PieceType::UserDefined);
+        }
+        let lut = ByteLut::from_model(&model).unwrap();
+        assert!(lut.transforms_text);
+        // The lookup tables charge each operator its 3 UTF-8 bytes: no bytes of the text.
+        assert_eq!(lut.base_bytes[4..8], [3, 3, 3, 3]);
+        assert!(!sp1024().1.transforms_text);
+        assert!(!ByteLut::byte260().transforms_text);
     }
 
     #[test]

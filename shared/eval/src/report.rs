@@ -1,8 +1,15 @@
 //! What an evaluation writes: the per-document results table, the per-chunk table of adaptive
 //! runs, and the summary (whose fields are also the manifest headline). The guards that judge a
 //! finished ledger run here, so no summary exists for a run that failed one.
+//!
+//! The byte denominator is the original text's: the doc table's raw bytes, or the byte sidecars'
+//! counts of the scored targets. Lookup-table bytes stand in only for a tokenizer that keeps the
+//! text as it is (and for upstream-compatible truncated runs, as upstream counts them). When the
+//! tokenizer transforms the text (pieces that stand for no text: CaseOps operators), the LUT
+//! count is never the denominator: without raw bytes or sidecars the run is refused, and the LUT
+//! figure appears only as `val_bpb_lut_rejected`, beside the ratio of the two byte counts.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use arrow::array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
@@ -34,12 +41,24 @@ pub struct Summary {
     pub mode: String,
     pub val_loss: f64,
     pub val_bpb: f64,
-    pub val_bpb_lut: f64,
+    /// The BPB against lookup-table bytes, a cross-check; absent when the tokenizer transforms the
+    /// text (then it is `val_bpb_lut_rejected`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_bpb_lut: Option<f64>,
+    /// What the LUT bytes would give for a text-transforming tokenizer: no score (the mistake of
+    /// REFERENCE.md §2.5.1), shown as a diagnostic only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_bpb_lut_rejected: Option<f64>,
     pub scored_targets: u64,
     pub expected_targets: u64,
     pub val_bytes: u64,
     pub val_lut_bytes: u64,
+    /// `val_lut_bytes / val_bytes` when the denominator is the original text's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lut_to_raw_bytes: Option<f64>,
     pub byte_denominator: String,
+    /// The tokenizer stands some pieces for no text (read from its model).
+    pub tokenizer_transforms_text: bool,
     pub eval_seconds: f64,
     pub tokens_per_second: f64,
     pub guard_coverage: String,
@@ -68,22 +87,52 @@ pub fn summarize(
     seconds: f64,
 ) -> Result<Summary> {
     let entropy = entropy_guard(val, report)?;
+    let transforms = val.transforms_text();
     let whole = report.expected == (1..val.tokens.len());
-    let raw = if whole { val.raw_bytes() } else { None };
+    // The original text's bytes of exactly the expected targets (all of which the ledger proved
+    // scored once): the documents' raw bytes for the whole stream, else the byte sidecars' counts.
+    let raw = match whole {
+        true => val.raw_bytes(),
+        false => None,
+    }
+    .or_else(|| val.original_bytes_of(report.expected.clone()));
+    let from_sidecar = !(whole && val.raw_bytes().is_some()) && raw.is_some();
     let lut = report.total.lut_bytes;
+    let refuse = || -> Result<Summary> {
+        bail!("refusing to score: the tokenizer transforms the text (pieces that stand for no text, e.g. CaseOps case operators) and the scored targets have neither raw text bytes nor byte sidecars; their lookup-table bytes ({lut}) are no denominator (REFERENCE.md §2.5)")
+    };
     let (val_bytes, byte_denominator) = match (denominator, raw) {
-        (Denominator::UpstreamLut, _) => (
+        (Denominator::UpstreamLut, Some(raw)) if transforms => (
+            raw,
+            format!(
+                "{} (upstream-compatible: truncated to whole windows; the original bytes of the scored targets)",
+                if from_sidecar { "sidecar" } else { "raw" }
+            ),
+        ),
+        (Denominator::UpstreamLut, _) if !transforms => (
             lut,
             "lut (upstream-compatible: truncated to whole windows)".to_string(),
         ),
+        (Denominator::Raw, Some(raw)) if from_sidecar => (raw, "sidecar".to_string()),
         (Denominator::Raw, Some(raw)) => (raw, "raw".to_string()),
-        (Denominator::Raw, None) => (
+        (Denominator::Raw, None) if !transforms => (
             lut,
             "lut (raw UTF-8 bytes unknown for these shards)".to_string(),
         ),
+        _ => return refuse(),
     };
-    let bytes = raw.map(|raw| bytes_check(raw, lut));
+    let original = byte_denominator.starts_with("raw") || byte_denominator.starts_with("sidecar");
+    let bytes = raw.filter(|_| original).map(|raw| bytes_check(raw, lut));
+    let lut_bpb = report.total.bpb_lut();
     let guard_bytes = match &bytes {
+        Some(b) if transforms => format!(
+            "pass: the tokenizer transforms the text, so the score divides by the original text's {} bytes ({}); its lookup tables charge {} bytes (×{:.4}), and their BPB {:.5} is rejected, no score",
+            b.raw_bytes,
+            if from_sidecar { "byte sidecar" } else { "doc table" },
+            b.lut_bytes,
+            b.lut_bytes as f64 / b.raw_bytes as f64,
+            lut_bpb
+        ),
         Some(b) if b.flagged => format!(
             "flagged: raw {} vs LUT {} bytes differ by {:.3}% (> 0.1%)",
             b.raw_bytes,
@@ -116,12 +165,17 @@ pub fn summarize(
         mode: mode.to_string(),
         val_loss: t.val_loss(),
         val_bpb: bits_per_byte(t.nll, val_bytes),
-        val_bpb_lut: t.bpb_lut(),
+        val_bpb_lut: (!transforms).then_some(lut_bpb),
+        val_bpb_lut_rejected: transforms.then_some(lut_bpb),
         scored_targets: t.targets,
         expected_targets: report.expected.len() as u64,
         val_bytes,
         val_lut_bytes: lut,
+        lut_to_raw_bytes: bytes
+            .as_ref()
+            .map(|b| b.lut_bytes as f64 / b.raw_bytes as f64),
         byte_denominator,
+        tokenizer_transforms_text: transforms,
         eval_seconds: seconds,
         tokens_per_second: t.targets as f64 / seconds.max(1e-9),
         guard_coverage: format!(
@@ -188,6 +242,16 @@ pub fn write_doc_results(path: &Path, val: &ValSet, report: &LedgerReport) -> Re
     ]));
     let d = |i: &usize| &val.docs[*i];
     let s = |i: &usize| &report.docs[*i];
+    // The original bytes of the targets scored: with byte sidecars exactly those (a truncated run
+    // scores part of its last document), else the document's raw bytes.
+    let raw_bytes = |i: &usize| {
+        let t = d(i).targets();
+        let scored = t.start.max(report.expected.start)..t.end.min(report.expected.end);
+        match val.original_bytes {
+            Some(_) => val.original_bytes_of(scored),
+            None => d(i).raw_bytes,
+        }
+    };
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|i| d(i).id.as_str()),
@@ -207,7 +271,7 @@ pub fn write_doc_results(path: &Path, val: &ValSet, report: &LedgerReport) -> Re
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|i| s(i).lut_bytes),
         )),
-        Arc::new(UInt64Array::from_iter(rows.iter().map(|i| d(i).raw_bytes))),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(|i| raw_bytes(i)))),
         Arc::new(Float64Array::from_iter(
             rows.iter().map(|i| d(i).source_bits),
         )),
@@ -283,7 +347,9 @@ mod tests {
             (8, 6, "raw")
         );
         assert!((s.val_bpb - 8.0 / (LN_2 * 8.0)).abs() < 1e-12);
-        assert!((s.val_bpb_lut - 8.0 / (LN_2 * 6.0)).abs() < 1e-12);
+        assert!((s.val_bpb_lut.unwrap() - 8.0 / (LN_2 * 6.0)).abs() < 1e-12);
+        assert_eq!(s.val_bpb_lut_rejected, None);
+        assert_eq!(s.lut_to_raw_bytes, Some(6.0 / 8.0));
         assert!(s.guard_bytes.starts_with("flagged"), "{}", s.guard_bytes);
         assert_eq!(s.tokens_per_second, 4.0);
         let json = s.to_json(Map::new()).unwrap();
@@ -318,5 +384,131 @@ mod tests {
             .unwrap();
         let rows: usize = reader.map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 2, "the third document has no scored target");
+    }
+
+    /// `tiny()` as if its tokenizer transformed the text (the flag the CaseOps model's piece table
+    /// sets): LUT bytes 2, 3, 1 per document, raw bytes as given (fewer, as the CaseOps operators
+    /// make them), and optionally a byte sidecar that agrees with them.
+    fn transforming(raw: Option<[u64; 3]>, sidecar: bool) -> ValSet {
+        let (tokens, mut docs) = tiny_parts();
+        for (i, d) in docs.iter_mut().enumerate() {
+            d.raw_bytes = raw.map(|r| r[i]);
+            d.raw_bytes_source = raw.map(|_| pgolf_data::RawBytesSource::Text);
+        }
+        let mut lut = pgolf_data::ByteLut::byte260();
+        lut.transforms_text = true;
+        let val = ValSet::new(tokens.clone(), &docs, lut, 1).unwrap();
+        if !sidecar {
+            return val;
+        }
+        // One original byte per non-BOS token but the first of each document (an "operator").
+        let counts: Vec<u32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| (t != 1 && tokens[i - 1] != 1) as u32)
+            .collect();
+        val.with_original_bytes(counts).unwrap()
+    }
+
+    fn flat(val: &ValSet, targets: std::ops::Range<usize>, d: Denominator) -> Result<Summary> {
+        let mut l = Ledger::new(val, targets.clone()).unwrap();
+        l.record(targets.start, &vec![1.0; targets.len()]).unwrap();
+        let r = l.finish().unwrap();
+        summarize(val, &r, "flat", d, &Normalization::default(), None, 1.0)
+    }
+
+    #[test]
+    fn a_text_transforming_tokenizer_is_scored_on_original_bytes_and_its_lut_figure_rejected() {
+        // Raw bytes from the doc table (the text before the transform): 1, 2, 0 for LUT 2, 3, 1.
+        let val = transforming(Some([1, 2, 0]), false);
+        let s = flat(&val, 1..9, Denominator::Raw).unwrap();
+        assert_eq!((s.val_bytes, s.val_lut_bytes), (3, 6));
+        assert_eq!(s.byte_denominator, "raw");
+        assert!((s.val_bpb - 8.0 / (LN_2 * 3.0)).abs() < 1e-12);
+        assert_eq!(s.val_bpb_lut, None);
+        let rejected = s.val_bpb_lut_rejected.unwrap();
+        assert!(
+            rejected < s.val_bpb,
+            "LUT bytes overstate the denominator: a lower BPB"
+        );
+        assert!((rejected - 8.0 / (LN_2 * 6.0)).abs() < 1e-12);
+        assert_eq!(s.lut_to_raw_bytes, Some(2.0));
+        assert!(s.tokenizer_transforms_text);
+        assert!(
+            s.guard_bytes.starts_with("pass")
+                && s.guard_bytes.contains("rejected")
+                && s.guard_bytes.contains("×2.0000"),
+            "{}",
+            s.guard_bytes
+        );
+        let json = s.to_json(Map::new()).unwrap();
+        assert!(!json.contains_key("val_bpb_lut"));
+        assert_eq!(json["val_bpb_lut_rejected"], rejected);
+
+        // No raw bytes and no sidecar: nothing is scored, whichever denominator was asked for.
+        let val = transforming(None, false);
+        for d in [Denominator::Raw, Denominator::UpstreamLut] {
+            let err = flat(&val, 1..9, d).unwrap_err().to_string();
+            assert!(err.starts_with("refusing to score"), "{err}");
+        }
+        // A tokenizer that keeps the text still falls back to its tables.
+        let mut plain = transforming(None, false);
+        plain.lut.transforms_text = false;
+        let s = flat(&plain, 1..9, Denominator::Raw).unwrap();
+        assert!(s
+            .byte_denominator
+            .starts_with("lut (raw UTF-8 bytes unknown"));
+        assert_eq!(s.val_bpb_lut, Some(s.val_bpb));
+    }
+
+    #[test]
+    fn a_truncated_run_of_a_transforming_tokenizer_divides_by_its_sidecar_bytes() {
+        // Sidecar: "ab" → 0, 1 (+ next BOS 0); "c d" → 0, 1, 1 (+ 0); "e" → 0. Raw 1, 2, 0.
+        let val = transforming(Some([1, 2, 0]), true);
+        // Upstream-compatible truncation to targets 1..6: "ab" (1 byte) and "c " of "c d" (1).
+        let s = flat(&val, 1..6, Denominator::UpstreamLut).unwrap();
+        assert_eq!(s.val_bytes, 2);
+        assert!(
+            s.byte_denominator
+                .starts_with("sidecar (upstream-compatible"),
+            "{}",
+            s.byte_denominator
+        );
+        assert_eq!(s.val_lut_bytes, 4);
+        assert_eq!(s.lut_to_raw_bytes, Some(2.0));
+        assert!(s.val_bpb_lut_rejected.unwrap() < s.val_bpb);
+        // The results table carries the scored targets' original bytes, so the report's
+        // recomputation from it matches the headline.
+        let mut l = Ledger::new(&val, 1..6).unwrap();
+        l.record(1, &[1.0; 5]).unwrap();
+        let r = l.finish().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(files::RESULTS);
+        write_doc_results(&path, &val, &r).unwrap();
+        let raw: u64 = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+            .map(|b| {
+                let b = b.unwrap();
+                let col = b.column_by_name("raw_bytes").unwrap();
+                let col = col.as_any().downcast_ref::<UInt64Array>().unwrap();
+                col.iter().map(|v| v.unwrap()).sum::<u64>()
+            })
+            .sum();
+        assert_eq!(raw, 2);
+
+        // A sidecar that does not sum to a document's raw bytes is refused on load.
+        let (tokens, docs) = tiny_parts();
+        let val = ValSet::new(tokens.clone(), &docs, pgolf_data::ByteLut::byte260(), 1).unwrap();
+        let err = val
+            .with_original_bytes(vec![0; tokens.len()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("says 2 raw bytes but the byte sidecar gives its targets 0"),
+            "{err}"
+        );
     }
 }

@@ -5,8 +5,14 @@
 //! BOS (predicting the next BOS is a scored event worth 0 bytes, REFERENCE.md §1.6); the last
 //! document runs to the end of the stream. So the documents' target ranges tile `1 ..= N−1`, and
 //! the raw UTF-8 bytes of the documents are exactly the bytes of the scored text.
+//!
+//! When the val shards have byte sidecars (a text-transforming tokenizer: CaseOps), each target's
+//! bytes of the original text are loaded too, checked against every document's raw byte count, so
+//! a run scored on part of the stream (upstream-compatible truncation) still divides by original
+//! bytes.
 
 use anyhow::{bail, Context, Result};
+use pgolf_data::sidecar::read_val_sidecars;
 use pgolf_data::{list_shards, read_doc_table, ByteLut, DocRecord, Shard, Split, TokenizerInfo};
 use pgolf_store::files;
 use std::ops::Range;
@@ -36,6 +42,9 @@ pub struct ValSet {
     pub docs: Vec<ValDoc>,
     pub lut: ByteLut,
     pub bos_id: u16,
+    /// Per stream position, the bytes of the original text that token stands for (the byte
+    /// sidecars), when the data has them.
+    pub original_bytes: Option<Vec<u32>>,
 }
 
 impl ValSet {
@@ -57,12 +66,38 @@ impl ValSet {
             .into_iter()
             .filter(|d| d.split == Split::Val)
             .collect();
-        let set = ValSet::new(tokens, &docs, lut, info.bos_id as u16)
+        let mut set = ValSet::new(tokens, &docs, lut, info.bos_id as u16)
             .with_context(|| format!("{}", dir.display()))?;
+        if let Some(counts) = read_val_sidecars(&paths, info.bos_id as u16)? {
+            set = set
+                .with_original_bytes(counts)
+                .with_context(|| format!("{}", dir.display()))?;
+        }
         if set.raw_bytes().is_none() {
             pgolf_data::refuse_lookup_table_bytes(dir)?;
         }
         Ok(set)
+    }
+
+    /// Attaches the byte sidecars' counts (one per stream position), checked against the stream
+    /// and against every document that knows its raw byte count: a sidecar that does not sum to
+    /// the document's bytes is an error, never a quietly different denominator.
+    pub fn with_original_bytes(mut self, counts: Vec<u32>) -> Result<ValSet> {
+        if counts.len() != self.tokens.len() {
+            bail!(
+                "the byte sidecars hold {} counts for {} val tokens",
+                counts.len(),
+                self.tokens.len()
+            );
+        }
+        for d in &self.docs {
+            let sum: u64 = counts[d.targets()].iter().map(|&c| c as u64).sum();
+            if let Some(raw) = d.raw_bytes.filter(|&raw| raw != sum) {
+                bail!("docs.parquet: val doc {:?} says {raw} raw bytes but the byte sidecar gives its targets {sum}", d.id);
+            }
+        }
+        self.original_bytes = Some(counts);
+        Ok(self)
     }
 
     /// Builds and validates: documents must tile the stream, start with BOS, and carry the LUT byte
@@ -126,6 +161,7 @@ impl ValSet {
             docs: out,
             lut,
             bos_id,
+            original_bytes: None,
         })
     }
 
@@ -152,6 +188,18 @@ impl ValSet {
 
     pub fn lut_bytes(&self) -> u64 {
         self.docs.iter().map(|d| d.lut_bytes).sum()
+    }
+
+    /// Σ original bytes of the targets in `targets` from the byte sidecars, if the data has them.
+    pub fn original_bytes_of(&self, targets: Range<usize>) -> Option<u64> {
+        let counts = self.original_bytes.as_ref()?;
+        Some(counts.get(targets)?.iter().map(|&c| c as u64).sum())
+    }
+
+    /// The tokenizer stands some pieces for no text (CaseOps operators and the like): its
+    /// lookup-table byte count is no denominator.
+    pub fn transforms_text(&self) -> bool {
+        self.lut.transforms_text
     }
 }
 

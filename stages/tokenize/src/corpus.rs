@@ -1,8 +1,11 @@
 //! Lays tokenized documents out as upstream does (REFERENCE.md §1.2): the first `val_docs`
 //! documents form the val split, the rest train; each split is one token stream cut into shards of
 //! `shard_tokens` (a document may straddle two shards); val shards are complete before train starts.
+//! With a text transform (CaseOps), each val shard gets its byte sidecar
+//! (`fineweb_val_bytes_%06d.bin`, the official format), cut at the same token as the shard.
 
 use anyhow::{bail, Result};
+use pgolf_data::sidecar::{sidecar_path, write_sidecar};
 use pgolf_data::{write_shard, DocRecord, RawBytesSource, Split};
 use std::path::{Path, PathBuf};
 
@@ -10,6 +13,8 @@ use std::path::{Path, PathBuf};
 pub struct EncodedDoc {
     pub id: String,
     pub tokens: Vec<u16>,
+    /// Per token, its bytes of the original text (with a text transform): the sidecar's counts.
+    pub original_bytes: Option<Vec<u32>>,
     pub raw_bytes: Option<u64>,
     pub lut_bytes: u64,
     pub source_bits: Option<f64>,
@@ -47,7 +52,7 @@ impl CorpusWriter {
             &mut self.train
         };
         let token_offset = writer.written;
-        writer.append(&doc.tokens)?;
+        writer.append(&doc.tokens, doc.original_bytes.as_deref())?;
         self.docs.push(DocRecord {
             doc_id: doc.id,
             split,
@@ -82,6 +87,9 @@ struct SplitWriter {
     split: Split,
     shard_tokens: usize,
     buffer: Vec<u16>,
+    /// The val split's byte counts, one per buffered token, when the tokenizer transforms text
+    /// (every document has them or none does).
+    counts: Option<Vec<u32>>,
     shards: usize,
     /// Tokens appended so far (written or buffered).
     written: u64,
@@ -94,17 +102,37 @@ impl SplitWriter {
             split,
             shard_tokens,
             buffer: Vec::new(),
+            counts: None,
             shards: 0,
             written: 0,
         }
     }
 
-    fn append(&mut self, mut tokens: &[u16]) -> Result<()> {
+    /// Appends a document's tokens and, for val, its byte counts (train has no sidecars).
+    fn append(&mut self, mut tokens: &[u16], counts: Option<&[u32]>) -> Result<()> {
+        let mut counts = counts.filter(|_| self.split == Split::Val);
+        if counts.is_some_and(|c| c.len() != tokens.len()) {
+            bail!("a document's byte counts are not one per token (internal)");
+        }
+        match (&self.counts, counts) {
+            (None, Some(_)) if self.written > 0 => {
+                bail!("a document with byte counts after documents without (internal)")
+            }
+            (Some(_), None) => {
+                bail!("a document without byte counts after documents with (internal)")
+            }
+            (None, Some(_)) => self.counts = Some(Vec::new()),
+            _ => {}
+        }
         self.written += tokens.len() as u64;
         while !tokens.is_empty() {
             let take = (self.shard_tokens - self.buffer.len()).min(tokens.len());
             self.buffer.extend_from_slice(&tokens[..take]);
             tokens = &tokens[take..];
+            if let (Some(buffer), Some(c)) = (self.counts.as_mut(), counts.as_mut()) {
+                buffer.extend_from_slice(&c[..take]);
+                *c = &c[take..];
+            }
             if self.buffer.len() == self.shard_tokens {
                 self.flush()?;
             }
@@ -116,10 +144,13 @@ impl SplitWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        write_shard(
-            &self.out.join(self.split.shard_name(self.shards)),
-            &self.buffer,
-        )?;
+        let path = self.out.join(self.split.shard_name(self.shards));
+        write_shard(&path, &self.buffer)?;
+        if let Some(counts) = self.counts.as_mut() {
+            let side = sidecar_path(&path).expect("a val shard has a sidecar name");
+            write_sidecar(&side, counts)?;
+            counts.clear();
+        }
         self.shards += 1;
         self.buffer.clear();
         Ok(())
@@ -135,6 +166,7 @@ mod tests {
         EncodedDoc {
             id: id.into(),
             tokens: tokens.to_vec(),
+            original_bytes: None,
             raw_bytes: Some(tokens.len() as u64 - 1),
             lut_bytes: 0,
             source_bits: None,
@@ -175,6 +207,40 @@ mod tests {
                 ("c", Split::Train, 0, 2),
                 ("d", Split::Train, 2, 5)
             ]
+        );
+    }
+
+    #[test]
+    fn val_byte_counts_become_sidecars_cut_like_their_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = CorpusWriter::new(dir.path(), 2, 4);
+        let with_counts = |id: &str, tokens: &[u16], counts: &[u32]| EncodedDoc {
+            original_bytes: Some(counts.to_vec()),
+            ..doc(id, tokens)
+        };
+        writer
+            .add(with_counts("a", &[1, 10, 11], &[0, 3, 0]))
+            .unwrap();
+        writer
+            .add(with_counts("b", &[1, 12, 13], &[0, 1, 5]))
+            .unwrap();
+        writer.add(with_counts("c", &[1, 20], &[0, 9])).unwrap();
+        writer.finish().unwrap();
+        let counts: Vec<Vec<u32>> = list_shards(dir.path(), Split::Val)
+            .unwrap()
+            .iter()
+            .map(|p| {
+                let side = sidecar_path(p).unwrap();
+                pgolf_data::sidecar::read_sidecar(&side, &Shard::open(p).unwrap(), 1).unwrap()
+            })
+            .collect();
+        assert_eq!(counts, vec![vec![0, 3, 0, 0], vec![1, 5]]);
+        // Train keeps no counts.
+        assert!(!dir.path().join("fineweb_train_bytes_000000.bin").exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            5,
+            "2 val shards, 2 sidecars, 1 train shard"
         );
     }
 

@@ -34,14 +34,16 @@ pub fn tokenize_corpus(
 }
 
 fn encode(doc: RawDoc, tokenizer: &Tokenizer) -> Result<EncodedDoc> {
-    let tokens = tokenizer
+    let encoded = tokenizer
         .encode_document(&doc.text)
         .with_context(|| format!("document {}", doc.id))?;
     Ok(EncodedDoc {
-        lut_bytes: tokenizer.lut.sequence_bytes(&tokens),
+        lut_bytes: tokenizer.lut.sequence_bytes(&encoded.tokens),
+        // The original text's bytes, whatever the tokenizer saw.
         raw_bytes: Some(doc.text.len() as u64),
         source_bits: doc.source_bits,
-        tokens,
+        tokens: encoded.tokens,
+        original_bytes: encoded.original_bytes,
         id: doc.id,
     })
 }

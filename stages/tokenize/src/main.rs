@@ -1,7 +1,9 @@
 //! The tokenize stage: turns a corpus into upstream `.bin` token shards (val first, then train), a
 //! doc table with every document's place and byte counts, and the tokenizer description. The
 //! corpus is raw documents (`documents`, with an optional separate `val_documents`), official
-//! shards to import (`shards`), or the built-in synthetic source (the `synthetic` param).
+//! shards to import (`shards`), or the built-in synthetic source (the `synthetic` param). With
+//! `transform: caseops` each document is case-transformed before encoding, each val shard gets its
+//! byte sidecar, and the doc table's raw bytes are still the original text's.
 
 mod corpus;
 mod encode;
@@ -35,6 +37,11 @@ fn tokenize(stage: &mut Stage<Params>) -> Result<()> {
     let tokenizer = match &plan.tokenizer {
         Some(model) => Tokenizer::sentencepiece(model)?,
         None => Tokenizer::byte260(),
+    };
+    // Imported shards are already encoded: no text to transform.
+    let tokenizer = match plan.source {
+        Source::Shards(_) => tokenizer,
+        _ => tokenizer.with_transform(plan.transform)?,
     };
     tokenizer.write_into(&stage.out)?;
 
@@ -100,6 +107,9 @@ fn record_headline(stage: &mut Stage<Params>, tokenizer: &Tokenizer, summary: &S
     stage.headline("val_raw_bytes", summary.val_raw_bytes);
     stage.headline("val_raw_bytes_source", summary.val_raw_bytes_source);
     stage.headline("val_lut_bytes", summary.val_lut_bytes);
+    if tokenizer.transform() == params::Transform::Caseops {
+        stage.headline("transform", pgolf_data::caseops::NAME);
+    }
     if let Some(bpb) = summary.source_entropy_bpb {
         stage.headline("source_entropy_bpb", bpb);
     }

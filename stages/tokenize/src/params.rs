@@ -23,6 +23,18 @@ pub struct Params {
     pub shard_tokens: Option<u64>,
     /// Tokenize the built-in synthetic corpus instead of `documents` or `shards`.
     pub synthetic: Option<SyntheticParams>,
+    /// Transform the text before encoding: `caseops` (the records' `lossless_caps_caseops_v1`,
+    /// for a tokenizer trained on it: case operators, a byte sidecar beside each val shard) or
+    /// `none`. Required when the tokenizer has the CaseOps operator pieces; not for `shards`.
+    pub transform: Option<Transform>,
+}
+
+/// A text transform applied to every document before the tokenizer sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    None,
+    Caseops,
 }
 
 #[derive(Serialize, Deserialize, Clone)]
@@ -66,6 +78,8 @@ pub struct Plan {
     pub val_docs: u64,
     pub max_docs: Option<u64>,
     pub shard_tokens: u64,
+    /// As given; [`crate::tokenizer::Tokenizer::with_transform`] checks it against the model.
+    pub transform: Option<Transform>,
 }
 
 impl Plan {
@@ -99,8 +113,12 @@ impl Plan {
             _ => bail!("choose one source: --in documents, --in shards or the `synthetic` param"),
         };
         if let Source::Shards(_) = source {
-            if p.val_docs.is_some() || p.max_docs.is_some() || p.shard_tokens.is_some() {
-                bail!("val_docs, max_docs and shard_tokens do not apply to --in shards (the shards are imported as they are)");
+            if p.val_docs.is_some()
+                || p.max_docs.is_some()
+                || p.shard_tokens.is_some()
+                || p.transform.is_some()
+            {
+                bail!("val_docs, max_docs, shard_tokens and transform do not apply to --in shards (the shards are imported as they are)");
             }
         }
         let tokenizer = match stage.optional_input("tokenizer") {
@@ -140,6 +158,7 @@ impl Plan {
             val_docs,
             max_docs: p.max_docs,
             shard_tokens,
+            transform: p.transform,
         })
     }
 }
