@@ -16,6 +16,7 @@ use std::cell::{Cell, RefCell};
 use tch::{nn, Kind, Tensor};
 
 use crate::config::{Activation, InitScheme, ModelConfig};
+use crate::docs::{self, Documents};
 use crate::hooks::{Hooks, Site};
 use crate::rope::Rope;
 
@@ -374,7 +375,14 @@ impl Gpt {
 
     /// Soft-capped logits `[B, T, V]` in f32 for token ids `x: [B, T]` (i64).
     pub fn forward(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
-        let z = self.head(x, hooks);
+        let z = self.head(x, None, hooks);
+        self.soft_cap(&z)
+    }
+
+    /// [`Gpt::forward`] over one packed row `x: [1, T]` whose attention stays inside each segment
+    /// of `docs` (R0427's varlen attention; [`Documents`]).
+    pub fn packed_forward(&self, x: &Tensor, docs: &Documents, hooks: &mut Hooks) -> Tensor {
+        let z = self.head(x, Some(docs), hooks);
         self.soft_cap(&z)
     }
 
@@ -386,11 +394,19 @@ impl Gpt {
     /// cap runs in, the delta added, then `/ c`. Fast: `1/c` folded into the weight (`h (W/c)ᵀ`,
     /// no pass over the `[N, V]` logits), `z` left in the compute kind, which the fused loss
     /// reads. The two round differently, hence two lines.
-    fn head(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
+    fn head(&self, x: &Tensor, docs: Option<&Documents>, hooks: &mut Hooks) -> Tensor {
         let formulation = self.formulation();
+        if let Some(d) = docs {
+            let size = x.size();
+            assert!(
+                size.len() == 2 && size[0] == 1 && size[1] == d.total(),
+                "packed forward: x {size:?} is not one row of the documents' {} tokens",
+                d.total()
+            );
+        }
         let h = match formulation {
-            Formulation::Literal => self.trunk(x, hooks),
-            Formulation::Fast => self.trunk_fast(x, hooks),
+            Formulation::Literal => self.trunk(x, docs, hooks),
+            Formulation::Fast => self.trunk_fast(x, docs, hooks),
         };
         let (head_name, head) = match &self.lm_head {
             Some(w) => ("lm_head.weight", w),
@@ -454,7 +470,7 @@ impl Gpt {
 
     /// The literal trunk: the normed embedding (BigramHash and SmearGate v2 before the norm,
     /// SmearGate v1 after it), the U-Net of [`Gpt::block`]s, the final norm.
-    fn trunk(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
+    fn trunk(&self, x: &Tensor, docs: Option<&Documents>, hooks: &mut Hooks) -> Tensor {
         let ck = self.compute;
         let (_, t) = x.size2().expect("forward expects token ids [B, T]");
         let upstream = self.numerics == Numerics::UpstreamBf16;
@@ -466,6 +482,7 @@ impl Gpt {
             value_embed: self.value_embedding(x, hooks),
             cos,
             sin,
+            docs,
         };
         h = self.unet(
             h,
@@ -532,8 +549,18 @@ impl Gpt {
     /// the fused soft-cap + cross-entropy op, so the `[N, V]` f32 logits and their gradient are
     /// never materialised.
     pub fn loss(&self, x: &Tensor, y: &Tensor) -> Tensor {
+        self.loss_in(x, y, None)
+    }
+
+    /// [`Gpt::loss`] over one packed row `[1, T]` with attention inside each document of `docs`.
+    pub fn packed_loss(&self, x: &Tensor, y: &Tensor, docs: &Documents) -> Tensor {
+        self.loss_in(x, y, Some(docs))
+    }
+
+    /// [`Gpt::loss`] or [`Gpt::packed_loss`].
+    pub fn loss_in(&self, x: &Tensor, y: &Tensor, docs: Option<&Documents>) -> Tensor {
         let v = self.cfg.vocab_size as i64;
-        let z = self.head(x, &mut Hooks::default());
+        let z = self.head(x, docs, &mut Hooks::default());
         match self.formulation() {
             Formulation::Literal => self.soft_cap(&z).view([-1, v]).cross_entropy_loss(
                 &y.view([-1]),
@@ -558,8 +585,20 @@ impl Gpt {
 
     /// Per-token NLL with hooks (e.g. a LoRA adapter during test-time training).
     pub fn token_nll_with(&self, x: &Tensor, y: &Tensor, hooks: &mut Hooks) -> Tensor {
+        self.token_nll_in(x, y, None, hooks)
+    }
+
+    /// Per-token NLL `[B, T]`, over one packed row when `docs` is given.
+    pub fn token_nll_in(
+        &self,
+        x: &Tensor,
+        y: &Tensor,
+        docs: Option<&Documents>,
+        hooks: &mut Hooks,
+    ) -> Tensor {
         let v = self.cfg.vocab_size as i64;
-        let logits = self.forward(x, hooks);
+        let z = self.head(x, docs, hooks);
+        let logits = self.soft_cap(&z);
         logits
             .view([-1, v])
             .cross_entropy_loss(
@@ -664,8 +703,19 @@ impl Gpt {
     }
 
     /// Causal SDPA over `[B, heads, T, hd]` q and `[B, kv heads, T, hd]` k, v (GQA when fewer kv
-    /// heads); libtorch picks the flash/cuDNN kernel on CUDA.
-    pub(crate) fn causal_attention(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+    /// heads); libtorch picks the flash/cuDNN kernel on CUDA. With packed documents, attention
+    /// within each ([`docs::attention`]: the FlashAttention varlen kernel on CUDA, the
+    /// per-document reference elsewhere).
+    pub(crate) fn causal_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        docs: Option<&Documents>,
+    ) -> Tensor {
+        if let Some(d) = docs {
+            return docs::attention(q, k, v, d);
+        }
         let gqa = self.cfg.num_kv_heads != self.cfg.num_heads;
         Tensor::scaled_dot_product_attention(q, k, v, None::<Tensor>, 0.0, true, None, gqa)
     }
@@ -698,7 +748,7 @@ impl Gpt {
         let q =
             Rope::apply(&rms(&q), cos, sin) * blk.q_gain.to_kind(self.compute).view([1, h, 1, 1]);
         let k = Rope::apply(&rms(&k), cos, sin);
-        let y = self.causal_attention(&q, &k, &v.transpose(1, 2));
+        let y = self.causal_attention(&q, &k, &v.transpose(1, 2), ctx.docs);
         let y = self.xsa_if(i, y.transpose(1, 2), &v);
         let y = self.attn_gate(i, u, y).contiguous().view([b, t, d]);
         hooks.tap(|| format!("blocks.{i}.attn.proj.weight"), &y);
@@ -730,12 +780,14 @@ pub(crate) enum Lanes {
 }
 
 /// One forward pass's frame: what every block reads besides its input: the stream's `x0`, the shared
-/// value embedding (when on) and the RoPE tables of the formulation.
-pub(crate) struct Frame {
+/// value embedding (when on), the RoPE tables of the formulation, and the packed documents (when
+/// attention stays inside them).
+pub(crate) struct Frame<'a> {
     pub(crate) x0: Tensor,
     pub(crate) value_embed: Option<Tensor>,
     pub(crate) cos: Tensor,
     pub(crate) sin: Tensor,
+    pub(crate) docs: Option<&'a Documents>,
 }
 
 /// Builds a model in a fresh VarStore: initialised on the CPU (so a seed gives the same initial
@@ -1262,6 +1314,117 @@ mod tests {
         assert!(!ea.narrow(1, 1, 2).equal(&eb.narrow(1, 1, 2)));
         // And the smear itself is on: position 4 differs from its plain embedding.
         assert!(!ea.narrow(1, 4, 1).equal(&gpt.embed(&a).narrow(1, 4, 1)));
+    }
+
+    /// Packed documents (R0427's varlen attention): one row of three documents gives, in both
+    /// formulations, the logits and loss of each document run alone (RoPE is relative: the row's
+    /// positions give the same attention to rounding), with the recurrence on and off, the
+    /// SmearGate v2 BOS mask, the lanes and the gates taking part; its gradients are the sum of
+    /// the documents' (each weighted by its share of the row's tokens).
+    #[test]
+    fn packed_documents_equal_each_document_alone() {
+        for cfg in [tiny_sp8192(), tiny_headwise()] {
+            let (_vs, mut gpt) = perturbed(&cfg);
+            let lens = [7i64, 12, 5];
+            let total: i64 = lens.iter().sum();
+            let x = Tensor::randint_low(2, 64, [1, total], (Kind::Int64, Device::Cpu));
+            let y = Tensor::randint(64, [1, total], (Kind::Int64, Device::Cpu));
+            let mut start = 0;
+            for l in lens {
+                let _ = x.narrow(1, start, 1).fill_(1);
+                start += l;
+            }
+            let row: Vec<i64> = Vec::try_from(x.view([-1])).unwrap();
+            let docs = Documents::from_tokens(&row, 1, 64);
+            assert_eq!(docs.bounds(), &[0, 7, 19, 24]);
+            for looping in [true, false] {
+                gpt.set_recurrence(looping);
+                for formulation in BOTH {
+                    gpt.set_formulation(formulation, Device::Cpu).unwrap();
+                    let packed =
+                        tch::no_grad(|| gpt.packed_forward(&x, &docs, &mut Hooks::default()));
+                    let mut start = 0;
+                    for l in lens {
+                        let alone = tch::no_grad(|| gpt.logits(&x.narrow(1, start, l)));
+                        let diff = (packed.narrow(1, start, l) - alone)
+                            .abs()
+                            .max()
+                            .double_value(&[]);
+                        assert!(
+                            diff < 1e-4,
+                            "{formulation:?} loop {looping}: doc at {start}: {diff}"
+                        );
+                        start += l;
+                    }
+                    // The loss's gradient: the row's mean over the documents' token-weighted means.
+                    let grads = |f: &dyn Fn() -> Tensor| {
+                        for (_, p) in gpt.named_parameters() {
+                            p.shallow_clone().zero_grad();
+                        }
+                        f().backward();
+                        gpt.named_parameters()
+                            .iter()
+                            .map(|(_, p)| p.grad().copy())
+                            .collect::<Vec<_>>()
+                    };
+                    let g_packed = grads(&|| gpt.packed_loss(&x, &y, &docs));
+                    let g_alone = grads(&|| {
+                        let mut start = 0;
+                        let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
+                        for l in lens {
+                            let part = |t: &Tensor| t.narrow(1, start, l);
+                            sum += gpt.loss(&part(&x), &part(&y)) * (l as f64 / total as f64);
+                            start += l;
+                        }
+                        sum
+                    });
+                    for ((name, _), (a, b)) in gpt
+                        .named_parameters()
+                        .iter()
+                        .zip(g_packed.iter().zip(&g_alone))
+                    {
+                        let scale = b.abs().max().double_value(&[]).max(1e-6);
+                        let d = (a - b).abs().max().double_value(&[]);
+                        assert!(
+                            d / scale < 1e-3,
+                            "{formulation:?}: {name} gradient differs by {d} (scale {scale})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// No token attends across a BOS: changing every token of the first document (and its
+    /// position in the row's length: the same) leaves every later document's logits bit for bit,
+    /// in both formulations; without the documents (plain causal attention) they change.
+    #[test]
+    fn no_token_attends_across_a_bos() {
+        let (_vs, mut gpt) = perturbed(&tiny_sp8192());
+        let a = Tensor::from_slice(&[1i64, 9, 11, 13, 1, 5, 6, 7, 8, 1, 8, 9, 10]).view([1, 13]);
+        let b = Tensor::from_slice(&[1i64, 3, 4, 12, 1, 5, 6, 7, 8, 1, 8, 9, 10]).view([1, 13]);
+        let row: Vec<i64> = Vec::try_from(a.view([-1])).unwrap();
+        let docs = Documents::from_tokens(&row, 1, 64);
+        for formulation in BOTH {
+            gpt.set_formulation(formulation, Device::Cpu).unwrap();
+            let (la, lb) = tch::no_grad(|| {
+                let mut h = Hooks::default();
+                (
+                    gpt.packed_forward(&a, &docs, &mut h),
+                    gpt.packed_forward(&b, &docs, &mut h),
+                )
+            });
+            assert!(
+                la.narrow(1, 4, 9).equal(&lb.narrow(1, 4, 9)),
+                "{formulation:?}"
+            );
+            assert!(!la.narrow(1, 1, 3).equal(&lb.narrow(1, 1, 3)));
+            let (pa, pb) = tch::no_grad(|| (gpt.logits(&a), gpt.logits(&b)));
+            assert!(
+                !pa.narrow(1, 4, 9).equal(&pb.narrow(1, 4, 9)),
+                "plain attention reads across"
+            );
+        }
     }
 
     /// Depth recurrence is the unrolled network: looping layer 1 once more equals a 4-layer model

@@ -27,6 +27,12 @@
 //! - [`Gpt::forward`]`(x: [B,T] i64, &mut Hooks) -> [B,T,V] f32` soft-capped logits;
 //!   [`Gpt::loss`] (mean CE, training), [`Gpt::token_nll`] (`[B,T]` f32, nats),
 //!   [`Gpt::token_nll_with`] (with hooks).
+//! - Packed documents (R0427): [`Documents`] (`from_tokens(row, bos, max_len)`: segments cut at
+//!   every BOS and every `max_len` tokens, R0427's `cu_seqlens` padded to 64 entries) and
+//!   [`Gpt::packed_forward`]`(x: [1,T], &docs, hooks)`, [`Gpt::packed_loss`],
+//!   [`Gpt::token_nll_in`]`(x, y, Some(&docs), hooks)`: attention stays inside each segment
+//!   ([`docs::attention`]: libtorch's FlashAttention-2 varlen kernel on CUDA in bf16, the
+//!   per-document reference [`docs::per_document_attention`] elsewhere; no dense mask).
 //! - [`Hooks`]: `taps: Option<&mut dyn FnMut(&str /*weight name*/, &Tensor /*[N, in]*/)>`, called
 //!   for every linear (c_q/c_k/c_v: one call per name with the same input) and the head
 //!   (`tok_emb.weight` with the final-norm output); `adapter: Option<&dyn Adapter>` whose
@@ -50,6 +56,7 @@
 //! - [`param_role`]: the optimizer group of a parameter name (Muon matrices, Adam controls, ...).
 
 pub mod checkpoint;
+pub mod docs;
 /// The config lives in the counted evaluator (which rebuilds the model from an artifact alone).
 pub use pgolf_evaluator::config;
 pub mod gpt;
@@ -61,6 +68,7 @@ pub use checkpoint::{
     load_into, load_safetensors, read_tensors, save_safetensors, save_tensors, to_file_layout,
 };
 pub use config::{Activation, ModelConfig};
+pub use docs::Documents;
 pub use gpt::{build, param_role, Formulation, Gpt, Numerics, ParamRole, CONTROL_PATTERNS};
 pub use hooks::{Adapter, Hooks, Site};
 pub use tch;

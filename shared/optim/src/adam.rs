@@ -1,8 +1,9 @@
 //! Adam (PyTorch's, no AMSGrad) over parameter groups with their own base LRs (REFERENCE.md
 //! §3.6): `m ← β1·m + (1−β1)·g`, `v ← β2·v + (1−β2)·g²`,
 //! `p ← p − lr/(1−β1ᵗ) · m / (√v/√(1−β2ᵗ) + eps)`. Moments live in the parameter's dtype (bf16 for
-//! upstream's bf16 embedding), the arithmetic runs in f32. Optional decoupled weight decay
-//! (`p ← p·(1 − lr·wd)`, AdamW style) per group.
+//! upstream's bf16 embedding), the arithmetic runs in f32. Each group has its own β1, β2 and
+//! optional decoupled weight decay (`p ← p·(1 − lr·wd)`, AdamW style); the step count, hence
+//! `t` in the bias corrections, is shared (every group steps every time, as the records').
 
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
@@ -12,6 +13,8 @@ pub struct AdamGroup {
     pub params: Vec<Tensor>,
     pub base_lr: f64,
     pub weight_decay: f64,
+    /// This group's (β1, β2); `None` = the optimizer's.
+    pub betas: Option<(f64, f64)>,
     m: Vec<Tensor>,
     v: Vec<Tensor>,
 }
@@ -25,6 +28,7 @@ impl AdamGroup {
             params,
             base_lr,
             weight_decay: 0.0,
+            betas: None,
             m,
             v,
         }
@@ -54,11 +58,13 @@ impl Adam {
     pub fn step(&mut self, lr_mul: f64) -> Result<()> {
         self.steps += 1;
         let t = self.steps as i32;
-        let bias1 = 1.0 - self.beta1.powi(t);
-        let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-        let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+        let eps = self.eps;
+        let default_betas = (self.beta1, self.beta2);
         tch::no_grad(|| {
             for group in &mut self.groups {
+                let (b1, b2) = group.betas.unwrap_or(default_betas);
+                let bias1 = 1.0 - b1.powi(t);
+                let bias2_sqrt = (1.0 - b2.powi(t)).sqrt();
                 let lr = group.base_lr * lr_mul;
                 for (i, p) in group.params.iter().enumerate() {
                     let g = p.grad();
@@ -153,5 +159,61 @@ mod tests {
         );
         assert!(format!("{:#}", adam.step(1.0).unwrap_err())
             .contains("scalars: parameter 0 has no gradient"));
+    }
+
+    /// Two groups with their own β and decay, three steps, against the AdamW recurrence in f64
+    /// (torch.optim.AdamW: decay first, then the bias-corrected step), one group per β pair.
+    #[test]
+    fn each_group_steps_with_its_own_betas_and_decay() {
+        let init = [[0.5f64, -1.5], [2.0, 0.25]];
+        let ps: Vec<Tensor> = init
+            .iter()
+            .map(|v| {
+                Tensor::from_slice(v)
+                    .to_kind(Kind::Float)
+                    .set_requires_grad(true)
+            })
+            .collect();
+        let mut a = AdamGroup::new("tok_emb", vec![ps[0].shallow_clone()], 0.03);
+        a.weight_decay = 0.085;
+        let mut b = AdamGroup::new("scalars", vec![ps[1].shallow_clone()], 0.02);
+        b.weight_decay = 0.02;
+        b.betas = Some((0.8, 0.99));
+        let mut adam = Adam::new(vec![a, b], 0.9, 0.95, 1e-8);
+        let grads = [[0.3f64, -2.0], [1.0, 0.1], [-0.5, 0.7]];
+        let settings = [(0.9, 0.95, 0.085, 0.03), (0.8, 0.99, 0.02, 0.02)];
+        let mut want: Vec<Vec<f64>> = init.iter().map(|v| v.to_vec()).collect();
+        let mut m = vec![vec![0f64; 2]; 2];
+        let mut v = vec![vec![0f64; 2]; 2];
+        for (step, g) in grads.iter().enumerate() {
+            for p in &ps {
+                p.shallow_clone().zero_grad();
+                (p * Tensor::from_slice(g).to_kind(Kind::Float))
+                    .sum(Kind::Float)
+                    .backward();
+            }
+            adam.step(0.5).unwrap();
+            let t = step as i32 + 1;
+            for (k, &(b1, b2, wd, base)) in settings.iter().enumerate() {
+                let lr = base * 0.5;
+                for j in 0..2 {
+                    want[k][j] *= 1.0 - lr * wd;
+                    m[k][j] = b1 * m[k][j] + (1.0 - b1) * g[j];
+                    v[k][j] = b2 * v[k][j] + (1.0 - b2) * g[j] * g[j];
+                    let denom = (v[k][j] / (1.0 - b2.powi(t))).sqrt() + 1e-8;
+                    want[k][j] -= lr / (1.0 - b1.powi(t)) * m[k][j] / denom;
+                }
+            }
+        }
+        for (k, p) in ps.iter().enumerate() {
+            for j in 0..2 {
+                let got = p.double_value(&[j as i64]);
+                assert!(
+                    (got - want[k][j]).abs() < 1e-6,
+                    "group {k}[{j}]: {got} vs {}",
+                    want[k][j]
+                );
+            }
+        }
     }
 }

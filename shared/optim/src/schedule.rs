@@ -1,6 +1,7 @@
 //! The baseline's schedules (REFERENCE.md §3.8): no LR warm-up, a linear warm-down to 0 over the
 //! last `warmdown_iters` steps — counted in iterations, or, under a wall-clock cap, in time
-//! extrapolated from the mean step time so far — and a linear Muon momentum warm-up.
+//! extrapolated from the mean step time so far — and a linear Muon momentum warm-up; and the
+//! SP8192 line's fraction-of-budget warm-down with a floor ([`FracWarmdown`], REFERENCE.md §5.14).
 
 /// Muon momentum at `step`: `(1 − f)·start + f·end`, `f = min(step / warmup_steps, 1)`.
 pub fn muon_momentum(step: u64, start: f64, end: f64, warmup_steps: u64) -> f64 {
@@ -51,6 +52,42 @@ impl Warmdown {
                 }
             }
         }
+    }
+}
+
+/// R0405/R0427's schedule: the training fraction `frac` is the elapsed training time over the
+/// budget (the wall-clock cap less any reserve), or `step / iterations` without a cap; the LR
+/// multiplier is 1 until `1 − warmdown_frac`, then `max((1 − frac)/warmdown_frac, min_lr)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FracWarmdown {
+    pub iterations: u64,
+    /// The budget in ms (`None`: no cap, the fraction counts steps).
+    pub budget_ms: Option<f64>,
+    /// The warm-down's share of the run (0 = none: the multiplier stays 1).
+    pub warmdown_frac: f64,
+    /// The multiplier's floor during the warm-down (R0427: 0.1).
+    pub min_lr: f64,
+}
+
+impl FracWarmdown {
+    /// The training fraction before step `step` after `elapsed_ms` of training time.
+    pub fn frac(&self, step: u64, elapsed_ms: f64) -> f64 {
+        match self.budget_ms {
+            Some(budget) => elapsed_ms / budget.max(1e-9),
+            None => step as f64 / self.iterations.max(1) as f64,
+        }
+    }
+
+    /// The LR multiplier at training fraction `frac`.
+    pub fn lr_mul_at(&self, frac: f64) -> f64 {
+        if self.warmdown_frac <= 0.0 || frac < 1.0 - self.warmdown_frac {
+            return 1.0;
+        }
+        ((1.0 - frac) / self.warmdown_frac).max(self.min_lr)
+    }
+
+    pub fn lr_mul(&self, step: u64, elapsed_ms: f64) -> f64 {
+        self.lr_mul_at(self.frac(step, elapsed_ms))
     }
 }
 
@@ -112,5 +149,44 @@ mod tests {
         let expected = 20_000.0 / (1200.0 * elapsed / step as f64);
         assert!((w.lr_mul(step, elapsed) - expected).abs() < 1e-12);
         assert_eq!(w.lr_mul(13800, 600_500.0), 0.0);
+    }
+
+    /// R0427's run (600 s less 0.5 s reserved, warm-down 0.85, floor 0.1) and R0405's (12 s
+    /// reserved, 0.667, no floor), against the formula; without a cap the fraction counts steps.
+    #[test]
+    fn the_fraction_schedule_decays_linearly_to_its_floor() {
+        let r0427 = FracWarmdown {
+            iterations: 20_000,
+            budget_ms: Some(599_500.0),
+            warmdown_frac: 0.85,
+            min_lr: 0.1,
+        };
+        assert_eq!(r0427.lr_mul(10, 0.0), 1.0);
+        assert_eq!(r0427.lr_mul(10, 0.149 * 599_500.0), 1.0);
+        let f: f64 = 0.5;
+        assert!((r0427.lr_mul(10, f * 599_500.0) - (1.0 - f) / 0.85).abs() < 1e-12);
+        assert_eq!(r0427.lr_mul(10, 0.95 * 599_500.0), 0.1); // (1 − 0.95)/0.85 < 0.1
+        assert_eq!(r0427.lr_mul(10, 700_000.0), 0.1);
+        let r0405 = FracWarmdown {
+            budget_ms: Some(588_000.0),
+            warmdown_frac: 0.667,
+            min_lr: 0.0,
+            ..r0427
+        };
+        assert!((r0405.frac(0, 294_000.0) - 0.5).abs() < 1e-12);
+        assert!((r0405.lr_mul(0, 294_000.0) - 0.5 / 0.667).abs() < 1e-12);
+        assert_eq!(r0405.lr_mul(0, 600_000.0), 0.0);
+        let steps = FracWarmdown {
+            budget_ms: None,
+            iterations: 100,
+            ..r0405
+        };
+        assert!((steps.frac(50, 1e9) - 0.5).abs() < 1e-12);
+        assert!((steps.lr_mul(90, 0.0) - 0.1 / 0.667).abs() < 1e-12);
+        let off = FracWarmdown {
+            warmdown_frac: 0.0,
+            ..r0427
+        };
+        assert_eq!(off.lr_mul(0, 599_000.0), 1.0);
     }
 }

@@ -10,7 +10,10 @@
 //! - [`precision_kind`]: the libtorch kind of a `precision` param on a device.
 //! - [`cuda`]: peak allocator memory, `empty_cache`, device names and [`cuda::CudaGraph`] (capture
 //!   / replay); [`profiler`]: Kineto traces (`profiler::start()?.save(path)`).
+//! - [`attention::flash_varlen_causal`]: causal attention within documents on CUDA (libtorch's
+//!   FlashAttention-2 varlen kernel, cumulative sequence lengths, differentiable).
 
+pub mod attention;
 pub mod cuda;
 pub mod device;
 pub mod profiler;

@@ -38,6 +38,7 @@ use tch::{Kind, Tensor};
 
 use super::{Frame, Gpt, Lanes};
 use crate::config::Activation;
+use crate::docs::Documents;
 use crate::hooks::{Hooks, Site};
 
 /// The kernel ops fail only on misuse (shapes, kinds) or a broken CUDA set-up, both checked when
@@ -50,7 +51,12 @@ pub(super) fn must<T>(r: anyhow::Result<T>) -> T {
 impl Gpt {
     /// The fast trunk: the normed embedding (with the options of `gpt/addons.rs`), the U-Net of
     /// fast blocks, the final norm.
-    pub(super) fn trunk_fast(&self, x: &Tensor, hooks: &mut Hooks) -> Tensor {
+    pub(super) fn trunk_fast(
+        &self,
+        x: &Tensor,
+        docs: Option<&Documents>,
+        hooks: &mut Hooks,
+    ) -> Tensor {
         let t = x.size()[1];
         // f32 [T, rd/2] tables, as the kernel reads them.
         let (cos, sin) = self
@@ -69,6 +75,7 @@ impl Gpt {
             value_embed: self.value_embedding(x, hooks),
             cos,
             sin,
+            docs,
         };
         h = self.unet(
             h,
@@ -237,7 +244,12 @@ impl Gpt {
             let shape = v.size();
             v = &v + ve.view(shape.as_slice()); // not `+=` (in place)
         }
-        let y = self.causal_attention(&q.transpose(1, 2), &k.transpose(1, 2), &v.transpose(1, 2));
+        let y = self.causal_attention(
+            &q.transpose(1, 2),
+            &k.transpose(1, 2),
+            &v.transpose(1, 2),
+            ctx.docs,
+        );
         // [B, T, H, hd] views of SDPA's [B, H, T, hd] output; XSA writes it contiguous.
         let y = y.transpose(1, 2);
         let y = match self.cfg.xsa(i) {
