@@ -118,13 +118,7 @@ fn spawn(stage: &str, n: usize, args: &[OsString]) -> Result<()> {
     result
 }
 
-/// Rank `rank`'s share of `n` work items (windows, calibration batches): contiguous, in rank
-/// order, sizes differing by at most one.
-pub fn share(n: usize, rank: usize, world: usize) -> Range<usize> {
-    let (base, extra) = (n / world, n % world);
-    let start = rank * base + rank.min(extra);
-    start..start + base + usize::from(rank < extra)
-}
+pub use pgolf_store::stage::share;
 
 #[cfg(test)]
 mod tests {

@@ -13,6 +13,7 @@ use crate::bpb::BpbSums;
 use crate::guards::Normalization;
 use crate::ledger::{Ledger, ScoredSpan};
 use crate::pass::{check_answer, request, run_windows, PassOptions, ProbePlan};
+use crate::peers::{share, Peers};
 use crate::schedule::{doc_chunks, Window};
 use crate::scorer::{Request, Scorer};
 
@@ -48,7 +49,10 @@ pub struct ChunkRow {
 
 /// §5.3: the stream is cut into chunks of `chunk_tokens` targets; each window belongs to the chunk
 /// holding its first scored target. For each chunk: score its windows, then (except after the last)
-/// update on the chunk's targets.
+/// update on the chunk's targets. On several `peers` each rank scores its share of the chunk's
+/// windows into its own ledger, the ranks agree that the chunk was scored once, and every rank
+/// updates; the rows' sums are then summed over the ranks.
+#[allow(clippy::too_many_arguments)]
 pub fn score_first_chunks<M: StreamAdapt + ?Sized>(
     ledger: &mut Ledger,
     windows: &[Window],
@@ -56,6 +60,7 @@ pub fn score_first_chunks<M: StreamAdapt + ?Sized>(
     model: &mut M,
     opts: &PassOptions,
     norm: &mut Normalization,
+    peers: &dyn Peers,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<ChunkRow>> {
     if chunk_tokens == 0 {
@@ -74,17 +79,26 @@ pub fn score_first_chunks<M: StreamAdapt + ?Sized>(
         let range = lo + c * chunk_tokens..(lo + (c + 1) * chunk_tokens).min(hi);
         let end = next + windows[next..].partition_point(|w| w.scored().start < range.end);
         let before = *ledger.total();
+        let mine = share(end - next, peers.rank(), peers.world());
+        let (a, b) = (next + mine.start, next + mine.end);
         run_windows(
             tokens,
-            &windows[next..end],
+            &windows[a..b],
             model,
             opts,
             &plan,
-            next,
+            a,
             norm,
             |w, _, s, _| ledger.record(w.scored().start, &s.nll),
         )?;
-        progress(end - next);
+        progress(b - a);
+        if peers.world() > 1 {
+            // (A window may score past its chunk's end; those targets are agreed with the next
+            // chunk's, whose windows all start later.)
+            let mut mask = ledger.scored_mask(range.clone());
+            peers.sum(&mut mask)?;
+            ledger.accept_peer_scores(range.clone(), &mask)?;
+        }
         next = end;
         let mut sums = *ledger.total();
         sums.nll -= before.nll;
@@ -101,6 +115,21 @@ pub fn score_first_chunks<M: StreamAdapt + ?Sized>(
             sums,
             updated,
         });
+    }
+    if peers.world() > 1 {
+        // Counts travel as f64: exact below 2^53.
+        let mut flat: Vec<f64> = rows
+            .iter()
+            .flat_map(|r| [r.sums.nll, r.sums.targets as f64, r.sums.lut_bytes as f64])
+            .collect();
+        peers.sum(&mut flat)?;
+        for (r, v) in rows.iter_mut().zip(flat.chunks(3)) {
+            r.sums = BpbSums {
+                nll: v[0],
+                targets: v[1] as u64,
+                lut_bytes: v[2] as u64,
+            };
+        }
     }
     Ok(rows)
 }

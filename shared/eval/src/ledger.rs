@@ -9,6 +9,10 @@
 //!   only [`Ledger::span`] creates and only for targets already recorded. An update that would see
 //!   a token before its score is final (C3) therefore cannot be written: there is no way to obtain
 //!   the tokens to train on without first having recorded their scores.
+//! - On several ranks each ledger records only its own share; before adapting on a range, the
+//!   ranks sum their [`Ledger::scored_mask`]s and each accepts the others' scores with
+//!   [`Ledger::accept_peer_scores`], which proves that every target of the range was scored by
+//!   exactly one rank. The peers' NLLs stay in their ledgers (the stage sums the reports).
 
 use anyhow::{bail, Result};
 use std::ops::Range;
@@ -24,6 +28,8 @@ pub struct Ledger<'v> {
     expected: Range<usize>,
     scored: Vec<u64>,
     count: u64,
+    /// Targets another rank scored (accepted through [`Ledger::accept_peer_scores`]).
+    peer_count: u64,
     total: BpbSums,
     docs: Vec<BpbSums>,
     per_target: Option<Vec<f64>>,
@@ -83,6 +89,7 @@ impl<'v> Ledger<'v> {
             expected,
             scored: vec![0; val.tokens.len().div_ceil(64)],
             count: 0,
+            peer_count: 0,
             total: BpbSums::default(),
             docs: vec![BpbSums::default(); val.docs.len()],
             per_target: None,
@@ -137,6 +144,36 @@ impl<'v> Ledger<'v> {
         Ok(())
     }
 
+    /// One value per target of `targets`: 1 where this ledger recorded it, else 0. Summed over the
+    /// ranks of a pass it must be exactly 1 everywhere ([`Ledger::accept_peer_scores`]).
+    pub fn scored_mask(&self, targets: Range<usize>) -> Vec<f64> {
+        targets.map(|t| f64::from(self.is_scored(t))).collect()
+    }
+
+    /// Takes the targets of `targets` that this ledger did not record as scored by another rank,
+    /// given `counts`, the sum over all ranks of their [`Ledger::scored_mask`] for `targets`. Fails
+    /// naming the first target that no rank, or more than one, scored. A target it already holds
+    /// (this rank's, or accepted before) is not accepted twice.
+    pub fn accept_peer_scores(&mut self, targets: Range<usize>, counts: &[f64]) -> Result<()> {
+        if counts.len() != targets.len() || targets.start < 1 || targets.end > self.val.tokens.len() {
+            bail!("peer counts for {targets:?}: {} values", counts.len());
+        }
+        if let Some((t, c)) = targets.clone().zip(counts).find(|(_, &c)| c != 1.0) {
+            bail!("target {t} was scored by {c} ranks (every target must be scored exactly once)");
+        }
+        for t in targets {
+            if !self.is_scored(t) {
+                self.scored[t / 64] |= 1u64 << (t % 64);
+                self.peer_count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn is_scored(&self, t: usize) -> bool {
+        self.scored[t / 64] & (1u64 << (t % 64)) != 0
+    }
+
     /// Whether every target in `targets` is recorded.
     pub fn all_scored(&self, targets: Range<usize>) -> bool {
         first_unscored(&self.scored, targets).is_none()
@@ -157,6 +194,20 @@ impl<'v> Ledger<'v> {
         })
     }
 
+    /// The targets before this ledger's range, for a rank whose range is a contiguous share of a
+    /// pass that earlier ranks score: state that scores from left to right (an n-gram model) may
+    /// learn them before this share, since every score still depends only on tokens before its
+    /// target and the earlier ranks' states never see this share. Their exactly-once scoring is
+    /// the ranks' merged report's to prove ([`crate::peers::merge_reports`]). `None` when the
+    /// range starts at the first target. (Not counted in `spans`: those targets are granted one
+    /// by one where they are scored, so the ranks' spans add up to one rank's.)
+    pub fn earlier_shares(&self) -> Option<ScoredSpan<'v>> {
+        (self.expected.start > 1).then(|| ScoredSpan {
+            prefix: &self.val.tokens[..self.expected.start],
+            targets: 1..self.expected.start,
+        })
+    }
+
     pub fn count(&self) -> u64 {
         self.count
     }
@@ -165,14 +216,15 @@ impl<'v> Ledger<'v> {
         &self.total
     }
 
-    /// Checks that every expected target was scored (once: doubles were refused when recorded).
+    /// Checks that every expected target was scored (once: doubles were refused when recorded),
+    /// here or, accepted, by a peer rank; the report's sums are this ledger's own scores.
     pub fn finish(self) -> Result<LedgerReport> {
         let expected = self.expected.len() as u64;
-        if self.count != expected {
+        if self.count + self.peer_count != expected {
             let missing = first_unscored(&self.scored, self.expected.clone())
                 .map(|t| format!(" (first unscored: target {t})"))
                 .unwrap_or_default();
-            bail!("scored {} of {expected} expected targets{missing}: every target must be scored exactly once", self.count);
+            bail!("scored {} of {expected} expected targets{missing}: every target must be scored exactly once", self.count + self.peer_count);
         }
         Ok(LedgerReport {
             expected: self.expected,
@@ -244,6 +296,44 @@ mod tests {
             }
         );
         assert_eq!(r.per_target.unwrap()[4], 0.25);
+    }
+
+    #[test]
+    fn peer_scores_are_accepted_only_when_every_target_has_exactly_one_scorer() {
+        let v = tiny();
+        // Two ranks share targets 1..9: rank 0 scores 1..5, rank 1 scores 5..9.
+        let mut a = Ledger::new(&v, 1..9).unwrap();
+        let mut b = Ledger::new(&v, 1..9).unwrap();
+        a.record(1, &[0.5; 4]).unwrap();
+        b.record(5, &[1.0; 4]).unwrap();
+        assert!(a.span(1..9).is_err(), "rank 0 cannot adapt on rank 1's share yet");
+        let sum: Vec<f64> = a
+            .scored_mask(1..9)
+            .iter()
+            .zip(b.scored_mask(1..9))
+            .map(|(x, y)| x + y)
+            .collect();
+        assert_eq!(sum, vec![1.0; 8]);
+        a.accept_peer_scores(1..9, &sum).unwrap();
+        b.accept_peer_scores(1..9, &sum).unwrap();
+        assert_eq!(a.span(1..9).unwrap().targets(), 1..9);
+        let (ra, rb) = (a.finish().unwrap(), b.finish().unwrap());
+        assert_eq!((ra.total.targets, rb.total.targets), (4, 4), "each keeps its own sums");
+        assert_eq!((ra.total.nll, rb.total.nll), (2.0, 4.0));
+
+        // A target scored twice (by two ranks) or by none is named.
+        let mut c = Ledger::new(&v, 1..9).unwrap();
+        c.record(1, &[0.5; 5]).unwrap();
+        let mut twice = vec![1.0; 8];
+        twice[4] = 2.0;
+        let err = c.accept_peer_scores(1..9, &twice).unwrap_err().to_string();
+        assert!(err.contains("target 5 was scored by 2 ranks"), "{err}");
+        let mut none = vec![1.0; 8];
+        none[7] = 0.0;
+        let err = c.accept_peer_scores(1..9, &none).unwrap_err().to_string();
+        assert!(err.contains("target 8 was scored by 0 ranks"), "{err}");
+        // Without the peers' acceptance the ledger does not finish.
+        assert!(c.finish().is_err());
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod guards;
 pub mod ledger;
 pub mod ngram;
 pub mod pass;
+pub mod peers;
 pub mod report;
 pub mod schedule;
 pub mod scorer;

@@ -4,6 +4,7 @@
 use std::f64::consts::LN_2;
 
 use crate::adapt::{score_first_chunks, score_first_docs, ChunkStep, StreamAdapt};
+use crate::peers::Alone;
 use crate::guards::{entropy_guard, Normalization};
 use crate::ledger::{Ledger, LedgerReport};
 use crate::ngram::{diagnose_pass, mix_pass, HashedCache, KneserNey, MixWeight};
@@ -242,6 +243,7 @@ fn the_true_source_passes_the_entropy_guard_on_every_path() {
         &mut Memorizer::new(3),
         &opts(),
         &mut norm,
+        &Alone,
         |_| {},
     )
     .unwrap();
@@ -319,6 +321,7 @@ fn score_first_chunks_never_let_a_memorizer_see_what_it_scores() {
         &mut mem,
         &opts(),
         &mut Normalization::default(),
+        &Alone,
         |_| {},
     )
     .unwrap();
@@ -488,6 +491,7 @@ fn adaptive_scores_never_depend_on_later_tokens() {
             &mut m,
             &opts(),
             &mut Normalization::default(),
+            &Alone,
             |_| {},
         )
         .unwrap();
@@ -605,4 +609,105 @@ fn the_hashed_cache_claims_too_few_bits_and_is_not_a_distribution() {
         "{d:?}"
     );
     assert!(d.probe_normalized_nll > d.probe_claimed_nll);
+}
+
+/// Ranks as threads of one process: `sum` leaves every rank's vector at a barrier and sums them in
+/// rank order (as a collective does, without the network).
+struct ThreadPeers {
+    rank: usize,
+    world: usize,
+    slots: std::sync::Arc<(std::sync::Mutex<Vec<Vec<f64>>>, std::sync::Barrier)>,
+}
+
+impl crate::peers::Peers for ThreadPeers {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.world
+    }
+    fn sum(&self, v: &mut [f64]) -> anyhow::Result<()> {
+        let (slots, barrier) = &*self.slots;
+        slots.lock().unwrap()[self.rank] = v.to_vec();
+        barrier.wait();
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = slots.lock().unwrap().iter().map(|s| s[i]).sum();
+        }
+        barrier.wait();
+        Ok(())
+    }
+    fn max(&self, _: &mut [f64]) -> anyhow::Result<()> {
+        unreachable!("score_first_chunks only sums")
+    }
+}
+
+#[test]
+fn score_first_chunks_on_several_ranks_give_one_ranks_scores_and_state() {
+    let val = std::sync::Arc::new(random_valset(900, 300, 5));
+    let n = val.n_targets();
+    let windows = sliding(n, 16, 4).unwrap();
+    let smoothed = || Smoothed {
+        mem: Memorizer::new(2),
+        counts: vec![1.0; VOCAB],
+    };
+    let mut one = smoothed();
+    let mut ledger = Ledger::new(&val, 1..n + 1).unwrap();
+    let rows_one = score_first_chunks(
+        &mut ledger,
+        &windows,
+        64,
+        &mut one,
+        &opts(),
+        &mut Normalization::default(),
+        &Alone,
+        |_| {},
+    )
+    .unwrap();
+    let total_one = ledger.finish().unwrap().total;
+
+    for world in [2, 3] {
+        let slots = std::sync::Arc::new((
+            std::sync::Mutex::new(vec![vec![]; world]),
+            std::sync::Barrier::new(world),
+        ));
+        let ranks: Vec<_> = (0..world)
+            .map(|rank| {
+                let (val, windows, slots) = (val.clone(), windows.clone(), slots.clone());
+                std::thread::spawn(move || {
+                    let peers = ThreadPeers { rank, world, slots };
+                    let mut m = smoothed();
+                    let mut ledger = Ledger::new(&val, 1..n + 1).unwrap();
+                    let rows = score_first_chunks(
+                        &mut ledger,
+                        &windows,
+                        64,
+                        &mut m,
+                        &opts(),
+                        &mut Normalization::default(),
+                        &peers,
+                        |_| {},
+                    )
+                    .unwrap();
+                    (ledger.finish().unwrap().total, rows, m.counts)
+                })
+            })
+            .collect();
+        let results: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+        let nll: f64 = results.iter().map(|r| r.0.nll).sum();
+        let targets: u64 = results.iter().map(|r| r.0.targets).sum();
+        assert_eq!(targets, total_one.targets, "{world} ranks: every target once");
+        assert!(
+            (nll - total_one.nll).abs() <= 1e-12 * total_one.nll,
+            "{world} ranks: {nll} vs {}",
+            total_one.nll
+        );
+        for (rank, (_, rows, counts)) in results.iter().enumerate() {
+            assert_eq!(counts, &one.counts, "rank {rank} of {world}: the adapted state");
+            assert_eq!(rows.len(), rows_one.len());
+            for (a, b) in rows.iter().zip(&rows_one) {
+                assert_eq!((a.sums.targets, a.updated), (b.sums.targets, b.updated));
+                assert!((a.sums.nll - b.sums.nll).abs() <= 1e-12 * b.sums.nll.max(1.0));
+            }
+        }
+    }
 }

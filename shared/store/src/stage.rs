@@ -150,6 +150,14 @@ impl<P> Stage<P> {
     }
 }
 
+/// Rank `rank`'s share of `n` work items (windows, calibration batches, micro-batches):
+/// contiguous, in rank order, sizes differing by at most one.
+pub fn share(n: usize, rank: usize, world: usize) -> std::ops::Range<usize> {
+    let (base, extra) = (n / world, n % world);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
 /// How a process takes part in a stage run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunAs {

@@ -10,6 +10,11 @@
 //!
 //! Inputs: `artifact` (quantize-pack), `data` (tokenize). Outputs: `results.parquet`,
 //! `summary.json`; headline as ttt-eval plus the n-gram settings.
+//!
+//! `mix` takes several ranks (`--nproc N` or torchrun): each scores a contiguous share of the
+//! windows, its n-gram model first learning the val targets before its share (what one rank's
+//! model would hold there), so every target gets one rank's mixture; the sums are merged over the
+//! ranks (`pgolf_eval::peers`). `diagnose` runs on one rank.
 
 mod params;
 
@@ -20,8 +25,9 @@ use pgolf_eval::ngram::{diagnose_pass, mix_pass, ClaimedCache, HashedCache, Knes
 use pgolf_eval::pass::PassOptions;
 use pgolf_eval::report::{summarize, write_doc_results, write_summary, Denominator};
 use pgolf_eval::schedule::{check_single_pass, flat, sliding};
-use pgolf_eval::torch::{load_artifact_for_vocab, Net};
-use pgolf_eval::{bpb::bits_per_byte, Ledger, ValSet, Window};
+use pgolf_eval::peers::{merge_reports, share, Peers};
+use pgolf_eval::torch::{load_artifact_for_vocab, Net, RankPeers};
+use pgolf_eval::{bpb::bits_per_byte, BpbSums, Ledger, ValSet, Window};
 use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::progress::bar;
 use pgolf_store::{files, Stage};
@@ -32,14 +38,25 @@ use std::time::Instant;
 use crate::params::{Mode, Params, Windows};
 
 fn main() {
-    pgolf_store::run_stage::<Params, _>("ngram-eval", env!("PGOLF_STAGE_IDENTITY"), run);
+    let role = pgolf_dist::stage::launch_or_role("ngram-eval");
+    pgolf_store::run_stage_as::<Params, _>("ngram-eval", env!("PGOLF_STAGE_IDENTITY"), role, run);
 }
 
 fn run(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.validate()?;
-    let device = device_from_str(&stage.device)?;
-    stage.set_device(describe(device, 1));
+    // One rank of several or alone; CUDA ranks use GPU LOCAL_RANK.
+    let comm = pgolf_dist::from_env(device_from_str(&stage.device)?)?;
+    let device = comm.device;
+    let world = comm.world_size();
+    stage.set_device(describe(device, world));
+    let peers = RankPeers {
+        comm: &comm,
+        device,
+    };
+    if world > 1 && p.mode == Mode::Diagnose {
+        bail!("mode diagnose on {world} ranks is not built yet: run it on one rank (mix takes several)");
+    }
     let data_dir = stage.input_dir("data")?.to_path_buf();
 
     // 1. The val stream and the network exactly as the artifact decodes.
@@ -67,6 +84,12 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         Windows::Sliding => sliding(n, seq_len, p.stride)?,
     };
     check_single_pass(&windows, 1..n + 1)?;
+    if windows.len() < world {
+        bail!("{} windows cannot be shared by {world} ranks", windows.len());
+    }
+    // This rank's contiguous share; its ledger expects exactly the targets it scores.
+    let windows = &windows[share(windows.len(), comm.rank(), world)];
+    let mine = windows[0].scored().start..windows[windows.len() - 1].scored().end;
 
     // 3. Score; the n-gram side learns each target only after it is recorded.
     let opts = PassOptions {
@@ -75,7 +98,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         entropy: false,
     };
     let mut norm = Normalization::default();
-    let mut ledger = Ledger::new(&val, 1..n + 1)?;
+    let mut ledger = Ledger::new(&val, mine)?;
     let progress = bar(windows.len() as u64, "ngram");
     let clock = Instant::now();
     let mut extra = Map::new();
@@ -87,7 +110,7 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     }
     let mut pass = Pass {
         ledger: &mut ledger,
-        windows: &windows,
+        windows,
         net: &mut net,
         opts,
         norm: &mut norm,
@@ -95,14 +118,17 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
         extra: &mut extra,
     };
     let side = match p.mode {
-        Mode::Mix => score_mixed(&mut pass, &p, cfg.vocab_size, val.bos_id, &data_dir)?,
+        Mode::Mix => score_mixed(&mut pass, &p, cfg.vocab_size, val.bos_id, &data_dir, &peers)?,
         Mode::Diagnose => diagnose_hashed_cache(&mut pass, &p, cfg.vocab_size, val.bos_id)?,
     };
     let seconds = clock.elapsed().as_secs_f64();
     progress.finish_and_clear();
 
     // 4. Judge and write. `val_bpb` is the valid number: the mixture (mix) or the network (diagnose).
-    let report = ledger.finish()?;
+    let mut report = ledger.finish()?;
+    if world > 1 {
+        report = merge_reports(report, &mut norm, 1..n + 1, &peers)?;
+    }
     let summary = summarize(
         &val,
         &report,
@@ -151,12 +177,22 @@ struct Pass<'a, 'v> {
 
 /// `mix`: the network mixed with a Kneser–Ney model of the already-scored val tokens (plus, if
 /// asked, paid-for train tokens); the ledger records the mixture.
-fn score_mixed(pass: &mut Pass, p: &Params, vocab: usize, bos: u16, data: &Path) -> Result<Side> {
+fn score_mixed(
+    pass: &mut Pass,
+    p: &Params,
+    vocab: usize,
+    bos: u16,
+    data: &Path,
+    peers: &dyn Peers,
+) -> Result<Side> {
     let mut kn = KneserNey::new(p.order, vocab, bos)?;
     if p.train_tokens > 0 {
         learn_train_tokens(&mut kn, data, p.train_tokens, bos)?;
     }
-    let stats = mix_pass(
+    if let Some(earlier) = pass.ledger.earlier_shares() {
+        kn.observe(&earlier)?;
+    }
+    let mut stats = mix_pass(
         pass.ledger,
         pass.windows,
         pass.net,
@@ -166,11 +202,30 @@ fn score_mixed(pass: &mut Pass, p: &Params, vocab: usize, bos: u16, data: &Path)
         pass.norm,
         pass.progress,
     )?;
+    // Over the ranks: the network's sums and the mean weight; the model's size is the last
+    // rank's, which has learned every target (as one rank's model).
+    let mut sums = [
+        stats.network.nll,
+        stats.network.targets as f64,
+        stats.network.lut_bytes as f64,
+        stats.mean_lambda * stats.network.targets as f64,
+    ];
+    peers.sum(&mut sums)?;
+    let mut entries = [kn.size() as f64];
+    peers.max(&mut entries)?;
+    stats.network = BpbSums {
+        nll: sums[0],
+        targets: sums[1] as u64,
+        lut_bytes: sums[2] as u64,
+    };
+    if peers.world() > 1 {
+        stats.mean_lambda = sums[3] / sums[1].max(1.0);
+    }
     let extra = &mut *pass.extra;
     extra.insert("ngram_order".into(), json!(p.order));
     extra.insert("ngram_weight".into(), serde_json::to_value(p.weight)?);
     extra.insert("ngram_mean_weight".into(), json!(stats.mean_lambda));
-    extra.insert("ngram_entries".into(), json!(kn.size()));
+    extra.insert("ngram_entries".into(), json!(entries[0] as u64));
     extra.insert("train_tokens".into(), json!(p.train_tokens));
     extra.insert(
         "validity".into(),

@@ -9,6 +9,11 @@ use std::collections::BTreeMap;
 use std::process::Command;
 
 fn run(params: Value) -> Result<BTreeMap<String, Value>, String> {
+    run_on(params, 1)
+}
+
+/// The stage on `ranks` ranks (`--nproc`, Gloo on the CPU).
+fn run_on(params: Value, ranks: usize) -> Result<BTreeMap<String, Value>, String> {
     let dir = tempfile::tempdir().unwrap();
     let (tokens, docs) = MarkovSource::new().corpus(80, 9);
     write_data_dir(&dir.path().join("data"), &tokens, &docs).unwrap();
@@ -25,7 +30,11 @@ fn run(params: Value) -> Result<BTreeMap<String, Value>, String> {
     let params_path = dir.path().join("params.json");
     std::fs::write(&params_path, params.to_string()).unwrap();
     let out = dir.path().join("out");
-    let output = Command::new(env!("CARGO_BIN_EXE_ngram-eval"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ngram-eval"));
+    if ranks > 1 {
+        cmd.args(["--nproc", &ranks.to_string()]);
+    }
+    let output = cmd
         .arg("--out")
         .arg(&out)
         .arg("--in")
@@ -40,6 +49,7 @@ fn run(params: Value) -> Result<BTreeMap<String, Value>, String> {
         .output()
         .unwrap();
     if !output.status.success() {
+        assert!(!out.exists(), "a failed run leaves no {}", out.display());
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
     }
     assert!(out.join(files::RESULTS).is_file() && out.join(files::SUMMARY).is_file());
@@ -88,4 +98,27 @@ fn diagnose_shows_the_hashed_cache_is_not_a_distribution() {
     );
     let claimed = h["claimed_bpb_hashed_cache_invalid"].as_f64().unwrap();
     assert!(claimed < h["val_bpb"].as_f64().unwrap());
+}
+
+#[test]
+fn mixing_on_several_ranks_gives_one_ranks_score() {
+    let params = json!({"mode": "mix", "order": 3, "stride": 8, "precision": "f32"});
+    let one = run_on(params.clone(), 1).unwrap();
+    let bpb = one["val_bpb"].as_f64().unwrap();
+    for ranks in [2, 3] {
+        let many = run_on(params.clone(), ranks).unwrap();
+        let theirs = many["val_bpb"].as_f64().unwrap();
+        let rel = (theirs - bpb).abs() / bpb;
+        println!("mix: 1 rank {bpb:.12}, {ranks} ranks {theirs:.12} (rel {rel:.1e})");
+        assert!(rel < 1e-9, "{ranks} ranks: {theirs} vs {bpb}");
+        let net = (many["val_bpb_network"].as_f64().unwrap()
+            - one["val_bpb_network"].as_f64().unwrap())
+        .abs();
+        assert!(net < 1e-9 * bpb, "{ranks} ranks: the network's bpb differs by {net}");
+        for field in ["scored_targets", "val_bytes", "ngram_entries"] {
+            assert_eq!(many[field], one[field], "{ranks} ranks: {field}");
+        }
+    }
+    let err = run_on(json!({"mode": "diagnose", "stride": 8}), 2).unwrap_err();
+    assert!(err.contains("mode diagnose on 2 ranks is not built yet"), "{err}");
 }

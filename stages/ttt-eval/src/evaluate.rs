@@ -8,8 +8,9 @@ use pgolf_eval::fixed::{fixed_schedule, FixedSchedule};
 use pgolf_eval::guards::Normalization;
 use pgolf_eval::pass::{score_windows, PassOptions};
 use pgolf_eval::report::Denominator;
+use pgolf_eval::peers::{merge_reports, share};
 use pgolf_eval::schedule::{check_single_pass, doc_chunks, sliding};
-use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net};
+use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net, RankPeers};
 use pgolf_eval::{Ledger, LedgerReport, ValSet};
 use pgolf_optim::Collective;
 use tch::Device;
@@ -42,7 +43,7 @@ pub fn window_count(
             .map(|d| d.targets().len().div_ceil(p.lora.chunk.max(1)))
             .sum(),
     };
-    Ok(pgolf_dist::stage::share(all, comm.rank(), comm.world_size()).len())
+    Ok(share(all, comm.rank(), comm.world_size()).len())
 }
 
 pub fn evaluate(
@@ -56,11 +57,11 @@ pub fn evaluate(
 ) -> Result<Outcome> {
     let n = val.n_targets();
     let world = comm.world_size();
-    if world > 1 && !matches!(p.mode, Mode::Flat | Mode::Sliding) {
-        // Adaptive modes across ranks need chunks scored across ranks, then trained with averaged
-        // gradients (or documents from a shared queue): not built; one rank gives the same BPB.
+    if world > 1 && p.mode == Mode::Lora {
+        // Per-document LoRA across ranks needs documents pulled from a shared queue: not built;
+        // one rank gives the same BPB.
         bail!(
-            "mode {} on {world} ranks is not built yet: run it on one rank (flat and sliding take several)",
+            "mode {} on {world} ranks is not built yet: run it on one rank (flat, sliding and ttt take several)",
             p.mode.name()
         );
     }
@@ -86,13 +87,14 @@ pub fn evaluate(
                 );
             }
             // This rank's contiguous share; its ledger expects exactly the targets it scores.
-            let mine = &windows[pgolf_dist::stage::share(windows.len(), comm.rank(), world)];
+            let mine = &windows[share(windows.len(), comm.rank(), world)];
             let (first, last) = (mine[0].scored().start, mine[mine.len() - 1].scored().end);
             let mut ledger = Ledger::new(val, first..last)?;
             score_windows(&mut ledger, mine, &mut net, &opts, &mut norm, &mut progress)?;
             let mut report = ledger.finish()?;
             if world > 1 {
-                report = crate::ranks::merge(report, &mut norm, 1..targets + 1, comm, device)?;
+                let peers = RankPeers { comm, device };
+                report = merge_reports(report, &mut norm, 1..targets + 1, &peers)?;
             }
             Ok(Outcome {
                 report,
@@ -110,7 +112,11 @@ pub fn evaluate(
                 ..p.ttt.clone()
             };
             let chunk_tokens = cfg.chunk_tokens;
+            let peers = RankPeers { comm, device };
             let mut ttt = FullTtt::new(net, cfg)?;
+            if world > 1 {
+                ttt = ttt.across(&peers);
+            }
             let mut ledger = Ledger::new(val, 1..n + 1)?;
             let chunks = score_first_chunks(
                 &mut ledger,
@@ -119,11 +125,16 @@ pub fn evaluate(
                 &mut ttt,
                 &opts,
                 &mut norm,
+                &peers,
                 &mut progress,
             )?;
             let updates = chunks.iter().filter(|c| c.updated).count() as u64;
+            let mut report = ledger.finish()?;
+            if world > 1 {
+                report = merge_reports(report, &mut norm, 1..n + 1, &peers)?;
+            }
             Ok(Outcome {
-                report: ledger.finish()?,
+                report,
                 chunks,
                 updates: Some(updates),
                 norm,

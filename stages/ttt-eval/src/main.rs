@@ -7,7 +7,6 @@
 
 mod evaluate;
 mod params;
-mod ranks;
 
 use anyhow::Result;
 use pgolf_eval::report::{summarize, write_chunk_results, write_doc_results, write_summary};
@@ -32,7 +31,7 @@ fn main() {
 fn run(stage: &mut Stage<Params>) -> Result<()> {
     let p = stage.params.clone();
     p.validate()?;
-    // One rank of several (ranks.rs) or alone; CUDA ranks use GPU LOCAL_RANK.
+    // One rank of several (pgolf_eval::peers) or alone; CUDA ranks use GPU LOCAL_RANK.
     let comm = pgolf_dist::from_env(device_from_str(&stage.device)?)?;
     let device = comm.device;
     stage.set_device(describe(device, comm.world_size()));

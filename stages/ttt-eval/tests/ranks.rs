@@ -1,6 +1,6 @@
-//! ttt-eval on several ranks (Gloo on the CPU): flat and sliding scoring split over 2 and 3 ranks
-//! give one rank's BPB within 1e-9 (relative) and the same targets and bytes, under a run key of
-//! their own; the adaptive modes refuse several ranks in one line.
+//! ttt-eval on several ranks (Gloo on the CPU): flat, sliding and score-first TTT split over 2 and
+//! 3 ranks give one rank's BPB within 1e-9 (relative) and the same targets and bytes, under a run
+//! key of their own; per-document LoRA TTT refuses several ranks in one line.
 
 mod support;
 
@@ -40,15 +40,21 @@ fn flat_and_sliding_on_several_ranks_give_one_ranks_bpb() {
         &routing,
         &Compression::default(),
     );
+    // TTT with chunks of 4 sequences, one per micro-batch, so every rank trains on a share.
+    let ttt = json!({"mode": "ttt", "stride": 4, "precision": "f32",
+                     "ttt": {"chunk_tokens": 64, "micro_batch": 1, "epochs": 2, "lr": 0.05}});
+    let mut bpb_of = std::collections::BTreeMap::new();
     for (mode, params) in [
         ("flat", json!({"mode": "flat", "precision": "f32"})),
         (
             "sliding",
             json!({"mode": "sliding", "stride": 4, "precision": "f32"}),
         ),
+        ("ttt", ttt),
     ] {
         let one = ttt_eval(root.path(), &format!("{mode}-1"), params.clone(), &[]);
         let bpb = one["val_bpb"].as_f64().unwrap();
+        bpb_of.insert(mode, bpb);
         let mut keys = vec![manifest(&root.path().join(format!("{mode}-1")))["key"].clone()];
         for ranks in ["2", "3"] {
             let name = format!("{mode}-{ranks}");
@@ -57,7 +63,12 @@ fn flat_and_sliding_on_several_ranks_give_one_ranks_bpb() {
             let rel = (theirs - bpb).abs() / bpb;
             println!("{mode}: 1 rank {bpb:.12}, {ranks} ranks {theirs:.12} (rel {rel:.1e})");
             assert!(rel < 1e-9, "{mode} on {ranks} ranks: {theirs} vs {bpb}");
-            for field in ["scored_targets", "val_bytes", "val_lut_bytes"] {
+            for field in [
+                "scored_targets",
+                "val_bytes",
+                "val_lut_bytes",
+                "adaptive_updates",
+            ] {
                 assert_eq!(many[field], one[field], "{mode} {ranks} ranks: {field}");
             }
             let m = manifest(&root.path().join(&name));
@@ -72,14 +83,16 @@ fn flat_and_sliding_on_several_ranks_give_one_ranks_bpb() {
         );
     }
 
-    // TTT on two ranks: one line naming what is not built, and no output left.
-    let out = root.path().join("ttt-2");
-    let params = root.path().join("ttt.json");
-    std::fs::write(
-        &params,
-        json!({"mode": "ttt", "stride": 4, "precision": "f32"}).to_string(),
-    )
-    .unwrap();
+    // The TTT runs adapted (their BPB is not the sliding one of the same windows).
+    assert!(
+        (bpb_of["ttt"] - bpb_of["sliding"]).abs() > 1e-4,
+        "{bpb_of:?}"
+    );
+
+    // LoRA TTT on two ranks: one line naming what is not built, and no output left.
+    let out = root.path().join("lora-2");
+    let params = root.path().join("lora.json");
+    std::fs::write(&params, json!({"mode": "lora", "precision": "f32"}).to_string()).unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_ttt-eval"))
         .args(["--nproc", "2", "--out"])
         .arg(&out)
@@ -97,7 +110,7 @@ fn flat_and_sliding_on_several_ranks_give_one_ranks_bpb() {
     let err = String::from_utf8_lossy(&run.stderr);
     assert!(!run.status.success());
     assert!(
-        err.contains("mode ttt on 2 ranks is not built yet"),
+        err.contains("mode lora on 2 ranks is not built yet"),
         "{err}"
     );
     assert!(!out.exists(), "nothing left in {}", out.display());

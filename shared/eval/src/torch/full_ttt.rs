@@ -3,6 +3,10 @@
 //! persistent across chunks), a cosine learning rate over chunks and global-norm gradient clipping;
 //! the first `freeze_blocks` blocks stay fixed. The driver (`adapt::score_first_chunks`) hands this
 //! only [`ScoredSpan`]s, so training never sees an unscored token.
+//!
+//! Gradients accumulate in f64 over the micro-batches, so that on several ranks (each taking a
+//! contiguous share of the micro-batches, their sums added by a collective) the step is the one
+//! rank's step exactly: sums of a few f32 values in f64 do not depend on their order.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -11,6 +15,7 @@ use tch::{Kind, Tensor};
 
 use super::net::Net;
 use crate::adapt::{ChunkStep, StreamAdapt};
+use crate::peers::share;
 use crate::ledger::ScoredSpan;
 use crate::scorer::{Request, Scorer, Scores};
 
@@ -49,8 +54,19 @@ impl Default for FullTttConfig {
     }
 }
 
-pub struct FullTtt {
+/// The ranks a TTT pass is shared by, as seen by its training step: each rank computes the
+/// gradient of its share of a chunk's sequences, and `sum_` adds them over the ranks.
+pub trait TensorPeers {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Sums `t` over all ranks in place.
+    fn sum_(&self, t: &mut Tensor) -> Result<()>;
+}
+
+pub struct FullTtt<'c> {
     pub net: Net,
+    /// The other ranks training the same copy of the network, if any.
+    peers: Option<&'c dyn TensorPeers>,
     cfg: FullTttConfig,
     /// `cfg.seq_len`, resolved.
     seq_len: usize,
@@ -59,8 +75,8 @@ pub struct FullTtt {
     pub steps: u64,
 }
 
-impl FullTtt {
-    pub fn new(net: Net, cfg: FullTttConfig) -> Result<FullTtt> {
+impl<'c> FullTtt<'c> {
+    pub fn new(net: Net, cfg: FullTttConfig) -> Result<FullTtt<'c>> {
         let seq_len = cfg.seq_len.unwrap_or(0);
         if seq_len == 0 || cfg.epochs == 0 || cfg.micro_batch == 0 {
             bail!("TTT needs a positive seq_len, epochs and micro_batch");
@@ -86,11 +102,18 @@ impl FullTtt {
         }
         Ok(FullTtt {
             net,
+            peers: None,
             cfg,
             seq_len,
             trained,
             steps: 0,
         })
+    }
+
+    /// Trains together with `peers` (every rank then holds the same network after each step).
+    pub fn across(mut self, peers: &'c dyn TensorPeers) -> FullTtt<'c> {
+        self.peers = Some(peers);
+        self
     }
 
     /// The learning rate of chunk `c` of `C` (§5.3).
@@ -103,10 +126,18 @@ impl FullTtt {
         self.cfg.lr * 0.5 * (1.0 + (PI * progress).cos())
     }
 
-    /// One SGD step over `seqs` (rows of `len + 1` tokens), gradients averaged over all tokens.
+    /// One SGD step over `rows` (sequences of `len + 1` tokens), gradients averaged over all
+    /// tokens; on several ranks this rank computes its share of the micro-batches.
     fn step(&mut self, rows: &[&[u16]], lr: f64) -> Result<()> {
         let total: usize = rows.iter().map(|r| r.len() - 1).sum();
-        for group in rows.chunks(self.cfg.micro_batch) {
+        let groups: Vec<&[&[u16]]> = rows.chunks(self.cfg.micro_batch).collect();
+        let mine = match self.peers {
+            Some(peers) => share(groups.len(), peers.rank(), peers.world()),
+            None => 0..groups.len(),
+        };
+        // Σ over micro-batches of each trained parameter's gradient, in f64.
+        let mut sums: Vec<Option<Tensor>> = self.trained.iter().map(|_| None).collect();
+        for group in &groups[mine] {
             let t = group[0].len() - 1;
             if group.iter().any(|r| r.len() - 1 != t) {
                 bail!("TTT sequences of one micro-batch must have equal length");
@@ -123,28 +154,57 @@ impl FullTtt {
             let nll = self.net.gpt.token_nll(&x, &y);
             let loss = nll.sum(Kind::Float) / total as f64;
             loss.backward();
+            tch::no_grad(|| {
+                for ((p, _), sum) in self.trained.iter().zip(sums.iter_mut()) {
+                    let mut g = p.grad();
+                    if g.defined() {
+                        let g64 = g.to_kind(Kind::Double);
+                        *sum = Some(match sum.take() {
+                            None => g64,
+                            Some(s) => s + g64,
+                        });
+                        let _ = g.zero_();
+                    }
+                }
+            });
+        }
+        if let Some(peers) = self.peers {
+            // One collective for all parameters; a rank without micro-batches adds zeros.
+            let parts: Vec<Tensor> = self
+                .trained
+                .iter()
+                .zip(&sums)
+                .map(|((p, _), s)| match s {
+                    Some(s) => s.flatten(0, -1),
+                    None => Tensor::zeros([p.numel() as i64], (Kind::Double, p.device())),
+                })
+                .collect();
+            let mut flat = Tensor::cat(&parts, 0);
+            peers.sum_(&mut flat)?;
+            let mut at = 0i64;
+            for ((p, _), sum) in self.trained.iter().zip(sums.iter_mut()) {
+                let n = p.numel() as i64;
+                *sum = Some(flat.narrow(0, at, n).view_as(p));
+                at += n;
+            }
         }
         tch::no_grad(|| {
-            let grads: Vec<Tensor> = self.trained.iter().map(|(p, _)| p.grad()).collect();
-            let norm2: f64 = grads
+            let norm2: f64 = sums
                 .iter()
-                .filter(|g| g.defined())
+                .flatten()
                 .map(|g| g.pow_tensor_scalar(2).sum(Kind::Double).double_value(&[]))
                 .sum();
             // torch.nn.utils.clip_grad_norm_: scale by max/(norm + 1e-6), never up.
             let clip = (self.cfg.grad_clip / (norm2.sqrt() + 1e-6)).min(1.0);
-            for ((p, buf), g) in self.trained.iter_mut().zip(grads) {
-                if !g.defined() {
-                    continue;
-                }
-                let g = &g * clip;
+            for ((p, buf), g) in self.trained.iter_mut().zip(sums) {
+                let Some(g) = g else { continue };
+                let g = (g * clip).to_kind(p.kind());
                 let b = match buf.take() {
-                    None => g.copy(),
+                    None => g,
                     Some(b) => b * self.cfg.momentum + g,
                 };
                 let _ = p.f_sub_(&(&b * lr)).map(|_| ());
                 *buf = Some(b);
-                let _ = p.grad().zero_();
             }
         });
         self.steps += 1;
@@ -152,7 +212,7 @@ impl FullTtt {
     }
 }
 
-impl Scorer for FullTtt {
+impl Scorer for FullTtt<'_> {
     fn vocab_size(&self) -> usize {
         self.net.vocab_size()
     }
@@ -162,7 +222,7 @@ impl Scorer for FullTtt {
     }
 }
 
-impl StreamAdapt for FullTtt {
+impl StreamAdapt for FullTtt<'_> {
     fn update(&mut self, span: ScoredSpan<'_>, step: ChunkStep) -> Result<()> {
         // x[a−1 .. b]: inputs [..len−1], targets [1..]. Whole sequences of seq_len; a chunk shorter
         // than one sequence trains as a single shorter one.

@@ -7,6 +7,7 @@ use tch::{Device, Tensor};
 
 use super::*;
 use crate::adapt::{score_first_chunks, score_first_docs};
+use crate::peers::Alone;
 use crate::guards::Normalization;
 use crate::ledger::{Ledger, LedgerReport};
 use crate::pass::{score_windows, PassOptions};
@@ -108,6 +109,7 @@ fn full_ttt_run(val: &ValSet, freeze: usize) -> (LedgerReport, Vec<crate::adapt:
         &mut ttt,
         &opts(),
         &mut Normalization::default(),
+        &Alone,
         |_| {},
     )
     .unwrap();
@@ -181,6 +183,7 @@ fn frozen_blocks_stay_fixed() {
         &mut ttt,
         &opts(),
         &mut Normalization::default(),
+        &Alone,
         |_| {},
     )
     .unwrap();
