@@ -19,7 +19,8 @@ writes safetensors.
 2. LQER: R0427's `gptq_mixed_quantize` (LQER on, rank 4, top 3, asymmetric group 64; and a second
    run with the asymmetric packing off: the symmetric INT4 fallback) on a small state dict. Its
    chosen matrices against ours from the same errors (E = W − Q·s of its own GPTQ), and for each
-   chosen matrix our factors A, B (max |Δ|) and packed integers and scales (mismatches) from that E.
+   chosen matrix our factors A, B (max |Δ|) and packed integers and scales (mismatches) from that E;
+   the matrices it did not choose against its `torch.linalg.svd` + `_lqer_pack_asym` / `_lqer_pack`.
 3. The per-group row sort: R0427's `_similarity_sort_l1` against ours on its int6 integers.
 
 Prints one Markdown table (bench/quant.md §5). Exit status 1 if a packed integer, a scale or a
@@ -178,19 +179,29 @@ def lqer_rows(r0427):
         sel = "same 3" if sorted(chosen) == sorted(ours_chosen) else f"DIFFER: {chosen} vs {ours_chosen}"
         bad += sel != "same 3"
         suffix = "_a" if asym else ""
-        for n in chosen:
+        # The chosen ones as gptq_mixed_quantize stored them; the others (tok_emb among them) from
+        # the record's own SVD call and packing function on their E.
+        for n in chosen + [n for n in sd if n not in chosen]:
             e = errs[n]
             pack = ["asym", 64] if asym else ["sym", 4]
             ours = probe(f"lqer_{asym}_{n}", ["lqer", 4, *pack], {"e": e})
             U, S, Vh = torch.linalg.svd(e, full_matrices=False)
-            a_ref, b_ref = (U[:, :4] * S[:4]), Vh[:4, :]
-            qa, sa = result[n + ".lqA" + suffix].float(), result[n + ".lqAs" + suffix].float().reshape(-1)
-            qb, sb = result[n + ".lqB" + suffix].float(), result[n + ".lqBs" + suffix].float().reshape(-1)
+            a_ref, b_ref = (U[:, :4] * S[:4]).contiguous(), Vh[:4, :].contiguous()
+            if n in chosen:
+                qa, sa = result[n + ".lqA" + suffix], result[n + ".lqAs" + suffix]
+                qb, sb = result[n + ".lqB" + suffix], result[n + ".lqBs" + suffix]
+            elif asym:
+                qa, sa, qb, sb = r0427._lqer_pack_asym(a_ref, b_ref, 64)
+            else:
+                qa, sa, qb, sb = r0427._lqer_pack(a_ref, b_ref, 4)
+            qa, sa = qa.float(), sa.float().reshape(-1)
+            qb, sb = qb.float(), sb.float().reshape(-1)
             mism = [int((ours["qa"] != qa).sum()), int((ours["sa"] != sa).sum()),
                     int((ours["qb"] != qb).sum()), int((ours["sb"] != sb).sum())]
             bad += sum(mism) > 0
             ab = f"{(ours['a'] - a_ref).abs().max().item():.3g} / {(ours['b'] - b_ref).abs().max().item():.3g}"
-            out.append(("asym g64" if asym else "sym int4", n, sel, ab, *mism, qa.numel() + qb.numel()))
+            how = sel if n in chosen else "not chosen (packed by its function)"
+            out.append(("asym g64" if asym else "sym int4", n, how, ab, *mism, qa.numel() + qb.numel()))
     return out, bad, sd, result
 
 
@@ -221,7 +232,7 @@ def main():
     lq, bad, _, result = lqer_rows(r0427)
     print("LQER (R0427's `gptq_mixed_quantize`, rank 4, top 3; ours from its E = W − Q·s):")
     print()
-    print(row(["packing", "tensor", "top-3 choice", "max |Δ| A / B", "qA differing", "sA differing",
+    print(row(["packing", "tensor", "chosen (top 3: same as ours?)", "max |Δ| A / B", "qA differing", "sA differing",
                "qB differing", "sB differing", "factor integers"]))
     print(row(["---"] * 9))
     for r in lq:

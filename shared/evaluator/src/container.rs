@@ -23,6 +23,9 @@ use crate::dtype::{floats_from_bytes, round_through, DType};
 
 pub const FORMAT: &str = "pgq";
 pub const VERSION: u32 = 1;
+/// The directory version of a body that uses LQER or a layout: readers that predate them (and would
+/// ignore the fields they do not know) refuse it instead of decoding other values.
+pub const VERSION_EXTENDED: u32 = 2;
 
 /// The directory as JSON (the writer in pgolf-quant fills the same structs).
 #[derive(Serialize, Deserialize)]
@@ -245,6 +248,11 @@ impl StoredTensor {
         self.shape.iter().product()
     }
 
+    /// Whether it uses what directory version 2 added: an LQER correction or a layout.
+    pub fn extended(&self) -> bool {
+        self.lqer.is_some() || self.layout != Layout::default()
+    }
+
     /// Checks that sizes agree with the shape and integers lie in their range.
     pub fn validate(&self) -> Result<()> {
         let name = &self.name;
@@ -393,13 +401,14 @@ pub fn decode_body(body: &[u8]) -> Result<(Value, Vec<StoredTensor>)> {
         .ok_or_else(|| anyhow!("directory length {dir_len} runs past the body"))?;
     let dir: Directory = serde_json::from_slice(&body[4..dir_end])
         .map_err(|e| anyhow!("directory is not valid JSON: {e}"))?;
-    if dir.format != FORMAT || dir.version != VERSION {
+    if dir.format != FORMAT || !(VERSION..=VERSION_EXTENDED).contains(&dir.version) {
         bail!(
-            "directory says format {:?} version {}, expected {FORMAT:?} version {VERSION}",
+            "directory says format {:?} version {}, expected {FORMAT:?} version {VERSION} or {VERSION_EXTENDED}",
             dir.format,
             dir.version
         );
     }
+    let extended = dir.version == VERSION_EXTENDED;
     let payload = &body[dir_end..];
     let mut used: Vec<[usize; 2]> = Vec::new();
     let mut take = |name: &str, range: [usize; 2]| -> Result<&[u8]> {
@@ -518,6 +527,12 @@ pub fn decode_body(body: &[u8]) -> Result<(Value, Vec<StoredTensor>)> {
             layout,
         };
         t.validate()?;
+        if t.extended() && !extended {
+            bail!(
+                "tensor {}: an LQER correction or a layout in a version {VERSION} directory",
+                t.name
+            );
+        }
         tensors.push(t);
     }
     used.sort_unstable();

@@ -17,7 +17,8 @@ use crate::dtype::DType;
 use crate::encoded::{Encoding, Scale, StoredTensor};
 /// The layout (directory structs, format name and version) and its reader are the evaluator's.
 pub use pgolf_evaluator::container::{
-    decode_body, Directory, Entry, Factor, FactorEntry, Layout, LowRank, LqerEntry, FORMAT, VERSION,
+    decode_body, Directory, Entry, Factor, FactorEntry, Layout, LowRank, LqerEntry, FORMAT,
+    VERSION, VERSION_EXTENDED,
 };
 
 /// Serialises config and tensors into a body. Sections, in order: every tensor's integers (in the
@@ -122,7 +123,12 @@ pub fn encode_body(config: &Value, tensors: &[StoredTensor]) -> Result<Vec<u8>> 
     }
     let dir = Directory {
         format: FORMAT.into(),
-        version: VERSION,
+        // Version 2 only where needed: a plain body stays the one written before it existed.
+        version: if tensors.iter().any(StoredTensor::extended) {
+            VERSION_EXTENDED
+        } else {
+            VERSION
+        },
         config: config.clone(),
         tensors: entries,
     };

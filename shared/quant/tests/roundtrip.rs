@@ -824,6 +824,22 @@ fn the_per_group_layout_round_trips_and_writes_the_integers_where_it_says() {
         .map(|b| u16::from_le_bytes([b[0], b[1]]))
         .collect();
     assert_eq!(stored_perm, perm);
+    // Version 2 marks a body with layouts; version 1 (what readers before them knew, which would
+    // ignore the fields) may not carry them.
+    assert_eq!(dir["version"], 2);
+    let plain_body = encode_body(&config, &stored).unwrap();
+    let plain_dir = u32::from_le_bytes(plain_body[..4].try_into().unwrap()) as usize;
+    let plain_json: serde_json::Value =
+        serde_json::from_slice(&plain_body[4..4 + plain_dir]).unwrap();
+    assert_eq!(plain_json["version"], 1);
+    let text = String::from_utf8(body[4..4 + dir_len].to_vec()).unwrap();
+    let mut v1 = body.clone();
+    v1[4..4 + dir_len].copy_from_slice(
+        text.replacen("\"version\":2", "\"version\":1", 1)
+            .as_bytes(),
+    );
+    let err = decode_body(&v1).unwrap_err().to_string();
+    assert!(err.contains("a layout in a version 1 directory"), "{err}");
     // A permutation that repeats a row is refused.
     let mut bad = body.clone();
     let base = 4 + dir_len + p0;
