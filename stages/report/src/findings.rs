@@ -6,6 +6,7 @@
 use anyhow::Result;
 use std::collections::BTreeMap;
 
+use crate::bytes::{self, RejectedLut};
 use crate::params::Params;
 use crate::points::{self, value_text, Group, Point};
 use crate::runs::{EvalKind, Run, Runs};
@@ -36,6 +37,8 @@ pub struct Findings<'a> {
     pub tensors: BTreeMap<String, Vec<TensorBytes>>,
     /// By eval run key.
     pub results: BTreeMap<String, ResultSums>,
+    /// The LUT-byte figures of evaluations whose tokenizer transforms the text: diagnostics only.
+    pub rejected_lut: Vec<RejectedLut<'a>>,
 }
 
 /// Mean and spread of a group's scores.
@@ -50,6 +53,8 @@ pub struct GroupStats {
 impl<'a> Findings<'a> {
     pub fn gather(params: &'a Params, runs: &'a Runs) -> Result<Findings<'a>> {
         let points = points::build(runs)?;
+        // Before anything is scored: no LUT-byte BPB of text-transformed data is published.
+        let rejected_lut = bytes::check(&points, runs)?;
         let score_kind = score::kind(params.score, &points)?;
         let scores = score::scores(&score_kind, &points)?;
         let (axes, groups) = points::group(&points);
@@ -159,6 +164,7 @@ impl<'a> Findings<'a> {
             metrics,
             tensors,
             results,
+            rejected_lut,
         })
     }
 

@@ -9,6 +9,7 @@
 //! from its manifest. Writes report.md, report.html (self-contained), plots/*.svg,
 //! submission.json (upstream schema), provenance.json and logs/. See docs/REPORT.md.
 
+mod bytes;
 mod compliance;
 mod doc;
 mod figures;

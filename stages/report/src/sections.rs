@@ -180,6 +180,25 @@ pub fn results(doc: &mut Doc, f: &Findings) {
     if !missing.is_empty() {
         notes.push(Line::text(format!("Not run: {}.", missing.join(", "))));
     }
+    // A text-transforming tokenizer's LUT figure: shown, labelled, never a score.
+    for r in &f.rejected_lut {
+        let ratio = r
+            .ratio
+            .map(|x| format!("its lookup tables charge {x:.4}× the original text's bytes"))
+            .unwrap_or_else(|| "its lookup tables overstate the original text's bytes".into());
+        notes.push(
+            Line::text(format!(
+                "{}: rejected diagnostic, not a score — against lookup-table bytes ",
+                f.labels[r.point]
+            ))
+            .push_link(r.run.tag(), r.run.href())
+            .push_text(format!(
+                " would report {} BPB (its score, against the original text's bytes: {}); the tokenizer transforms the text (its case operators stand for no text), and {ratio} (REFERENCE.md §2.5).",
+                f5(r.lut_bpb),
+                f5(r.val_bpb)
+            )),
+        );
+    }
     // Late QAT is easy to configure and silently never run (R0322's never did under
     // torch.compile), so the report says for each run whether and when it switched on.
     for (p, label) in f.points.iter().zip(&f.labels) {

@@ -152,8 +152,37 @@ pub fn tokenize(store: &mut Store, source_entropy_bpb: Option<f64>) -> Made {
         headline["source_entropy_bpb"] = json!(e);
     }
     store.run("tokenize", json!({}), &[], headline, cpu(), |d| {
-        fs::write(d.join(files::TOKENIZER_INFO), "{}").unwrap()
+        fs::write(
+            d.join(files::TOKENIZER_INFO),
+            r#"{"kind": "byte260", "vocab_size": 260, "bos_id": 1}"#,
+        )
+        .unwrap()
     })
+}
+
+/// A tokenize run with the CaseOps sp8192 model of ../shared (which transforms the text: its case
+/// operators are user-defined pieces that stand for no text).
+pub fn tokenize_caseops(store: &mut Store) -> Made {
+    let headline = json!({"vocab_size": 8192, "val_tokens": 5001, "val_raw_bytes": 12000,
+        "transform": "lossless_caps_caseops_v1"});
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../../../shared/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",
+    );
+    store.run(
+        "tokenize",
+        json!({"transform": "caseops"}),
+        &[],
+        headline,
+        cpu(),
+        |d| {
+            fs::write(
+                d.join(files::TOKENIZER_INFO),
+                r#"{"kind": "sentencepiece", "vocab_size": 8192, "bos_id": 1}"#,
+            )
+            .unwrap();
+            fs::copy(&model, d.join(files::TOKENIZER_MODEL)).unwrap();
+        },
+    )
 }
 
 pub fn train(store: &mut Store, data: &Made, s: &Seed) -> Made {
