@@ -155,7 +155,8 @@ impl<'v> Ledger<'v> {
     /// naming the first target that no rank, or more than one, scored. A target it already holds
     /// (this rank's, or accepted before) is not accepted twice.
     pub fn accept_peer_scores(&mut self, targets: Range<usize>, counts: &[f64]) -> Result<()> {
-        if counts.len() != targets.len() || targets.start < 1 || targets.end > self.val.tokens.len() {
+        if counts.len() != targets.len() || targets.start < 1 || targets.end > self.val.tokens.len()
+        {
             bail!("peer counts for {targets:?}: {} values", counts.len());
         }
         if let Some((t, c)) = targets.clone().zip(counts).find(|(_, &c)| c != 1.0) {
@@ -306,7 +307,10 @@ mod tests {
         let mut b = Ledger::new(&v, 1..9).unwrap();
         a.record(1, &[0.5; 4]).unwrap();
         b.record(5, &[1.0; 4]).unwrap();
-        assert!(a.span(1..9).is_err(), "rank 0 cannot adapt on rank 1's share yet");
+        assert!(
+            a.span(1..9).is_err(),
+            "rank 0 cannot adapt on rank 1's share yet"
+        );
         let sum: Vec<f64> = a
             .scored_mask(1..9)
             .iter()
@@ -318,7 +322,11 @@ mod tests {
         b.accept_peer_scores(1..9, &sum).unwrap();
         assert_eq!(a.span(1..9).unwrap().targets(), 1..9);
         let (ra, rb) = (a.finish().unwrap(), b.finish().unwrap());
-        assert_eq!((ra.total.targets, rb.total.targets), (4, 4), "each keeps its own sums");
+        assert_eq!(
+            (ra.total.targets, rb.total.targets),
+            (4, 4),
+            "each keeps its own sums"
+        );
         assert_eq!((ra.total.nll, rb.total.nll), (2.0, 4.0));
 
         // A target scored twice (by two ranks) or by none is named.

@@ -4,11 +4,11 @@
 use std::f64::consts::LN_2;
 
 use crate::adapt::{score_first_chunks, score_first_docs, ChunkStep, StreamAdapt};
-use crate::peers::Alone;
 use crate::guards::{entropy_guard, Normalization};
 use crate::ledger::{Ledger, LedgerReport};
 use crate::ngram::{diagnose_pass, mix_pass, HashedCache, KneserNey, MixWeight};
 use crate::pass::{score_windows, PassOptions};
+use crate::peers::Alone;
 use crate::schedule::{flat, sliding, Window};
 use crate::scorer::{Request, Scorer, Scores};
 use crate::testing::*;
@@ -695,14 +695,20 @@ fn score_first_chunks_on_several_ranks_give_one_ranks_scores_and_state() {
         let results: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
         let nll: f64 = results.iter().map(|r| r.0.nll).sum();
         let targets: u64 = results.iter().map(|r| r.0.targets).sum();
-        assert_eq!(targets, total_one.targets, "{world} ranks: every target once");
+        assert_eq!(
+            targets, total_one.targets,
+            "{world} ranks: every target once"
+        );
         assert!(
             (nll - total_one.nll).abs() <= 1e-12 * total_one.nll,
             "{world} ranks: {nll} vs {}",
             total_one.nll
         );
         for (rank, (_, rows, counts)) in results.iter().enumerate() {
-            assert_eq!(counts, &one.counts, "rank {rank} of {world}: the adapted state");
+            assert_eq!(
+                counts, &one.counts,
+                "rank {rank} of {world}: the adapted state"
+            );
             assert_eq!(rows.len(), rows_one.len());
             for (a, b) in rows.iter().zip(&rows_one) {
                 assert_eq!((a.sums.targets, a.updated), (b.sums.targets, b.updated));

@@ -23,9 +23,9 @@ use pgolf_data::{list_shards, Split, TokenStream};
 use pgolf_eval::guards::Normalization;
 use pgolf_eval::ngram::{diagnose_pass, mix_pass, ClaimedCache, HashedCache, KneserNey, StyxCache};
 use pgolf_eval::pass::PassOptions;
+use pgolf_eval::peers::{merge_reports, share, Peers};
 use pgolf_eval::report::{summarize, write_doc_results, write_summary, Denominator};
 use pgolf_eval::schedule::{check_single_pass, flat, sliding};
-use pgolf_eval::peers::{merge_reports, share, Peers};
 use pgolf_eval::torch::{load_artifact_for_vocab, Net, RankPeers};
 use pgolf_eval::{bpb::bits_per_byte, BpbSums, Ledger, ValSet, Window};
 use pgolf_runtime::{describe, device_from_str};
@@ -85,7 +85,10 @@ fn run(stage: &mut Stage<Params>) -> Result<()> {
     };
     check_single_pass(&windows, 1..n + 1)?;
     if windows.len() < world {
-        bail!("{} windows cannot be shared by {world} ranks", windows.len());
+        bail!(
+            "{} windows cannot be shared by {world} ranks",
+            windows.len()
+        );
     }
     // This rank's contiguous share; its ledger expects exactly the targets it scores.
     let windows = &windows[share(windows.len(), comm.rank(), world)];

@@ -114,11 +114,17 @@ fn mixing_on_several_ranks_gives_one_ranks_score() {
         let net = (many["val_bpb_network"].as_f64().unwrap()
             - one["val_bpb_network"].as_f64().unwrap())
         .abs();
-        assert!(net < 1e-9 * bpb, "{ranks} ranks: the network's bpb differs by {net}");
+        assert!(
+            net < 1e-9 * bpb,
+            "{ranks} ranks: the network's bpb differs by {net}"
+        );
         for field in ["scored_targets", "val_bytes", "ngram_entries"] {
             assert_eq!(many[field], one[field], "{ranks} ranks: {field}");
         }
     }
     let err = run_on(json!({"mode": "diagnose", "stride": 8}), 2).unwrap_err();
-    assert!(err.contains("mode diagnose on 2 ranks is not built yet"), "{err}");
+    assert!(
+        err.contains("mode diagnose on 2 ranks is not built yet"),
+        "{err}"
+    );
 }

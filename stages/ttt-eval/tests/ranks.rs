@@ -92,7 +92,11 @@ fn flat_and_sliding_on_several_ranks_give_one_ranks_bpb() {
     // LoRA TTT on two ranks: one line naming what is not built, and no output left.
     let out = root.path().join("lora-2");
     let params = root.path().join("lora.json");
-    std::fs::write(&params, json!({"mode": "lora", "precision": "f32"}).to_string()).unwrap();
+    std::fs::write(
+        &params,
+        json!({"mode": "lora", "precision": "f32"}).to_string(),
+    )
+    .unwrap();
     let run = Command::new(env!("CARGO_BIN_EXE_ttt-eval"))
         .args(["--nproc", "2", "--out"])
         .arg(&out)

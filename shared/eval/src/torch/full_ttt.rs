@@ -15,8 +15,8 @@ use tch::{Kind, Tensor};
 
 use super::net::Net;
 use crate::adapt::{ChunkStep, StreamAdapt};
-use crate::peers::share;
 use crate::ledger::ScoredSpan;
+use crate::peers::share;
 use crate::scorer::{Request, Scorer, Scores};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

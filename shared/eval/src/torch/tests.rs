@@ -7,10 +7,10 @@ use tch::{Device, Tensor};
 
 use super::*;
 use crate::adapt::{score_first_chunks, score_first_docs};
-use crate::peers::Alone;
 use crate::guards::Normalization;
 use crate::ledger::{Ledger, LedgerReport};
 use crate::pass::{score_windows, PassOptions};
+use crate::peers::Alone;
 use crate::schedule::{doc_chunks, flat, sliding};
 use crate::testing::{random_valset, MarkovSource, MarkovValSet};
 use crate::valset::ValSet;
