@@ -11,7 +11,6 @@ use pgolf_store::files::MANIFEST as MANIFEST_FILE;
 use pgolf_store::stage::{one_line, ERROR_FILE_ENV};
 use pgolf_store::RunAs;
 use std::ffi::OsString;
-use std::ops::Range;
 use std::path::PathBuf;
 
 use crate::Launch;

@@ -28,6 +28,7 @@ use pgolf_eval::report::{summarize, write_doc_results, write_summary, Denominato
 use pgolf_eval::schedule::{check_single_pass, flat, sliding};
 use pgolf_eval::torch::{load_artifact_for_vocab, Net, RankPeers};
 use pgolf_eval::{bpb::bits_per_byte, BpbSums, Ledger, ValSet, Window};
+use pgolf_optim::Collective;
 use pgolf_runtime::{describe, device_from_str};
 use pgolf_store::progress::bar;
 use pgolf_store::{files, Stage};
