@@ -5,7 +5,8 @@
 #                     with CUDA (the venv's PyPI torch 2.11.0+cu130, the version the GPU machines'
 #                     Python has); there `source bench/device_unpack.sh` unpacks them into
 #                     target/release/ and makes them find that Python's libtorch (docs/GPU.md).
-#   .device/data/     wiki part-00 (train) and part-07 (val) and the sp1024 model, from ../shared.
+#   .device/data/     wiki part-00 (train) and part-07 (val), the sp1024, sp8192 and sp8192 CaseOps
+#                     models, from ../shared.
 #   .ref/             the upstream train_gpt.py, read from the mirror (never committed).
 #   .device/vulkan/   the Vulkan loader libvulkan.so.1 (Debian's libvulkan1), for portable-eval on a
 #                     GPU machine that lacks it (bench/portable_eval_gpu.sh).
@@ -79,7 +80,8 @@ loader=$(ldconfig -p | grep 'libvulkan\.so\.1 ' | head -1 | sed 's/.*=> //')
 cp -L "$loader" .device/vulkan/libvulkan.so.1
 rm -rf .device/bin # the unpacked layout of older builds: it would not fit the carry limit beside the tar
 tar -C "$stage_dir" -czf .device/bins.tgz "${paths[@]}"
-cp "$SHARED/data/enwiki2015/part-00.parquet" "$SHARED/data/enwiki2015/part-07.parquet" "$SHARED/tokenizers/fineweb_1024_bpe.model" .device/data/
+cp "$SHARED/data/enwiki2015/part-00.parquet" "$SHARED/data/enwiki2015/part-07.parquet" "$SHARED/tokenizers/fineweb_1024_bpe.model" \
+  "$SHARED/tokenizers/fineweb_8192_bpe.model" "$SHARED/tokenizers/fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model" .device/data/
 git -C "$MIRROR" show HEAD:train_gpt.py > .ref/train_gpt.py
 # Record scripts the benches run (bench/r0322_side_by_side.sh).
 git -C "$MIRROR" show "HEAD:records/track_10min_16mb/2026-03-22_11L_EMA_GPTQ-lite_warmdown3500_QAT015_1.1233/train_gpt.py" > .ref/r0322_train_gpt.py

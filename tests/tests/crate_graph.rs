@@ -40,9 +40,10 @@ const LIBRARY_EDGES: &[(&str, &str, &[&str])] = &[
     ("pgolf-dist",      NORMAL, &["pgolf-optim", "pgolf-store"]),
     ("pgolf-dist",      BUILD,  &["pgolf-buildid"]),
     ("pgolf-quant",     NORMAL, &["pgolf-evaluator", "pgolf-store"]),
-    // Core needs data/evaluator/store; model, quant and runtime behind its `torch` feature.
+    // Core needs data/evaluator/store; model, quant and runtime behind its `torch` feature, and
+    // optim's Collective there too (TTT across ranks sums its gradients through the stage's group).
     ("pgolf-eval",      NORMAL, &["pgolf-data", "pgolf-evaluator", "pgolf-store",
-                                  "pgolf-model", "pgolf-quant", "pgolf-runtime"]),
+                                  "pgolf-model", "pgolf-quant", "pgolf-runtime", "pgolf-optim"]),
     ("pgolf-eval",      DEV,    &["pgolf-testkit"]),
     // Test fixtures: may build on any library; only ever a dev-dependency (checked below).
     ("pgolf-testkit",   NORMAL, &[ANY_LIBRARY]),

@@ -70,8 +70,10 @@ pub fn read_sidecar(path: &Path, shard: &Shard, bos: u16) -> Result<Vec<u32>> {
     if payload.len() != 2 * n {
         let wide = if payload.len() == 4 * n && n > 0 {
             " (that is 4 bytes a count: the official sidecar holds u16 counts)"
+        } else if payload.len() < 2 * n {
+            " (truncated)"
         } else {
-            ""
+            " (padded)"
         };
         bail!(
             "{}: {} payload bytes for the header's {n} counts; an official sidecar is 1024 + 2·{n} bytes, one u16 per token{wide}",

@@ -110,11 +110,21 @@ impl Documents {
         })
     }
 
-    /// `cu_seqlens` on `device` (the host bounds stay for the reference path).
+    /// `cu_seqlens` on `device` (the host bounds stay for the reference path). To a GPU it is an
+    /// asynchronous copy from pinned memory, so a training step's host side does not wait for the
+    /// device (a pageable copy would); should pinning fail, the plain copy is as correct.
     pub fn to_device(&self, device: Device) -> Documents {
+        let cu = match device {
+            Device::Cuda(_) if self.cu.device() == Device::Cpu => self
+                .cu
+                .f_pin_memory(device)
+                .and_then(|pinned| pinned.f_to_device_(device, Kind::Int, true, false))
+                .unwrap_or_else(|_| self.cu.to_device(device)),
+            _ => self.cu.to_device(device),
+        };
         Documents {
             bounds: self.bounds.clone(),
-            cu: self.cu.to_device(device),
+            cu,
             max_len: self.max_len,
         }
     }
@@ -132,9 +142,28 @@ impl Documents {
             target.total(),
             target.max_len
         );
-        let entries = target.cu.size()[0] as usize;
-        let padded = self.with_entries(entries)?;
-        target.cu.shallow_clone().copy_(&padded.cu);
+        let entries = target.cu.size()[0];
+        ensure!(
+            self.bounds.len() as i64 <= entries,
+            "documents: {} segments need {} cu_seqlens entries, the buffer has {entries}",
+            self.segments(),
+            self.bounds.len()
+        );
+        // Padded (or cut back to the buffer: past the bounds every entry is the row length) on
+        // the buffer's device, so that no copy waits for the device.
+        let cu = self.cu.to_device(target.cu.device());
+        let have = cu.size()[0];
+        let src = if have >= entries {
+            cu.narrow(0, 0, entries)
+        } else {
+            let pad = Tensor::full(
+                [entries - have],
+                self.total(),
+                (Kind::Int, target.cu.device()),
+            );
+            Tensor::cat(&[cu, pad], 0)
+        };
+        target.cu.shallow_clone().copy_(&src);
         Ok(())
     }
 

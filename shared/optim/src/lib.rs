@@ -26,4 +26,4 @@ pub use muon::{
     newton_schulz, newton_schulz5, newton_schulz5_in, row_normalize, Muon, NsCoefficients,
     NS5_COEFFS, POLAR_EXPRESS_COEFFS,
 };
-pub use schedule::{muon_momentum, FracWarmdown, Warmdown};
+pub use schedule::{muon_momentum, FracWarmdown, LrSchedule, Warmdown};

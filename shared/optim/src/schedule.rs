@@ -91,6 +91,44 @@ impl FracWarmdown {
     }
 }
 
+/// Either warm-down, as the run's params pick it; the loop asks it for the LR multiplier, the
+/// training fraction (when the depth recurrence switches on) and the budget (when to stop).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LrSchedule {
+    Steps(Warmdown),
+    Fraction(FracWarmdown),
+}
+
+impl LrSchedule {
+    pub fn lr_mul(&self, step: u64, elapsed_ms: f64) -> f64 {
+        match self {
+            LrSchedule::Steps(w) => w.lr_mul(step, elapsed_ms),
+            LrSchedule::Fraction(f) => f.lr_mul(step, elapsed_ms),
+        }
+    }
+
+    /// The training budget in ms (`None`: the run ends at its iterations).
+    pub fn budget_ms(&self) -> Option<f64> {
+        match self {
+            LrSchedule::Steps(w) => w.max_wallclock_ms,
+            LrSchedule::Fraction(f) => f.budget_ms,
+        }
+    }
+
+    /// R0405/R0427's training fraction: elapsed time over the budget, else steps over the
+    /// iterations (the same measure under either warm-down).
+    pub fn frac(&self, step: u64, elapsed_ms: f64) -> f64 {
+        let iterations = match self {
+            LrSchedule::Steps(w) => w.iterations,
+            LrSchedule::Fraction(f) => f.iterations,
+        };
+        match self.budget_ms() {
+            Some(budget) => elapsed_ms / budget.max(1e-9),
+            None => step as f64 / iterations.max(1) as f64,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +226,37 @@ mod tests {
             ..r0427
         };
         assert_eq!(off.lr_mul(0, 599_000.0), 1.0);
+    }
+
+    /// The loop's three questions, under each warm-down: the multiplier is the chosen one's, the
+    /// fraction and the budget the same measure for both.
+    #[test]
+    fn either_schedule_answers_the_loop() {
+        let steps = LrSchedule::Steps(Warmdown {
+            iterations: 1000,
+            warmdown_iters: 100,
+            max_wallclock_ms: Some(10_000.0),
+        });
+        let frac = LrSchedule::Fraction(FracWarmdown {
+            iterations: 1000,
+            budget_ms: Some(10_000.0),
+            warmdown_frac: 0.5,
+            min_lr: 0.1,
+        });
+        for s in [steps, frac] {
+            assert_eq!(s.budget_ms(), Some(10_000.0));
+            assert!((s.frac(7, 2_500.0) - 0.25).abs() < 1e-12);
+        }
+        assert!((frac.lr_mul(0, 7_500.0) - 0.5).abs() < 1e-12);
+        assert!((frac.lr_mul(0, 9_900.0) - 0.1).abs() < 1e-12);
+        // 100 steps of 10 ms each make a 1 s warm-down window: 0.5 s left is half of it.
+        assert!((steps.lr_mul(950, 9_500.0) - 0.5).abs() < 1e-12);
+        let uncapped = LrSchedule::Fraction(FracWarmdown {
+            iterations: 1000,
+            budget_ms: None,
+            warmdown_frac: 0.5,
+            min_lr: 0.0,
+        });
+        assert!((uncapped.frac(250, 123.0) - 0.25).abs() < 1e-12);
     }
 }

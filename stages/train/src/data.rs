@@ -3,34 +3,56 @@
 //!
 //! Batches follow upstream's `DistributedTokenLoader` (REFERENCE.md §1.5): each micro-batch takes
 //! `W · (local + 1)` tokens from the sequential stream, rank r keeps its span, `x = span[:-1]`,
-//! `y = span[1:]`, both `[local/T, T]`. Validation follows `load_validation_tokens` (§1.4).
+//! `y = span[1:]`, both `[local/T, T]`; or R0405's shuffled windows (`[local/T, T]` from windows
+//! of `T + 1`), or R0427's packed spans (one row `[1, local]` and its documents). Validation
+//! follows `load_validation_tokens` (§1.4).
 
 use anyhow::{bail, Context, Result};
 use pgolf_data::sidecar::{read_sidecar, val_sidecars};
 use pgolf_data::{
-    list_shards, refuse_lookup_table_bytes, ByteLut, Shard, Split, TokenStream, TokenizerInfo,
+    list_shards, refuse_lookup_table_bytes, ByteLut, PackedSpans, Shard, ShuffledWindows, Split,
+    TokenStream, TokenizerInfo,
 };
+use pgolf_model::Documents;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use crate::params::BatchPlan;
+use crate::params::{BatchPlan, Loader};
 
-/// The train split as a stream of per-step batches for one rank.
+/// One micro-batch on the device: `x`, `y` as `[rows, T]`, or one packed row `[1, local]` with
+/// its documents (attention stays inside each).
+pub struct MicroBatch {
+    pub x: Tensor,
+    pub y: Tensor,
+    pub docs: Option<Documents>,
+}
+
+/// Where a loader's tokens come from.
+enum Draw {
+    Sequential(TokenStream),
+    Shuffled(ShuffledWindows),
+    Packed(PackedSpans),
+}
+
+/// The train split as per-step batches for one rank, drawn as `Params::loader` says.
 pub struct BatchLoader {
     dir: PathBuf,
     paths: Vec<PathBuf>,
-    stream: TokenStream,
+    kind: Loader,
+    draw: Draw,
     plan: BatchPlan,
     rank: usize,
     vocab: usize,
+    bos: u16,
     device: Device,
-    /// Tokens taken from the stream so far (all ranks).
+    /// Tokens taken from the train split so far (all ranks).
     pub tokens_taken: u64,
 }
 
 impl BatchLoader {
     pub fn open(
         dir: &Path,
+        kind: Loader,
         plan: BatchPlan,
         rank: usize,
         vocab: usize,
@@ -40,62 +62,122 @@ impl BatchLoader {
         if paths.is_empty() {
             bail!("{}: no fineweb_train_*.bin shards", dir.display());
         }
-        let stream = TokenStream::open(&paths)?;
+        let bos = TokenizerInfo::read(dir)
+            .map(|t| t.bos_id as u16)
+            .unwrap_or(1);
+        let draw = Self::draw(&paths, kind, &plan, rank, bos)?;
         Ok(BatchLoader {
             dir: dir.to_path_buf(),
             paths,
-            stream,
+            kind,
+            draw,
             plan,
             rank,
             vocab,
+            bos,
             device,
             tokens_taken: 0,
         })
     }
 
-    /// Back to the first token of the first shard (after warm-up steps).
+    fn draw(
+        paths: &[PathBuf],
+        kind: Loader,
+        plan: &BatchPlan,
+        rank: usize,
+        bos: u16,
+    ) -> Result<Draw> {
+        Ok(match kind {
+            Loader::Sequential => Draw::Sequential(TokenStream::open(paths)?),
+            Loader::Shuffled => Draw::Shuffled(ShuffledWindows::open(
+                paths,
+                rank,
+                plan.world_size,
+                plan.seq_len,
+            )?),
+            Loader::Packed => Draw::Packed(PackedSpans::open(
+                paths,
+                bos,
+                (plan.local_tokens + 1) * plan.world_size,
+            )?),
+        })
+    }
+
+    /// Back to the first draw (after warm-up steps).
     pub fn restart(&mut self) -> Result<()> {
-        self.stream = TokenStream::open(&self.paths)?;
+        self.draw = Self::draw(&self.paths, self.kind, &self.plan, self.rank, self.bos)?;
         self.tokens_taken = 0;
         Ok(())
     }
 
-    /// The `grad_accum` micro-batches `(x, y)` of one step for this rank, on the device: one
+    /// This rank's tokens of one micro-batch: a span of `local + 1` (sequential, packed) or
+    /// `local / T` windows of `T + 1` (shuffled), appended to `out`.
+    fn draw_micro(&mut self, out: &mut Vec<i64>) -> Result<()> {
+        let BatchPlan {
+            world_size,
+            local_tokens,
+            seq_len,
+            ..
+        } = self.plan;
+        let span = local_tokens + 1;
+        let before = out.len();
+        match &mut self.draw {
+            Draw::Sequential(stream) => {
+                let chunk = stream.take(span * world_size);
+                self.tokens_taken += chunk.len() as u64;
+                let mine = &chunk[self.rank * span..(self.rank + 1) * span];
+                out.extend(mine.iter().map(|&t| t as i64));
+            }
+            Draw::Packed(spans) => {
+                let chunk = spans.take(span * world_size);
+                self.tokens_taken += chunk.len() as u64;
+                let mine = &chunk[self.rank * span..(self.rank + 1) * span];
+                out.extend(mine.iter().map(|&t| t as i64));
+            }
+            Draw::Shuffled(windows) => {
+                // Every rank draws its own windows; the count is the same on each.
+                for _ in 0..local_tokens / seq_len {
+                    out.extend(windows.window().iter().map(|&t| t as i64));
+                }
+                self.tokens_taken += (local_tokens / seq_len * (seq_len + 1) * world_size) as u64;
+            }
+        }
+        if let Some(&bad) = out[before..].iter().find(|&&t| t as usize >= self.vocab) {
+            // Name the shard (a one-time scan, on the way out).
+            let culprit = self.paths.iter().find_map(|p| {
+                let shard = Shard::open(p).ok()?;
+                let at = shard
+                    .tokens()
+                    .iter()
+                    .position(|&t| t as usize >= self.vocab)?;
+                Some(format!("{} (position {at})", p.display()))
+            });
+            bail!(
+                "{}: train token id {bad} is outside the model's vocab of {} (shards from another tokenizer?)",
+                culprit.unwrap_or_else(|| self.dir.display().to_string()),
+                self.vocab
+            );
+        }
+        Ok(())
+    }
+
+    /// The `grad_accum` micro-batches of one step for this rank, on the device: one
     /// host-to-device copy per step. On a GPU it is an asynchronous copy from pinned memory, so the
     /// host goes on issuing this step while the device still runs the previous one (a copy from
     /// pageable memory would wait for the device to drain).
-    pub fn next_step(&mut self) -> Result<Vec<(Tensor, Tensor)>> {
+    pub fn next_step(&mut self) -> Result<Vec<MicroBatch>> {
         let BatchPlan {
-            world_size,
             grad_accum,
             local_tokens,
             seq_len,
+            ..
         } = self.plan;
-        let span = local_tokens + 1;
-        let mut mine: Vec<i64> = Vec::with_capacity(grad_accum * span);
+        let mut mine: Vec<i64> = Vec::new();
         for _ in 0..grad_accum {
-            let chunk = self.stream.take(span * world_size);
-            self.tokens_taken += chunk.len() as u64;
-            let rank_span = &chunk[self.rank * span..(self.rank + 1) * span];
-            if let Some(&bad) = rank_span.iter().find(|&&t| t as usize >= self.vocab) {
-                // Name the shard (a one-time scan, on the way out).
-                let culprit = self.paths.iter().find_map(|p| {
-                    let shard = pgolf_data::Shard::open(p).ok()?;
-                    let at = shard
-                        .tokens()
-                        .iter()
-                        .position(|&t| t as usize >= self.vocab)?;
-                    Some(format!("{} (position {at})", p.display()))
-                });
-                bail!(
-                    "{}: train token id {bad} is outside the model's vocab of {} (shards from another tokenizer?)",
-                    culprit.unwrap_or_else(|| self.dir.display().to_string()),
-                    self.vocab
-                );
-            }
-            mine.extend(rank_span.iter().map(|&t| t as i64));
+            self.draw_micro(&mut mine)?;
         }
-        let host = Tensor::from_slice(&mine).view([grad_accum as i64, span as i64]);
+        let per_micro = (mine.len() / grad_accum) as i64;
+        let host = Tensor::from_slice(&mine).view([grad_accum as i64, per_micro]);
         // (Should pinning fail, the plain copy is as correct, only slower.)
         let all = match self.device {
             Device::Cuda(_) => host
@@ -104,19 +186,41 @@ impl BatchLoader {
                 .unwrap_or_else(|_| host.to_device(self.device)),
             _ => host.to_device(self.device),
         };
-        let rows = (local_tokens / seq_len) as i64;
-        Ok((0..grad_accum as i64)
+        let (local, t) = (local_tokens as i64, seq_len as i64);
+        let rows = local / t;
+        (0..grad_accum as i64)
             .map(|k| {
                 let s = all.get(k);
-                let x = s
-                    .narrow(0, 0, local_tokens as i64)
-                    .view([rows, seq_len as i64]);
-                let y = s
-                    .narrow(0, 1, local_tokens as i64)
-                    .view([rows, seq_len as i64]);
-                (x, y)
+                Ok(match self.kind {
+                    Loader::Sequential => MicroBatch {
+                        x: s.narrow(0, 0, local).view([rows, t]),
+                        y: s.narrow(0, 1, local).view([rows, t]),
+                        docs: None,
+                    },
+                    Loader::Shuffled => {
+                        // (Contiguous: the loss flattens the targets with a view.)
+                        let w = s.view([rows, t + 1]);
+                        MicroBatch {
+                            x: w.narrow(1, 0, t).contiguous(),
+                            y: w.narrow(1, 1, t).contiguous(),
+                            docs: None,
+                        }
+                    }
+                    Loader::Packed => {
+                        // The documents from the host copy of the inputs (a BOS starts one).
+                        let at = k as usize * per_micro as usize;
+                        let inputs = &mine[at..at + local_tokens];
+                        let docs = Documents::from_tokens(inputs, self.bos as i64, seq_len)
+                            .to_device(self.device);
+                        MicroBatch {
+                            x: s.narrow(0, 0, local).view([1, local]),
+                            y: s.narrow(0, 1, local).view([1, local]),
+                            docs: Some(docs),
+                        }
+                    }
+                })
             })
-            .collect())
+            .collect()
     }
 }
 

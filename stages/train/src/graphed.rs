@@ -1,81 +1,183 @@
 //! A micro-batch's forward and backward as one CUDA graph: on a GPU the eager step issues ~10k
 //! small kernels, and replaying a captured graph removes their launch cost from the host.
 //!
-//! The graph reads its input from two fixed tensors (each micro-batch is copied in before a
-//! replay), accumulates the gradients in place into the parameters' `.grad` (which exist before
-//! capture and are only ever zeroed in place), and adds the micro-batch loss to a fixed scalar.
+//! The graph reads its input from fixed tensors (each micro-batch is copied in before a replay),
+//! accumulates the gradients in place into the parameters' `.grad` (which exist before capture
+//! and are only ever zeroed in place), and adds the micro-batch loss to a fixed scalar. A packed
+//! micro-batch's documents are copied into a fixed `cu_seqlens` buffer too (the varlen kernel
+//! reads only that); a batch with more documents than the buffer holds first recaptures the graph
+//! with a larger one.
 
 use anyhow::Result;
-use pgolf_model::Gpt;
+use pgolf_model::docs::CU_BUCKET;
+use pgolf_model::{Documents, Gpt};
 use pgolf_runtime::cuda::{self, CudaGraph};
 use tch::{Device, Kind, Tensor};
 
+use crate::data::MicroBatch;
 use crate::optimizers::Optimizers;
 
 pub struct GraphedMicroStep {
     graph: CudaGraph,
     x: Tensor,
     y: Tensor,
+    /// The captured `cu_seqlens` buffer of a packed micro-batch.
+    docs: Option<Documents>,
     loss_sum: Tensor,
     scale: f64,
+    /// Times the graph was captured again for more documents than its buffer held.
+    pub recaptures_for_documents: u32,
 }
 
 /// Forward, `(loss · scale).backward()`, and the loss added to `loss_sum`.
-fn micro_step(gpt: &Gpt, x: &Tensor, y: &Tensor, scale: f64, loss_sum: &Tensor) {
-    let loss = gpt.loss(x, y);
+fn micro_step(
+    gpt: &Gpt,
+    x: &Tensor,
+    y: &Tensor,
+    docs: Option<&Documents>,
+    scale: f64,
+    loss_sum: &Tensor,
+) {
+    let loss = gpt.loss_in(x, y, docs);
     (&loss * scale).backward();
     let _ = loss_sum.shallow_clone().g_add_(&loss.detach());
 }
 
+/// The shape of what one replay reads.
+#[derive(Clone, Copy, Debug)]
+pub enum Input {
+    /// `[rows, seq_len]` sequences.
+    Rows { rows: i64, seq_len: i64 },
+    /// One packed row of `tokens`, documents capped at `max_len`, room for `entries`
+    /// `cu_seqlens` entries.
+    Packed {
+        tokens: i64,
+        max_len: i64,
+        entries: usize,
+    },
+}
+
 impl GraphedMicroStep {
     /// Warms up on a side stream (two micro-batches of token 0), zeroes the gradients it made,
-    /// and captures one micro-batch of `[rows, seq_len]` tokens.
+    /// and captures one micro-batch.
     pub fn capture(
         gpt: &Gpt,
         opt: &mut Optimizers,
-        rows: i64,
-        seq_len: i64,
+        input: Input,
         scale: f64,
         device: Device,
     ) -> Result<GraphedMicroStep> {
-        let x = Tensor::zeros([rows, seq_len], (Kind::Int64, device));
-        let y = Tensor::zeros([rows, seq_len], (Kind::Int64, device));
+        let (shape, docs) = match input {
+            Input::Rows { rows, seq_len } => ([rows, seq_len], None),
+            Input::Packed {
+                tokens,
+                max_len,
+                entries,
+            } => {
+                // Warm-up and capture on full-length documents; replays copy the real ones in.
+                let starts = (0..tokens as usize).step_by(max_len as usize);
+                let docs = Documents::from_starts(starts, tokens as usize, max_len as usize)
+                    .to_device(device)
+                    .with_entries(entries)?;
+                ([1, tokens], Some(docs))
+            }
+        };
+        let x = Tensor::zeros(shape, (Kind::Int64, device));
+        let y = Tensor::zeros(shape, (Kind::Int64, device));
         let loss_sum = Tensor::zeros([], (Kind::Float, device));
         let mut graph = CudaGraph::new(device)?;
         graph.on_side_stream(|| {
             for _ in 0..2 {
-                micro_step(gpt, &x, &y, scale, &loss_sum);
+                micro_step(gpt, &x, &y, docs.as_ref(), scale, &loss_sum);
             }
         })?;
         opt.zero_grad();
-        graph.capture(|| micro_step(gpt, &x, &y, scale, &loss_sum))?;
+        graph.capture(|| micro_step(gpt, &x, &y, docs.as_ref(), scale, &loss_sum))?;
         // The warm-up's activations stay cached in the general pool; the graph has its own.
         cuda::empty_cache(device);
         Ok(GraphedMicroStep {
             graph,
             x,
             y,
+            docs,
             loss_sum,
             scale,
+            recaptures_for_documents: 0,
         })
     }
 
-    /// Captures the micro-batch again, for a model whose forward pass changed (late QAT turning
-    /// on): a graph replays the kernels it recorded, so without this the change would never run.
+    fn input(&self) -> Result<Input> {
+        let (rows, cols) = self.x.size2()?;
+        Ok(match &self.docs {
+            None => Input::Rows {
+                rows,
+                seq_len: cols,
+            },
+            Some(d) => Input::Packed {
+                tokens: cols,
+                max_len: d.max_len(),
+                entries: d.cu_seqlens().size()[0] as usize,
+            },
+        })
+    }
+
+    /// Captures the micro-batch again, for a model whose forward pass changed (late QAT or the
+    /// depth recurrence turning on): a graph replays the kernels it recorded, so without this the
+    /// change would never run.
     pub fn recapture(&mut self, gpt: &Gpt, opt: &mut Optimizers) -> Result<()> {
-        let (rows, seq_len) = self.x.size2()?;
-        *self = GraphedMicroStep::capture(gpt, opt, rows, seq_len, self.scale, self.x.device())?;
+        let recaptures = self.recaptures_for_documents;
+        *self = GraphedMicroStep::capture(gpt, opt, self.input()?, self.scale, self.x.device())?;
+        self.recaptures_for_documents = recaptures;
+        Ok(())
+    }
+
+    /// Before a step's micro-batches: recaptures with a `cu_seqlens` buffer large enough for the
+    /// step's documents when the current one is too small (it grows in [`CU_BUCKET`]s and never
+    /// shrinks, so this is rare). It zeroes the gradients: call it before they accumulate.
+    pub fn make_room(
+        &mut self,
+        gpt: &Gpt,
+        opt: &mut Optimizers,
+        batches: &[MicroBatch],
+    ) -> Result<()> {
+        let Input::Packed {
+            tokens,
+            max_len,
+            entries,
+        } = self.input()?
+        else {
+            return Ok(());
+        };
+        let needed = batches
+            .iter()
+            .filter_map(|b| b.docs.as_ref().map(Documents::entries_needed))
+            .max()
+            .unwrap_or(0);
+        if needed <= entries {
+            return Ok(());
+        }
+        let input = Input::Packed {
+            tokens,
+            max_len,
+            entries: needed.div_ceil(CU_BUCKET) * CU_BUCKET,
+        };
+        let recaptures = self.recaptures_for_documents + 1;
+        *self = GraphedMicroStep::capture(gpt, opt, input, self.scale, self.x.device())?;
+        self.recaptures_for_documents = recaptures;
         Ok(())
     }
 
     /// Replays the graph once per micro-batch; returns the sum of their losses and the running
     /// sum after each replay (on the device; read only to find a micro-batch whose loss is bad).
-    pub fn run(&mut self, batches: &[(Tensor, Tensor)]) -> Result<(Tensor, Vec<Tensor>)> {
+    pub fn run(&mut self, batches: &[MicroBatch]) -> Result<(Tensor, Vec<Tensor>)> {
         let _ = self.loss_sum.zero_();
         let mut sums = Vec::with_capacity(batches.len());
-        for (x, y) in batches {
-            self.x.copy_(x);
-            self.y.copy_(y);
+        for b in batches {
+            self.x.copy_(&b.x);
+            self.y.copy_(&b.y);
+            if let (Some(buffer), Some(docs)) = (&self.docs, &b.docs) {
+                docs.copy_into(buffer)?;
+            }
             self.graph.replay()?;
             sums.push(self.loss_sum.copy());
         }

@@ -1,5 +1,6 @@
-//! The train stage: the baseline GPT (REFERENCE.md §3) trained with Muon and Adam on the upstream
-//! sequential loader, validated with exact byte accounting, on the CPU or a CUDA GPU.
+//! The train stage: the baseline GPT (REFERENCE.md §3) and the record stacks' options trained with
+//! Muon and Adam on upstream's sequential loader or a record's (shuffled windows, packed
+//! documents), validated with exact byte accounting, on the CPU or a CUDA GPU.
 //!
 //! Inputs: `data` (a tokenize output). Outputs: `model.safetensors` (raw weights),
 //! `ema.safetensors` (when the EMA was updated), `swa.safetensors` (when SWA took a snapshot),
@@ -28,10 +29,11 @@ use std::time::Instant;
 use tch::Kind;
 
 use data::{BatchLoader, ValTokens};
-use graphed::GraphedMicroStep;
+use graphed::{GraphedMicroStep, Input};
 use log::RunLog;
 use optimizers::Optimizers;
-use params::Params;
+use params::{Loader, Params};
+use pgolf_model::docs::CU_BUCKET;
 use run_loop::Training;
 use warmup::warm_up;
 
@@ -57,7 +59,14 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     let mut log = RunLog::create(&stage.out_path(files::TRAIN_LOG))?;
 
     // 1. Data: the sequential train stream and the val split, checked against the model's vocab.
-    let mut loader = BatchLoader::open(&data_dir, plan, comm.rank(), p.model.vocab_size, device)?;
+    let mut loader = BatchLoader::open(
+        &data_dir,
+        p.loader,
+        plan,
+        comm.rank(),
+        p.model.vocab_size,
+        device,
+    )?;
     let val_set = ValTokens::load(
         &data_dir,
         p.model.seq_len,
@@ -101,17 +110,29 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     // 3. The optimizers; on CUDA the micro-batch captured as a graph; an optional warm-up
     //    (timed separately, then undone).
     let mut opt = Optimizers::new(&gpt, &p, &comm)?;
-    let mut graphed = if p.cuda_graphs && device.is_cuda() {
+    // Packed documents replay in a graph only through the varlen kernel, which reads nothing but
+    // the copied-in `cu_seqlens` (in f32 they take the per-document reference path instead).
+    let packed = p.loader == Loader::Packed;
+    let graphable = !packed || pgolf_model::docs::kernel_path(device, gpt.compute_kind());
+    if p.cuda_graphs && device.is_cuda() && !graphable {
+        log.line("cuda_graph: off (packed documents in f32 run the per-document reference attention, which a graph cannot replay)")?;
+    }
+    let mut graphed = if p.cuda_graphs && device.is_cuda() && graphable {
         let started = Instant::now();
-        let rows = (plan.local_tokens / plan.seq_len) as i64;
-        let g = GraphedMicroStep::capture(
-            &gpt,
-            &mut opt,
-            rows,
-            plan.seq_len as i64,
-            1.0 / plan.grad_accum as f64,
-            device,
-        )?;
+        let input = if packed {
+            Input::Packed {
+                tokens: plan.local_tokens as i64,
+                max_len: plan.seq_len as i64,
+                entries: (plan.local_tokens / plan.seq_len + 1).div_ceil(CU_BUCKET) * CU_BUCKET,
+            }
+        } else {
+            Input::Rows {
+                rows: (plan.local_tokens / plan.seq_len) as i64,
+                seq_len: plan.seq_len as i64,
+            }
+        };
+        let g =
+            GraphedMicroStep::capture(&gpt, &mut opt, input, 1.0 / plan.grad_accum as f64, device)?;
         log.line(&format!(
             "cuda_graph: captured one micro-batch in {:.0}ms",
             started.elapsed().as_secs_f64() * 1e3
@@ -132,6 +153,7 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
     cuda::reset_peak_memory(device);
 
     // 4. The loop, then 5. the outputs.
+    let started = Instant::now();
     let run = run_loop::run(Training {
         p: &p,
         gpt: &gpt,
@@ -143,6 +165,13 @@ fn train(stage: &mut Stage<Params>) -> Result<()> {
         comm: &comm,
         log: &mut log,
     })?;
+    if let Some(g) = graphed.as_ref().filter(|g| g.recaptures_for_documents > 0) {
+        log.line(&format!(
+            "cuda_graph: captured again {} time(s) for batches with more documents ({:.0}s of the run)",
+            g.recaptures_for_documents,
+            started.elapsed().as_secs_f64()
+        ))?;
+    }
     // Every rank got here (none failed) before rank 0 publishes; the others' outputs would be
     // copies of rank 0's.
     comm.barrier()?;

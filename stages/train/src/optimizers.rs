@@ -51,10 +51,14 @@ impl Optimizers {
         if !head.is_empty() {
             groups.push(AdamGroup::new("lm_head", head, p.head_lr));
         }
-        // AdamW's decay on the token and scalar groups; the untied head keeps plain Adam (R0322's
-        // `optimizer_head` is `torch.optim.Adam`).
-        for g in groups.iter_mut().filter(|g| g.name != "lm_head") {
-            g.weight_decay = p.adam_weight_decay;
+        // AdamW's decay on the token and scalar groups (R0427: the token embedding its own); the
+        // untied head keeps plain Adam (R0322's `optimizer_head` is `torch.optim.Adam`).
+        for g in groups.iter_mut() {
+            g.weight_decay = match g.name.as_str() {
+                "lm_head" => 0.0,
+                "tok_emb" => p.embed_weight_decay.unwrap_or(p.adam_weight_decay),
+                _ => p.adam_weight_decay,
+            };
         }
         let adam = Adam::new(groups, p.beta1, p.beta2, p.adam_eps);
         let mut muon = Muon::new(
@@ -66,6 +70,8 @@ impl Optimizers {
             comm.world_size(),
         )?;
         muon.weight_decay = p.muon_weight_decay;
+        muon.row_normalize = p.muon_row_normalize;
+        muon.coefficients = p.muon_coefficients;
         Ok(Optimizers {
             muon,
             adam,

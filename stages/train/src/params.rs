@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use pgolf_model::{Formulation, ModelConfig};
+use pgolf_optim::{FracWarmdown, LrSchedule, NsCoefficients, Warmdown};
 use pgolf_store::Precision;
 use serde::{Deserialize, Serialize};
 
@@ -15,9 +16,19 @@ pub struct Params {
     // Length and batch.
     pub iterations: u64,
     /// Linear LR warm-down to 0 over the last this-many steps (or their time, under the cap).
+    /// Not used when `warmdown_frac` is set.
     pub warmdown_iters: u64,
+    /// R0405/R0427's schedule instead (REFERENCE.md §5.14): the warm-down is this share of the
+    /// training budget (of the wall-clock cap less `gptq_reserve_seconds`, else of the
+    /// iterations), the multiplier floored at `min_lr`.
+    pub warmdown_frac: Option<f64>,
+    /// The LR multiplier's floor during a `warmdown_frac` warm-down (R0427's run: 0.1).
+    pub min_lr: f64,
     /// Training-time cap (validation excluded); 0 = none.
     pub max_wallclock_seconds: f64,
+    /// Seconds of the cap left to GPTQ, as the SP8192 records reserve them: training stops and
+    /// its schedules count against `max_wallclock_seconds − gptq_reserve_seconds`.
+    pub gptq_reserve_seconds: f64,
     /// Global tokens per optimizer step, over all ranks and micro-batches.
     pub train_batch_tokens: u64,
     /// Micro-batches per step per rank; default `8 / world_size` as upstream.
@@ -26,6 +37,8 @@ pub struct Params {
     /// restored), so one-time CUDA set-up stays out of the timed run, like upstream's compile
     /// warm-up. No effect on the result.
     pub warmup_steps: u64,
+    /// How the sequences of a step are drawn (REFERENCE.md §1.5).
+    pub loader: Loader,
 
     // Validation.
     /// Validate every this-many steps (and at step 0 and at the end); 0 = only at the end.
@@ -48,10 +61,16 @@ pub struct Params {
     pub muon_momentum_warmup_start: f64,
     pub muon_momentum_warmup_steps: u64,
     pub muon_weight_decay: f64,
+    /// MuonEq-R (R0427): the rows of each update normalised before the Newton–Schulz iterations.
+    pub muon_row_normalize: bool,
+    /// The iterations' coefficients: `quintic` (the baseline's) or `polar_express` (R0427).
+    pub muon_coefficients: NsCoefficients,
     pub beta1: f64,
     pub beta2: f64,
     pub adam_eps: f64,
     pub adam_weight_decay: f64,
+    /// The token embedding's own AdamW decay (R0427's `EMBED_WD`); unset = `adam_weight_decay`.
+    pub embed_weight_decay: Option<f64>,
     /// Global gradient-norm clip; 0 = off.
     pub grad_clip_norm: f64,
     /// Stop (fail) at the first step whose train loss is above this: a diverging run. Off by
@@ -100,10 +119,14 @@ impl Default for Params {
             seed: 1337,
             iterations: 20_000,
             warmdown_iters: 1_200,
+            warmdown_frac: None,
+            min_lr: 0.0,
             max_wallclock_seconds: 600.0,
+            gptq_reserve_seconds: 0.0,
             train_batch_tokens: 524_288,
             grad_accum_steps: None,
             warmup_steps: 0,
+            loader: Loader::Sequential,
             val_loss_every: 1_000,
             val_batch_tokens: 524_288,
             val_max_tokens: 0,
@@ -118,10 +141,13 @@ impl Default for Params {
             muon_momentum_warmup_start: 0.85,
             muon_momentum_warmup_steps: 500,
             muon_weight_decay: 0.0,
+            muon_row_normalize: false,
+            muon_coefficients: NsCoefficients::Quintic,
             beta1: 0.9,
             beta2: 0.95,
             adam_eps: 1e-8,
             adam_weight_decay: 0.0,
+            embed_weight_decay: None,
             grad_clip_norm: 0.0,
             max_loss: None,
             ema_decay: 0.997,
@@ -138,6 +164,20 @@ impl Default for Params {
             phase_timing: false,
         }
     }
+}
+
+/// How training draws a step's sequences (REFERENCE.md §1.5).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Loader {
+    /// Upstream's `DistributedTokenLoader`: the train stream in order, windows across documents.
+    #[default]
+    Sequential,
+    /// R0405's `ShuffledSequenceLoader`: aligned windows of this rank's shards in random order.
+    Shuffled,
+    /// R0427's `DocumentPackingLoader`: each micro-batch one row of whole spans from a shard's
+    /// first BOS on, attention kept inside each document (varlen).
+    Packed,
 }
 
 /// How one rank cuts the global batch.
@@ -177,6 +217,27 @@ impl Params {
         }
         if self.late_qat_threshold.is_nan() || self.late_qat_threshold < 0.0 {
             bail!("params: late_qat_threshold must be ≥ 0 (0 = off)");
+        }
+        if let Some(f) = self.warmdown_frac {
+            if !(f > 0.0 && f <= 1.0) {
+                bail!("params: warmdown_frac must be in (0, 1] (leave it out for warmdown_iters), got {f}");
+            }
+        }
+        if !(0.0..1.0).contains(&self.min_lr) {
+            bail!("params: min_lr must be in [0, 1), got {}", self.min_lr);
+        }
+        if self.min_lr > 0.0 && self.warmdown_frac.is_none() {
+            bail!("params: min_lr floors the warmdown_frac schedule; set warmdown_frac too");
+        }
+        if self.gptq_reserve_seconds.is_nan()
+            || self.gptq_reserve_seconds < 0.0
+            || (self.max_wallclock_seconds > 0.0
+                && self.gptq_reserve_seconds >= self.max_wallclock_seconds)
+        {
+            bail!(
+                "params: gptq_reserve_seconds must be ≥ 0 and below max_wallclock_seconds, got {}",
+                self.gptq_reserve_seconds
+            );
         }
         if !(0.0..=1.0).contains(&self.recurrence_enable_at) {
             bail!(
@@ -220,6 +281,29 @@ impl Params {
             local_tokens,
             seq_len,
         })
+    }
+
+    /// The training budget in ms: the wall-clock cap less the GPTQ reserve (`None`: no cap).
+    pub fn budget_ms(&self) -> Option<f64> {
+        (self.max_wallclock_seconds > 0.0)
+            .then(|| (self.max_wallclock_seconds - self.gptq_reserve_seconds) * 1e3)
+    }
+
+    /// The LR schedule these params select.
+    pub fn lr_schedule(&self) -> LrSchedule {
+        match self.warmdown_frac {
+            None => LrSchedule::Steps(Warmdown {
+                iterations: self.iterations,
+                warmdown_iters: self.warmdown_iters,
+                max_wallclock_ms: self.budget_ms(),
+            }),
+            Some(warmdown_frac) => LrSchedule::Fraction(FracWarmdown {
+                iterations: self.iterations,
+                budget_ms: self.budget_ms(),
+                warmdown_frac,
+                min_lr: self.min_lr,
+            }),
+        }
     }
 
     /// Sequences per validation forward on one rank (at least one, as upstream requires).

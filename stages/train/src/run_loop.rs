@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Result};
 use pgolf_model::Gpt;
-use pgolf_optim::{muon_momentum, Collective, Ema, Warmdown};
+use pgolf_optim::{muon_momentum, Collective, Ema};
 use pgolf_store::progress;
 use std::time::Instant;
 
@@ -67,11 +67,7 @@ pub fn run(t: Training) -> Result<Finished> {
         ema.every = p.ema_every;
     }
     let mut swa = Swa::new(p.swa_every, p.swa_lr_threshold);
-    let schedule = Warmdown {
-        iterations: p.iterations,
-        warmdown_iters: p.warmdown_iters,
-        max_wallclock_ms: (p.max_wallclock_seconds > 0.0).then_some(p.max_wallclock_seconds * 1e3),
-    };
+    let schedule = p.lr_schedule();
     let bar = progress::bar(p.iterations, "train");
     let mut done = Done {
         metrics: Metrics::default(),
@@ -135,11 +131,8 @@ pub fn run(t: Training) -> Result<Finished> {
             log.line(&format!("late_qat:enabled step:{step} lr_mul:{lr_mul:.4}"))?;
             qat_step = Some(step);
         }
-        // R0405/R0427's training fraction: of the wall-clock cap, else of the iterations.
-        let frac = match schedule.max_wallclock_ms {
-            Some(cap) => train_ms / cap,
-            None => step as f64 / p.iterations as f64,
-        };
+        // R0405/R0427's training fraction: of the budget, else of the iterations.
+        let frac = schedule.frac(step, train_ms);
         if p.model.recurrence.is_some()
             && recurrence_step.is_none()
             && frac >= p.recurrence_enable_at
@@ -208,7 +201,7 @@ pub fn run(t: Training) -> Result<Finished> {
                 tokens_per_s / 1e3
             ));
         }
-        if stop_after.is_none() && schedule.max_wallclock_ms.is_some_and(|cap| train_ms >= cap) {
+        if stop_after.is_none() && schedule.budget_ms().is_some_and(|cap| train_ms >= cap) {
             stop_after = Some(step);
         }
     }

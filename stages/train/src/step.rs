@@ -92,7 +92,7 @@ pub fn train_step(
     gpt: &Gpt,
     loader: &mut BatchLoader,
     opt: &mut Optimizers,
-    graphed: Option<&mut GraphedMicroStep>,
+    mut graphed: Option<&mut GraphedMicroStep>,
     settings: StepSettings,
     comm: &dyn Collective,
 ) -> Result<StepOutcome> {
@@ -104,9 +104,13 @@ pub fn train_step(
     let start = Instant::now();
     let mut mark = start;
     let batches = loader.next_step()?;
-    let device = batches[0].0.device();
+    let device = batches[0].x.device();
     let data_ms = phase(phase_timing, device, &mut mark);
     let scale = 1.0 / batches.len() as f64;
+    if let Some(graph) = graphed.as_deref_mut() {
+        // Before the gradients start accumulating: a recapture runs (and zeroes) warm-up steps.
+        graph.make_room(gpt, opt, &batches)?;
+    }
     opt.zero_grad();
     let (loss_sum, micro) = match graphed {
         Some(graph) => {
@@ -116,8 +120,8 @@ pub fn train_step(
         None => {
             let mut total: Option<Tensor> = None;
             let mut each = Vec::with_capacity(batches.len());
-            for (x, y) in &batches {
-                let loss = gpt.loss(x, y);
+            for b in &batches {
+                let loss = gpt.loss_in(&b.x, &b.y, b.docs.as_ref());
                 (&loss * scale).backward();
                 let loss = loss.detach();
                 each.push(loss.shallow_clone());

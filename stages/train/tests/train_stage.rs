@@ -419,3 +419,101 @@ fn the_recurrence_switches_on_mid_run() {
                 .contains("recurrence_enable_at must be in [0, 1]")
     );
 }
+
+/// The step's `lr_mul` in the train log line of 1-based step `s` of `n`.
+fn logged_lr_mul(log: &str, s: u64, n: u64) -> f64 {
+    let prefix = format!("step:{s}/{n} train_loss:");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no line {prefix} in {log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("lr_mul:"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// R0405's shuffled windows and R0427's packed documents train (loss falls) and draw other
+/// batches than the sequential stream; a packed run repeats bit for bit; data whose shards hold
+/// no BOS is refused for packing in one line.
+#[test]
+fn the_record_loaders_train_and_draw_their_own_batches() {
+    let root = tempfile::tempdir().unwrap();
+    let data = data_dir(root.path(), &markov_tokens(300, 1), &markov_tokens(20, 2));
+    let initial = initial_val_loss(root.path(), &data);
+    let run = |name: &str, loader: &str| {
+        let mut p = tiny_params(30);
+        p["loader"] = json!(loader);
+        let run = run_train(root.path(), name, &data, &p);
+        assert!(run.ok, "{name}: {}", run.stderr);
+        let weights = std::fs::read(run.out.join(files::WEIGHTS)).unwrap();
+        (run.headline("val_loss"), weights)
+    };
+    let (seq_loss, seq) = run("sequential", "sequential");
+    let (shuf_loss, shuf) = run("shuffled", "shuffled");
+    let (packed_loss, packed) = run("packed", "packed");
+    let (_, packed_again) = run("packed_again", "packed");
+    for (name, loss) in [
+        ("sequential", seq_loss),
+        ("shuffled", shuf_loss),
+        ("packed", packed_loss),
+    ] {
+        assert!(
+            loss < initial - 0.3,
+            "{name}: val loss {loss} vs initial {initial}"
+        );
+    }
+    assert_ne!(seq, shuf);
+    assert_ne!(seq, packed);
+    assert_eq!(packed, packed_again);
+
+    let no_bos: Vec<u16> = markov_tokens(300, 1)
+        .into_iter()
+        .filter(|&t| t != BOS)
+        .collect();
+    let sub = tempfile::tempdir().unwrap();
+    let bad_data = data_dir(sub.path(), &no_bos, &markov_tokens(20, 2));
+    let mut p = tiny_params(2);
+    p["loader"] = json!("packed");
+    let bad = run_train(root.path(), "packed_no_bos", &bad_data, &p);
+    assert!(!bad.ok);
+    assert!(
+        bad.stderr.contains("fineweb_train_000000.bin")
+            && bad.stderr.contains("after its first BOS"),
+        "{}",
+        bad.stderr
+    );
+}
+
+/// R0427's warm-down: the multiplier is 1 until `1 − warmdown_frac` of the run, then falls
+/// linearly to its `min_lr` floor; `min_lr` without `warmdown_frac` is refused.
+#[test]
+fn the_fraction_warmdown_falls_to_its_floor() {
+    let root = tempfile::tempdir().unwrap();
+    let data = data_dir(root.path(), &markov_tokens(200, 1), &markov_tokens(20, 2));
+    let mut p = tiny_params(8);
+    p["train_log_every"] = json!(1);
+    p["warmdown_frac"] = json!(0.5);
+    p["min_lr"] = json!(0.3);
+    let run = run_train(root.path(), "frac", &data, &p);
+    assert!(run.ok, "{}", run.stderr);
+    let log = std::fs::read_to_string(run.out.join(files::TRAIN_LOG)).unwrap();
+    // Step index s − 1 runs at fraction (s − 1)/8.
+    let expected = [1.0, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.3];
+    for (s, want) in (1..=8).zip(expected) {
+        let got = logged_lr_mul(&log, s, 8);
+        assert!(
+            (got - want).abs() < 1e-4,
+            "step {s}: lr_mul {got}, want {want}"
+        );
+    }
+    let mut bad = tiny_params(2);
+    bad["min_lr"] = json!(0.1);
+    let bad = run_train(root.path(), "min_lr_alone", &data, &bad);
+    assert!(
+        !bad.ok && bad.stderr.contains("set warmdown_frac too"),
+        "{}",
+        bad.stderr
+    );
+}
