@@ -58,7 +58,17 @@ if [ -n "$icd" ]; then
   echo "vulkan: ICD $icd"
 fi
 echo "--- portable-eval --device list"
-target/release/portable-eval --device list || exit 1
+if ! target/release/portable-eval --device list; then
+  # Why the loader found no device: the driver's capabilities in this container, the ICD and the
+  # library it names, and the loader's own account.
+  echo "NVIDIA_DRIVER_CAPABILITIES=${NVIDIA_DRIVER_CAPABILITIES:-unset}"
+  [ -n "$icd" ] && cat "$icd"
+  lib=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['ICD']['library_path'])" "$icd" 2>/dev/null)
+  [ -n "$lib" ] && { ls -la "$lib" 2>&1; ldconfig -p | grep -F "$(basename "$lib")" || echo "$lib: not in the linker cache"; }
+  ldconfig -p | grep -iE 'nvidia|libcuda' | sed 's/ (.*//' | sort -u | head -20
+  VK_LOADER_DEBUG=error,warn,driver target/release/portable-eval --device list 2>&1 | tail -15
+  exit 1
+fi
 
 # --- 2. The artifact --------------------------------------------------------------------------
 W=${WORK:-/tmp/pgolf-portable}

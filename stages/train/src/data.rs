@@ -103,6 +103,11 @@ impl BatchLoader {
         })
     }
 
+    /// The data's BOS id (a packed row's documents start at it).
+    pub fn bos(&self) -> u16 {
+        self.bos
+    }
+
     /// Back to the first draw (after warm-up steps).
     pub fn restart(&mut self) -> Result<()> {
         self.draw = Self::draw(&self.paths, self.kind, &self.plan, self.rank, self.bos)?;

@@ -43,6 +43,20 @@ fn micro_step(
     let _ = loss_sum.shallow_clone().g_add_(&loss.detach());
 }
 
+/// What warm-up and capture run on: a row of full-length documents (replays copy the real ones
+/// in), with room for `entries` `cu_seqlens` entries.
+fn full_length_documents(
+    tokens: i64,
+    max_len: i64,
+    entries: usize,
+    device: Device,
+) -> Result<Documents> {
+    let starts = (0..tokens as usize).step_by(max_len as usize);
+    Documents::from_starts(starts, tokens as usize, max_len as usize)
+        .to_device(device)
+        .with_entries(entries)
+}
+
 /// The shape of what one replay reads.
 #[derive(Clone, Copy, Debug)]
 pub enum Input {
@@ -73,62 +87,60 @@ impl GraphedMicroStep {
                 tokens,
                 max_len,
                 entries,
-            } => {
-                // Warm-up and capture on full-length documents; replays copy the real ones in.
-                let starts = (0..tokens as usize).step_by(max_len as usize);
-                let docs = Documents::from_starts(starts, tokens as usize, max_len as usize)
-                    .to_device(device)
-                    .with_entries(entries)?;
-                ([1, tokens], Some(docs))
-            }
+            } => (
+                [1, tokens],
+                Some(full_length_documents(tokens, max_len, entries, device)?),
+            ),
         };
-        let x = Tensor::zeros(shape, (Kind::Int64, device));
-        let y = Tensor::zeros(shape, (Kind::Int64, device));
-        let loss_sum = Tensor::zeros([], (Kind::Float, device));
-        let mut graph = CudaGraph::new(device)?;
-        graph.on_side_stream(|| {
+        let mut g = GraphedMicroStep {
+            graph: CudaGraph::new(device)?,
+            x: Tensor::zeros(shape, (Kind::Int64, device)),
+            y: Tensor::zeros(shape, (Kind::Int64, device)),
+            docs,
+            loss_sum: Tensor::zeros([], (Kind::Float, device)),
+            scale,
+            recaptures_for_documents: 0,
+        };
+        g.record(gpt, opt)?;
+        Ok(g)
+    }
+
+    /// Warm-up on a side stream, then the capture into `self.graph` (a fresh one).
+    fn record(&mut self, gpt: &Gpt, opt: &mut Optimizers) -> Result<()> {
+        let (x, y, docs, scale, loss_sum) = (
+            &self.x,
+            &self.y,
+            self.docs.as_ref(),
+            self.scale,
+            &self.loss_sum,
+        );
+        self.graph.on_side_stream(|| {
             for _ in 0..2 {
-                micro_step(gpt, &x, &y, docs.as_ref(), scale, &loss_sum);
+                micro_step(gpt, x, y, docs, scale, loss_sum);
             }
         })?;
         opt.zero_grad();
-        graph.capture(|| micro_step(gpt, &x, &y, docs.as_ref(), scale, &loss_sum))?;
+        self.graph
+            .capture(|| micro_step(gpt, x, y, docs, scale, loss_sum))?;
         // The warm-up's activations stay cached in the general pool; the graph has its own.
-        cuda::empty_cache(device);
-        Ok(GraphedMicroStep {
-            graph,
-            x,
-            y,
-            docs,
-            loss_sum,
-            scale,
-            recaptures_for_documents: 0,
-        })
+        cuda::empty_cache(self.x.device());
+        Ok(())
     }
 
-    fn input(&self) -> Result<Input> {
-        let (rows, cols) = self.x.size2()?;
-        Ok(match &self.docs {
-            None => Input::Rows {
-                rows,
-                seq_len: cols,
-            },
-            Some(d) => Input::Packed {
-                tokens: cols,
-                max_len: d.max_len(),
-                entries: d.cu_seqlens().size()[0] as usize,
-            },
-        })
+    /// A new graph in place of the old, whose memory pool is released first: a looped model's
+    /// activations in two pools at once do not fit on the card.
+    fn record_again(&mut self, gpt: &Gpt, opt: &mut Optimizers) -> Result<()> {
+        let device = self.x.device();
+        self.graph = CudaGraph::new(device)?;
+        cuda::empty_cache(device);
+        self.record(gpt, opt)
     }
 
     /// Captures the micro-batch again, for a model whose forward pass changed (late QAT or the
     /// depth recurrence turning on): a graph replays the kernels it recorded, so without this the
     /// change would never run.
     pub fn recapture(&mut self, gpt: &Gpt, opt: &mut Optimizers) -> Result<()> {
-        let recaptures = self.recaptures_for_documents;
-        *self = GraphedMicroStep::capture(gpt, opt, self.input()?, self.scale, self.x.device())?;
-        self.recaptures_for_documents = recaptures;
-        Ok(())
+        self.record_again(gpt, opt)
     }
 
     /// Before a step's micro-batches: recaptures with a `cu_seqlens` buffer large enough for the
@@ -140,14 +152,10 @@ impl GraphedMicroStep {
         opt: &mut Optimizers,
         batches: &[MicroBatch],
     ) -> Result<()> {
-        let Input::Packed {
-            tokens,
-            max_len,
-            entries,
-        } = self.input()?
-        else {
+        let Some(buffer) = &self.docs else {
             return Ok(());
         };
+        let entries = buffer.cu_seqlens().size()[0] as usize;
         let needed = batches
             .iter()
             .filter_map(|b| b.docs.as_ref().map(Documents::entries_needed))
@@ -156,15 +164,16 @@ impl GraphedMicroStep {
         if needed <= entries {
             return Ok(());
         }
-        let input = Input::Packed {
+        let (tokens, max_len) = (buffer.total(), buffer.max_len());
+        let entries = needed.div_ceil(CU_BUCKET) * CU_BUCKET;
+        self.docs = Some(full_length_documents(
             tokens,
             max_len,
-            entries: needed.div_ceil(CU_BUCKET) * CU_BUCKET,
-        };
-        let recaptures = self.recaptures_for_documents + 1;
-        *self = GraphedMicroStep::capture(gpt, opt, input, self.scale, self.x.device())?;
-        self.recaptures_for_documents = recaptures;
-        Ok(())
+            entries,
+            self.x.device(),
+        )?);
+        self.recaptures_for_documents += 1;
+        self.record_again(gpt, opt)
     }
 
     /// Replays the graph once per micro-batch; returns the sum of their losses and the running

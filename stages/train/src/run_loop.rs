@@ -14,7 +14,7 @@ use crate::graphed::GraphedMicroStep;
 use crate::log::RunLog;
 use crate::metrics::{Metrics, Row};
 use crate::optimizers::Optimizers;
-use crate::params::Params;
+use crate::params::{Loader, Params};
 use crate::profile::ProfileWindow;
 use crate::step::{train_step, StepOutcome, StepSettings};
 use crate::swa::Swa;
@@ -68,6 +68,8 @@ pub fn run(t: Training) -> Result<Finished> {
     }
     let mut swa = Swa::new(p.swa_every, p.swa_lr_threshold);
     let schedule = p.lr_schedule();
+    // A model trained on packed documents is validated on packed documents (as R0427).
+    let packed_bos = (p.loader == Loader::Packed).then(|| loader.bos() as i64);
     let bar = progress::bar(p.iterations, "train");
     let mut done = Done {
         metrics: Metrics::default(),
@@ -99,7 +101,7 @@ pub fn run(t: Training) -> Result<Finished> {
                 row.step_ms += wait_ms;
                 row.elapsed_ms = train_ms;
             }
-            let r = validate(gpt, val_set, val_batch_seqs, comm)?;
+            let r = validate(gpt, val_set, val_batch_seqs, packed_bos, comm)?;
             done.metrics
                 .record_val(step, r.loss, r.bpb, schedule.lr_mul(step, train_ms));
             log.line(&format!(
