@@ -86,6 +86,16 @@ def sdpa_flash_attn_func(q, k, v, causal=True, **_):
     return y.transpose(1, 2)
 
 
+def sdpa_flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=0, max_seqlen_k=0, causal=True, **_):
+    """FlashAttention's varlen layout ([total, heads, hd] and cumulative segment lengths) as one
+    causal SDPA per segment (the padding entries repeat the total: empty segments, skipped)."""
+    assert torch.equal(cu_seqlens_q, cu_seqlens_k)
+    cu = cu_seqlens_q.tolist()
+    pieces = [sdpa_flash_attn_func(q[None, a:b], k[None, a:b], v[None, a:b], causal)[0]
+              for a, b in zip(cu[:-1], cu[1:]) if b > a]
+    return torch.cat(pieces, 0)
+
+
 def reference_module(spec: str = "HEAD:train_gpt.py", name: str = "train_gpt"):
     """The reference script `REV:PATH` read from the mirror into the git-ignored .ref/, imported as
     `name`."""
@@ -99,7 +109,7 @@ def reference_module(spec: str = "HEAD:train_gpt.py", name: str = "train_gpt"):
     if "flash_attn_interface" not in sys.modules:
         shim = types.ModuleType("flash_attn_interface")
         shim.flash_attn_func = sdpa_flash_attn_func
-        shim.flash_attn_varlen_func = None  # packed-document attention: not exercised here
+        shim.flash_attn_varlen_func = sdpa_flash_attn_varlen_func
         sys.modules["flash_attn_interface"] = shim
     spec = importlib.util.spec_from_file_location(name, ref)
     module = importlib.util.module_from_spec(spec)
@@ -148,17 +158,19 @@ def train(name: str, model: dict, data: Path, iterations: int, extra: dict) -> P
     return out
 
 
-def ours(run: Path, shard: Path, n: int, formulation: str, looping: bool = True) -> dict:
-    out = run / f"logits_{formulation}{'' if looping else '_loop_off'}.safetensors"
-    extra = [] if looping else ["loop-off"]
+def ours(run: Path, shard: Path, n: int, formulation: str, looping: bool = True, packed: bool = False) -> dict:
+    flags = [f for f, on in (("loop-off", not looping), ("packed", packed)) if on]
+    out = run / f"logits_{formulation}{''.join('_' + f for f in flags)}.safetensors"
+    extra = [",".join(flags)] if flags else []
     subprocess.run([str(ROOT / "target/release/examples/logits"), str(run / "config.json"), str(run / "model.safetensors"), str(shard), str(n), str(out), formulation, *extra], check=True)
     return load_file(str(out))
 
 
-def sp8192_reference(ref, cfg: dict, weights: Path, x: torch.Tensor, y: torch.Tensor, looping: bool):
+def sp8192_reference(ref, cfg: dict, weights: Path, x: torch.Tensor, y: torch.Tensor, looping: bool, packed: bool = False):
     """The SP8192 record's GPT(h) for our config: its Hyperparameters with our values, the
     recurrence active or not; logits from `forward_logits`, the NLL and loss as its eval computes
-    them (soft-capped logits, fp32 cross-entropy)."""
+    them (soft-capped logits, fp32 cross-entropy). Packed: `x` is one row `[1, N·T]` and the
+    documents' `cu_seqlens` come from the record's own `_build_cu_seqlens` (as its `eval_val`)."""
     assert cfg["activation"] == {"leaky_relu2": 0.5} and cfg["mlp_hidden"] is None
     h = ref.Hyperparameters()
     rec, par, smear, gate = cfg["recurrence"], cfg["parallel"], cfg["smear_gate_v2"], cfg["attn_gate"]
@@ -203,7 +215,12 @@ def sp8192_reference(ref, cfg: dict, weights: Path, x: torch.Tensor, y: torch.Te
     model.load_state_dict(state, strict=True)
     model.looping_active = looping
     with torch.no_grad():
-        logits = model.forward_logits(x)
+        if packed:
+            bos = (x[0] == 1).nonzero(as_tuple=True)[0].tolist()
+            cu, max_seqlen = ref._build_cu_seqlens(bos, x.size(1), x.device, cfg["seq_len"], 64)
+            logits = model.forward_logits(x, cu_seqlens=cu, max_seqlen=max_seqlen)
+        else:
+            logits = model.forward_logits(x)
     nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), reduction="none").view_as(y)
     return logits, nll, nll.mean()
 
@@ -336,18 +353,24 @@ def main():
             cfg = json.loads((run / "config.json").read_text())
             val = (data8192 if sp8192 else data) / "fineweb_val_000000.bin"
             for formulation in ("literal", "fast"):
-                for looping in ((True, False) if sp8192 else (True,)):
-                    got = ours(run, val, seqs, formulation, looping)
+                # R0427's line also with packed documents (the reference's varlen attention).
+                variants = [(True, False)]
+                if sp8192:
+                    variants.append((False, False))
+                if kind in ("r0427", "headwise"):
+                    variants.append((True, True))
+                for looping, packed in variants:
+                    got = ours(run, val, seqs, formulation, looping, packed)
                     x, y = got["x"], got["y"]
                     if sp8192:
-                        logits, nll, loss = sp8192_reference(refs[kind], cfg, run / "model.safetensors", x, y, looping)
+                        logits, nll, loss = sp8192_reference(refs[kind], cfg, run / "model.safetensors", x, y, looping, packed)
                     else:
                         logits, nll, loss = reference(refs[kind], cfg, run / "model.safetensors", x, y, kind)
                     d_logits = (got["logits"] - logits).abs().max().item()
                     d_nll = (got["nll"] - nll).abs().max().item()
                     d_loss = abs(got["loss"].item() - loss.item())
                     worst = max(worst, d_logits, d_nll, d_loss)
-                    loop = "" if not sp8192 else (", loop on" if looping else ", loop off")
+                    loop = "" if not sp8192 else (", loop on" if looping else ", loop off") + (", packed" if packed else "")
                     rows.append((f"{name} after {steps} step(s), {formulation}{loop}", loss.item(), got["loss"].item(), d_logits, d_nll, d_loss))
     print(f"| model | reference loss | our loss | max abs Δ logits | max abs Δ NLL | Δ mean loss |")
     print(f"|---|---|---|---|---|---|")
