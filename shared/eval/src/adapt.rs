@@ -31,8 +31,9 @@ pub trait StreamAdapt: Scorer {
 
 /// State that adapts per document, one independent slot per document of a batch (LoRA TTT).
 pub trait DocAdapt: Scorer {
-    /// Starts a batch of `docs` documents with fresh adapters.
-    fn reset(&mut self, docs: usize) -> Result<()>;
+    /// Starts batch `batch` of the pass (its index in the whole pass, on every rank: seeded
+    /// initializations depend on it alone) with fresh adapters for `docs` documents.
+    fn reset(&mut self, batch: usize, docs: usize) -> Result<()>;
     /// One update; `spans[slot]` is the just-scored chunk of that slot's document, or `None` when
     /// the document has nothing left to score (its adapter is not trained).
     fn update(&mut self, spans: &[Option<ScoredSpan<'_>>]) -> Result<()>;
@@ -137,7 +138,10 @@ pub fn score_first_chunks<M: StreamAdapt + ?Sized>(
 /// Per-document score-first adaptation (§5.2): documents (index into `ValSet::docs`, restricted to
 /// `docs`) are grouped by chunk count into batches of `batch_docs`; in each batch chunk `c` of every
 /// document is scored, then each document with a later chunk trains its own adapter on chunk `c`.
-/// Context never crosses a document boundary.
+/// Context never crosses a document boundary. On several `peers` the batches are the same on
+/// every rank and batch `b` is rank `b mod W`'s (each document adapts on its own, so that is one
+/// rank's computation split up); at the end the ranks agree that every target of the ledger's
+/// range was scored once (each ledger then holds the others' as accepted).
 #[allow(clippy::too_many_arguments)]
 pub fn score_first_docs<M: DocAdapt + ?Sized>(
     ledger: &mut Ledger,
@@ -148,6 +152,7 @@ pub fn score_first_docs<M: DocAdapt + ?Sized>(
     model: &mut M,
     opts: &PassOptions,
     norm: &mut Normalization,
+    peers: &dyn Peers,
     mut progress: impl FnMut(usize),
 ) -> Result<()> {
     let val = ledger.val();
@@ -162,8 +167,13 @@ pub fn score_first_docs<M: DocAdapt + ?Sized>(
     let vocab = model.vocab_size();
     let plan = ProbePlan::new(plans.iter().map(Vec::len).sum(), opts.probes);
     let mut counter = 0;
-    for batch in order.chunks(batch_docs.max(1)) {
-        model.reset(batch.len())?;
+    for (b, batch) in order.chunks(batch_docs.max(1)).enumerate() {
+        if b % peers.world() != peers.rank() {
+            // Another rank's batch; the probe counter goes on as on one rank.
+            counter += batch.iter().map(|&i| plans[i].len()).sum::<usize>();
+            continue;
+        }
+        model.reset(b, batch.len())?;
         let steps = batch.iter().map(|&i| plans[i].len()).max().unwrap_or(0);
         for c in 0..steps {
             let live: Vec<(usize, Window)> = batch
@@ -209,6 +219,12 @@ pub fn score_first_docs<M: DocAdapt + ?Sized>(
                 model.update(&spans)?;
             }
         }
+    }
+    if peers.world() > 1 {
+        let range = ledger.expected();
+        let mut mask = ledger.scored_mask(range.clone());
+        peers.sum(&mut mask)?;
+        ledger.accept_peer_scores(range, &mask)?;
     }
     Ok(())
 }

@@ -107,6 +107,11 @@ impl<'v> Ledger<'v> {
         self.val
     }
 
+    /// The targets this ledger expects to be scored.
+    pub fn expected(&self) -> Range<usize> {
+        self.expected.clone()
+    }
+
     /// Records the scores of the consecutive targets `first, first+1, …`.
     pub fn record(&mut self, first: usize, nll: &[f64]) -> Result<()> {
         if nll.is_empty() {

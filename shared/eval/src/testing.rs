@@ -142,7 +142,7 @@ impl StreamAdapt for Memorizer {
 }
 
 impl DocAdapt for Memorizer {
-    fn reset(&mut self, docs: usize) -> Result<()> {
+    fn reset(&mut self, _batch: usize, docs: usize) -> Result<()> {
         self.memory = vec![Default::default(); docs];
         Ok(())
     }

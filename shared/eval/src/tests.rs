@@ -261,6 +261,7 @@ fn the_true_source_passes_the_entropy_guard_on_every_path() {
         &mut Memorizer::new(2),
         &opts(),
         &mut norm,
+        &Alone,
         |_| {},
     )
     .unwrap();
@@ -373,6 +374,7 @@ fn score_first_docs_never_let_a_memorizer_see_what_it_scores() {
         &mut Memorizer::new(3),
         &opts(),
         &mut Normalization::default(),
+        &Alone,
         |_| {},
     )
     .unwrap();
@@ -715,5 +717,60 @@ fn score_first_chunks_on_several_ranks_give_one_ranks_scores_and_state() {
                 assert!((a.sums.nll - b.sums.nll).abs() <= 1e-12 * b.sums.nll.max(1.0));
             }
         }
+    }
+}
+
+/// Per-document adaptation on 2 and 3 ranks (threads): the batches are shared out, the ranks'
+/// ledgers agree that every target was scored once, and the sums are one rank's.
+#[test]
+fn score_first_docs_on_several_ranks_give_one_ranks_scores() {
+    let val = std::sync::Arc::new(random_valset(2000, 97, 9));
+    let n = val.n_targets();
+    let run = move |val: &ValSet, peers: &dyn crate::peers::Peers| {
+        let docs: Vec<usize> = (0..val.docs.len()).collect();
+        let mut ledger = Ledger::new(val, 1..n + 1).unwrap();
+        score_first_docs(
+            &mut ledger,
+            &docs,
+            10,
+            30,
+            4,
+            &mut Memorizer::new(3),
+            &opts(),
+            &mut Normalization::default(),
+            peers,
+            |_| {},
+        )
+        .unwrap();
+        ledger.finish().unwrap()
+    };
+    let one = run(&val, &Alone);
+    for world in [2, 3] {
+        let slots = std::sync::Arc::new((
+            std::sync::Mutex::new(vec![vec![]; world]),
+            std::sync::Barrier::new(world),
+        ));
+        let ranks: Vec<_> = (0..world)
+            .map(|rank| {
+                let (val, slots) = (val.clone(), slots.clone());
+                std::thread::spawn(move || run(&val, &ThreadPeers { rank, world, slots }))
+            })
+            .collect();
+        let totals: Vec<_> = ranks.into_iter().map(|h| h.join().unwrap()).collect();
+        let nll: f64 = totals.iter().map(|r| r.total.nll).sum();
+        let targets: u64 = totals.iter().map(|r| r.total.targets).sum();
+        assert_eq!(
+            targets, one.total.targets,
+            "{world} ranks: every target once"
+        );
+        assert!(
+            (nll - one.total.nll).abs() <= 1e-12 * one.total.nll,
+            "{world} ranks: {nll} vs {}",
+            one.total.nll
+        );
+        assert!(
+            totals.iter().all(|r| r.total.targets > 0),
+            "every rank took batches"
+        );
     }
 }

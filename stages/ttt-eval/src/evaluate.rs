@@ -7,7 +7,7 @@ use pgolf_eval::adapt::{score_first_chunks, score_first_docs, ChunkRow};
 use pgolf_eval::fixed::{fixed_schedule, FixedSchedule};
 use pgolf_eval::guards::Normalization;
 use pgolf_eval::pass::{score_windows, PassOptions};
-use pgolf_eval::peers::{merge_reports, share};
+use pgolf_eval::peers::{merge_reports, share, Peers};
 use pgolf_eval::report::Denominator;
 use pgolf_eval::schedule::{check_single_pass, doc_chunks, sliding};
 use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net, RankPeers};
@@ -57,14 +57,6 @@ pub fn evaluate(
 ) -> Result<Outcome> {
     let n = val.n_targets();
     let world = comm.world_size();
-    if world > 1 && p.mode == Mode::Lora {
-        // Per-document LoRA across ranks needs documents pulled from a shared queue: not built;
-        // one rank gives the same BPB.
-        bail!(
-            "mode {} on {world} ranks is not built yet: run it on one rank (flat, sliding and ttt take several)",
-            p.mode.name()
-        );
-    }
     let opts = PassOptions {
         batch_windows: p.batch_windows,
         probes: p.probes,
@@ -152,6 +144,9 @@ pub fn evaluate(
             let docs: Vec<usize> = (0..val.docs.len()).collect();
             let mut lora = LoraTtt::new(net, cfg.clone())?;
             let mut ledger = Ledger::new(val, 1..n + 1)?;
+            // On several ranks each takes every W-th batch of documents (a document adapts on its
+            // own, so the split changes nothing but who computes it).
+            let peers = RankPeers { comm, device };
             score_first_docs(
                 &mut ledger,
                 &docs,
@@ -161,12 +156,19 @@ pub fn evaluate(
                 &mut lora,
                 &opts,
                 &mut norm,
+                &peers,
                 &mut progress,
             )?;
+            let mut report = ledger.finish()?;
+            let mut steps = [lora.steps as f64];
+            if world > 1 {
+                report = merge_reports(report, &mut norm, 1..n + 1, &peers)?;
+                peers.sum(&mut steps)?;
+            }
             Ok(Outcome {
-                report: ledger.finish()?,
+                report,
                 chunks: vec![],
-                updates: Some(lora.steps),
+                updates: Some(steps[0] as u64),
                 norm,
                 denominator: Denominator::Raw,
             })

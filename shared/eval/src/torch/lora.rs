@@ -119,8 +119,6 @@ pub struct LoraTtt {
     /// each row's (document slot, scored offsets in the row).
     retained: Option<Retained>,
     pub steps: u64,
-    /// Document batches started so far.
-    batches: u64,
 }
 
 impl LoraTtt {
@@ -143,7 +141,6 @@ impl LoraTtt {
             set: None,
             retained: None,
             steps: 0,
-            batches: 0,
         })
     }
 
@@ -223,13 +220,12 @@ impl Scorer for LoraTtt {
 }
 
 impl DocAdapt for LoraTtt {
-    fn reset(&mut self, docs: usize) -> Result<()> {
+    fn reset(&mut self, batch: usize, docs: usize) -> Result<()> {
         let dev: Device = self.net.device;
         let mut mats = BTreeMap::new();
         let layers = self.net.gpt.config().num_layers;
         let r = self.cfg.rank as i64;
-        let mut rng = Rng(self.cfg.seed.wrapping_add(self.batches));
-        self.batches += 1;
+        let mut rng = Rng(self.cfg.seed.wrapping_add(batch as u64));
         for &site in &self.sites {
             let (inp, out) = self.dims(site);
             let layer_ids: Vec<usize> = if site == Site::Head {

@@ -216,6 +216,7 @@ fn lora_run(val: &ValSet, lr: f64) -> LedgerReport {
         &mut ttt,
         &opts(),
         &mut norm,
+        &Alone,
         |_| {},
     )
     .unwrap();
