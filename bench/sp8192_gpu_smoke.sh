@@ -10,7 +10,8 @@
 # `max_wallclock_seconds=BUDGET` (the schedule's fractions scale with it: the loop switches on at
 # 0.35 of it) and no intermediate validation. Prints per preset: steps, ms/step before and after
 # the depth recurrence switched on (from metrics.parquet), peak GPU memory, CUDA-graph recaptures
-# for larger batches of documents, and pre-quant val_bpb (raw bytes).
+# for larger batches of documents, and pre-quant val_bpb (raw bytes). EXTRA: one more `--set`
+# (e.g. EXTRA=train.warmup_steps=2 for a shorter call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-45}
@@ -28,7 +29,7 @@ for preset in $PRESETS; do
   t0=$(date +%s)
   target/release/pipeline -f "$W/pipeline.yaml" run train --profile "$preset" \
     --set "tokenize.val_docs=$VAL_DOCS" --set "train.max_wallclock_seconds=$BUDGET" \
-    --set "train.val_loss_every=0" --set "train.train_log_every=25" || { echo "$preset: FAILED"; continue; }
+    --set "train.val_loss_every=0" --set "train.train_log_every=25" ${EXTRA:+--set "$EXTRA"} || { echo "$preset: FAILED"; continue; }
   echo "$preset: chain to train in $(( $(date +%s) - t0 )) s"
   run=$(ls -td "$W"/out/train/*/ | head -1)
   grep -E "cuda_graph|layer_loop|warmup|stopping_early" "$run/train.log"
