@@ -39,6 +39,14 @@ pub trait DocAdapt: Scorer {
     fn update(&mut self, spans: &[Option<ScoredSpan<'_>>]) -> Result<()>;
 }
 
+/// Per-document adaptation that also trains the shared model between batches, on documents that
+/// are already scored (phased TTT, §5.4).
+pub trait PhaseAdapt: DocAdapt {
+    /// Phase `phase`: train on `docs`, every one of them a whole document already scored (the
+    /// ledger granted each span).
+    fn phase(&mut self, docs: &[ScoredSpan<'_>], phase: usize) -> Result<()>;
+}
+
 /// One row of the per-chunk results.
 #[derive(Clone, Debug, Serialize)]
 pub struct ChunkRow {
@@ -153,78 +161,170 @@ pub fn score_first_docs<M: DocAdapt + ?Sized>(
     opts: &PassOptions,
     norm: &mut Normalization,
     peers: &dyn Peers,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<()> {
-    let val = ledger.val();
-    let mut plans: Vec<Vec<Window>> = Vec::with_capacity(docs.len());
-    for &d in docs {
-        let doc = &val.docs[d];
-        plans.push(doc_chunks(doc.bos, doc.end, chunk, context)?);
+    let batches = DocBatches {
+        docs,
+        chunk,
+        context,
+        batch_docs,
+    };
+    batches.run(ledger, model, opts, norm, peers, progress, |_, _, _| Ok(()))
+}
+
+/// Phased TTT (§5.4): [`score_first_docs`] on one rank, and after each batch, once the documents
+/// done so far reach the next of `boundaries` (counts of documents in processing order), a phase
+/// of [`PhaseAdapt::phase`] on the first that-many documents — each granted whole by the ledger,
+/// so only scored documents reach it. Phases are cumulative (phase k trains on every document of
+/// the phases before it too).
+#[allow(clippy::too_many_arguments)]
+pub fn score_first_phased<M: PhaseAdapt + ?Sized>(
+    ledger: &mut Ledger,
+    docs: &[usize],
+    chunk: usize,
+    context: usize,
+    batch_docs: usize,
+    boundaries: &[usize],
+    model: &mut M,
+    opts: &PassOptions,
+    norm: &mut Normalization,
+    progress: impl FnMut(usize),
+) -> Result<usize> {
+    if boundaries.windows(2).any(|w| w[0] >= w[1]) || boundaries.first() == Some(&0) {
+        bail!("phase boundaries must be positive and increasing, got {boundaries:?}");
     }
-    // Similar lengths together, so a batch wastes few steps on finished documents.
-    let mut order: Vec<usize> = (0..docs.len()).collect();
-    order.sort_by_key(|&i| plans[i].len());
-    let vocab = model.vocab_size();
-    let plan = ProbePlan::new(plans.iter().map(Vec::len).sum(), opts.probes);
-    let mut counter = 0;
-    for (b, batch) in order.chunks(batch_docs.max(1)).enumerate() {
-        if b % peers.world() != peers.rank() {
-            // Another rank's batch; the probe counter goes on as on one rank.
-            counter += batch.iter().map(|&i| plans[i].len()).sum::<usize>();
-            continue;
+    let batches = DocBatches {
+        docs,
+        chunk,
+        context,
+        batch_docs,
+    };
+    let mut phases = 0;
+    batches.run(
+        ledger,
+        model,
+        opts,
+        norm,
+        &crate::peers::Alone,
+        progress,
+        |ledger: &mut Ledger, model: &mut M, done: &[usize]| {
+            while phases < boundaries.len() && done.len() >= boundaries[phases] {
+                let val = ledger.val();
+                let spans = done[..boundaries[phases]]
+                    .iter()
+                    .map(|&d| ledger.span(val.docs[d].targets()))
+                    .collect::<Result<Vec<_>>>()?;
+                model.phase(&spans, phases)?;
+                phases += 1;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(phases)
+}
+
+/// The documents of a per-document pass, cut into windows and batches.
+struct DocBatches<'d> {
+    docs: &'d [usize],
+    chunk: usize,
+    context: usize,
+    batch_docs: usize,
+}
+
+impl DocBatches<'_> {
+    /// Scores every batch (this rank's, on several `peers`), adapting after each chunk; after
+    /// each batch `after_batch` sees the documents done so far, in processing order.
+    #[allow(clippy::too_many_arguments)]
+    fn run<M: DocAdapt + ?Sized>(
+        &self,
+        ledger: &mut Ledger,
+        model: &mut M,
+        opts: &PassOptions,
+        norm: &mut Normalization,
+        peers: &dyn Peers,
+        mut progress: impl FnMut(usize),
+        mut after_batch: impl FnMut(&mut Ledger, &mut M, &[usize]) -> Result<()>,
+    ) -> Result<()> {
+        let DocBatches {
+            docs,
+            chunk,
+            context,
+            batch_docs,
+        } = *self;
+        let val = ledger.val();
+        let mut plans: Vec<Vec<Window>> = Vec::with_capacity(docs.len());
+        for &d in docs {
+            let doc = &val.docs[d];
+            plans.push(doc_chunks(doc.bos, doc.end, chunk, context)?);
         }
-        model.reset(b, batch.len())?;
-        let steps = batch.iter().map(|&i| plans[i].len()).max().unwrap_or(0);
-        for c in 0..steps {
-            let live: Vec<(usize, Window)> = batch
-                .iter()
-                .enumerate()
-                .filter_map(|(slot, &i)| plans[i].get(c).map(|w| (slot, *w)))
-                .collect();
-            let requests: Vec<Request> = live
-                .iter()
-                .enumerate()
-                .map(|(k, (slot, w))| {
-                    request(
-                        &val.tokens,
-                        w,
-                        plan.probe(counter + k, w.scored().len()),
-                        *slot,
-                    )
-                })
-                .collect();
-            counter += live.len();
-            let answers = model.score(&requests, opts.entropy)?;
-            if answers.len() != live.len() {
-                bail!(
-                    "the scorer answered {} of {} windows",
-                    answers.len(),
-                    live.len()
-                );
+        // Similar lengths together, so a batch wastes few steps on finished documents.
+        let mut order: Vec<usize> = (0..docs.len()).collect();
+        order.sort_by_key(|&i| plans[i].len());
+        let vocab = model.vocab_size();
+        let plan = ProbePlan::new(plans.iter().map(Vec::len).sum(), opts.probes);
+        let mut counter = 0;
+        let mut done: Vec<usize> = Vec::with_capacity(docs.len());
+        for (b, batch) in order.chunks(batch_docs.max(1)).enumerate() {
+            if b % peers.world() != peers.rank() {
+                // Another rank's batch; the probe counter goes on as on one rank.
+                counter += batch.iter().map(|&i| plans[i].len()).sum::<usize>();
+                continue;
             }
-            for (((_, w), req), scores) in live.iter().zip(&requests).zip(&answers) {
-                check_answer(w, req, scores, vocab, opts.entropy, norm)?;
-                ledger.record(w.scored().start, &scores.nll)?;
-            }
-            progress(live.len());
-            let mut spans: Vec<Option<ScoredSpan>> = vec![None; batch.len()];
-            let mut any = false;
-            for (slot, w) in &live {
-                if c + 1 < plans[batch[*slot]].len() {
-                    spans[*slot] = Some(ledger.span(w.scored())?);
-                    any = true;
+            model.reset(b, batch.len())?;
+            let steps = batch.iter().map(|&i| plans[i].len()).max().unwrap_or(0);
+            for c in 0..steps {
+                let live: Vec<(usize, Window)> = batch
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, &i)| plans[i].get(c).map(|w| (slot, *w)))
+                    .collect();
+                let requests: Vec<Request> = live
+                    .iter()
+                    .enumerate()
+                    .map(|(k, (slot, w))| {
+                        request(
+                            &val.tokens,
+                            w,
+                            plan.probe(counter + k, w.scored().len()),
+                            *slot,
+                        )
+                    })
+                    .collect();
+                counter += live.len();
+                let answers = model.score(&requests, opts.entropy)?;
+                if answers.len() != live.len() {
+                    bail!(
+                        "the scorer answered {} of {} windows",
+                        answers.len(),
+                        live.len()
+                    );
+                }
+                for (((_, w), req), scores) in live.iter().zip(&requests).zip(&answers) {
+                    check_answer(w, req, scores, vocab, opts.entropy, norm)?;
+                    ledger.record(w.scored().start, &scores.nll)?;
+                }
+                progress(live.len());
+                let mut spans: Vec<Option<ScoredSpan>> = vec![None; batch.len()];
+                let mut any = false;
+                for (slot, w) in &live {
+                    if c + 1 < plans[batch[*slot]].len() {
+                        spans[*slot] = Some(ledger.span(w.scored())?);
+                        any = true;
+                    }
+                }
+                if any {
+                    model.update(&spans)?;
                 }
             }
-            if any {
-                model.update(&spans)?;
-            }
+            done.extend(batch.iter().map(|&i| docs[i]));
+            after_batch(&mut *ledger, model, &done)?;
         }
+        if peers.world() > 1 {
+            let range = ledger.expected();
+            let mut mask = ledger.scored_mask(range.clone());
+            peers.sum(&mut mask)?;
+            ledger.accept_peer_scores(range, &mask)?;
+        }
+        Ok(())
     }
-    if peers.world() > 1 {
-        let range = ledger.expected();
-        let mut mask = ledger.scored_mask(range.clone());
-        peers.sum(&mut mask)?;
-        ledger.accept_peer_scores(range, &mask)?;
-    }
-    Ok(())
 }

@@ -271,7 +271,7 @@ pub fn write_doc_results(path: &Path, val: &ValSet, report: &LedgerReport) -> Re
         Arc::new(UInt64Array::from_iter_values(
             rows.iter().map(|i| s(i).lut_bytes),
         )),
-        Arc::new(UInt64Array::from_iter(rows.iter().map(|i| raw_bytes(i)))),
+        Arc::new(UInt64Array::from_iter(rows.iter().map(raw_bytes))),
         Arc::new(Float64Array::from_iter(
             rows.iter().map(|i| d(i).source_bits),
         )),

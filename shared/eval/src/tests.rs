@@ -5,7 +5,7 @@ use std::f64::consts::LN_2;
 
 use crate::adapt::{score_first_chunks, score_first_docs, ChunkStep, StreamAdapt};
 use crate::guards::{entropy_guard, Normalization};
-use crate::ledger::{Ledger, LedgerReport};
+use crate::ledger::{Ledger, LedgerReport, ScoredSpan};
 use crate::ngram::{diagnose_pass, mix_pass, HashedCache, KneserNey, MixWeight};
 use crate::pass::{score_windows, PassOptions};
 use crate::peers::Alone;
@@ -773,4 +773,117 @@ fn score_first_docs_on_several_ranks_give_one_ranks_scores() {
             "every rank took batches"
         );
     }
+}
+
+/// Phased adaptation's driver: a spy records every stream position it scores and every document
+/// a phase hands it; each phase gets the first `boundary` documents of the pass (cumulative, in
+/// processing order), all of them whole and already scored; bad boundaries are refused.
+#[test]
+fn phases_train_only_on_documents_already_scored() {
+    use crate::adapt::{score_first_phased, DocAdapt, PhaseAdapt};
+    use std::collections::HashSet;
+    use std::ops::Range;
+
+    struct Spy {
+        base: usize,
+        mem: Memorizer,
+        scored: HashSet<usize>,
+        phases: Vec<Vec<Range<usize>>>,
+        unscored_seen: usize,
+    }
+    impl Scorer for Spy {
+        fn vocab_size(&self) -> usize {
+            self.mem.vocab_size()
+        }
+        fn score(&mut self, batch: &[Request<'_>], entropy: bool) -> anyhow::Result<Vec<Scores>> {
+            for r in batch {
+                // The targets' stream positions, from where their slice starts in the stream.
+                let first = (r.targets.as_ptr() as usize - self.base) / 2;
+                self.scored.extend(first..first + r.targets.len());
+            }
+            self.mem.score(batch, entropy)
+        }
+    }
+    impl DocAdapt for Spy {
+        fn reset(&mut self, batch: usize, docs: usize) -> anyhow::Result<()> {
+            self.mem.reset(batch, docs)
+        }
+        fn update(&mut self, spans: &[Option<ScoredSpan<'_>>]) -> anyhow::Result<()> {
+            DocAdapt::update(&mut self.mem, spans)
+        }
+    }
+    impl PhaseAdapt for Spy {
+        fn phase(&mut self, docs: &[ScoredSpan<'_>], phase: usize) -> anyhow::Result<()> {
+            assert_eq!(phase, self.phases.len());
+            for d in docs {
+                self.unscored_seen += d.targets().filter(|t| !self.scored.contains(t)).count();
+            }
+            self.phases.push(docs.iter().map(|d| d.targets()).collect());
+            Ok(())
+        }
+    }
+
+    let val = random_valset(2000, 97, 9);
+    let n = val.n_targets();
+    let docs: Vec<usize> = (0..val.docs.len()).collect();
+    assert!(docs.len() >= 12, "{} documents", docs.len());
+    let spy = || Spy {
+        base: val.tokens.as_ptr() as usize,
+        mem: Memorizer::new(3),
+        scored: HashSet::new(),
+        phases: vec![],
+        unscored_seen: 0,
+    };
+    let mut spy_one = spy();
+    let boundaries = [4, 8, 12];
+    let mut ledger = Ledger::new(&val, 1..n + 1).unwrap();
+    let phases = score_first_phased(
+        &mut ledger,
+        &docs,
+        10,
+        30,
+        4,
+        &boundaries,
+        &mut spy_one,
+        &opts(),
+        &mut Normalization::default(),
+        |_| {},
+    )
+    .unwrap();
+    let report = ledger.finish().unwrap();
+    assert_eq!(report.total.targets, n as u64);
+    let spy_one = &spy_one;
+    assert_eq!(phases, 3);
+    assert_eq!(
+        spy_one.unscored_seen, 0,
+        "a phase saw targets before their scores"
+    );
+    for (k, phase) in spy_one.phases.iter().enumerate() {
+        assert_eq!(phase.len(), boundaries[k], "phase {k}");
+        // Cumulative: every phase starts with the documents of the one before.
+        if k > 0 {
+            assert_eq!(phase[..boundaries[k - 1]], spy_one.phases[k - 1][..]);
+        }
+        // Whole documents: each range is some document's targets.
+        for r in phase {
+            assert!(
+                val.docs.iter().any(|d| d.targets() == *r),
+                "{r:?} is not a document"
+            );
+        }
+    }
+    let mut ledger = Ledger::new(&val, 1..n + 1).unwrap();
+    let err = score_first_phased(
+        &mut ledger,
+        &docs,
+        10,
+        30,
+        4,
+        &[8, 4],
+        &mut spy(),
+        &opts(),
+        &mut Normalization::default(),
+        |_| {},
+    );
+    assert!(err.is_err());
 }

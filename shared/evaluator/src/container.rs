@@ -358,7 +358,7 @@ impl StoredTensor {
 }
 
 fn halves(name: &str, b: &[u8]) -> Result<Vec<f16>> {
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         bail!("tensor {name}: odd number of bytes for 16-bit values");
     }
     Ok(b.chunks_exact(2)

@@ -206,13 +206,9 @@ mod tests {
             }
         }
         for (k, p) in ps.iter().enumerate() {
-            for j in 0..2 {
+            for (j, want) in want[k].iter().enumerate() {
                 let got = p.double_value(&[j as i64]);
-                assert!(
-                    (got - want[k][j]).abs() < 1e-6,
-                    "group {k}[{j}]: {got} vs {}",
-                    want[k][j]
-                );
+                assert!((got - want).abs() < 1e-6, "group {k}[{j}]: {got} vs {want}");
             }
         }
     }

@@ -116,7 +116,7 @@ pub fn pack_sym(a: &[f32], b: &[f32], rank: usize, bits: u8) -> (Factor, Factor)
 /// The packed correction of factors `a` (`rows × rank`) and `b` (`rank × cols`): asymmetric when
 /// asked and B's length is a multiple of the group, else symmetric.
 pub fn pack(a: &[f32], b: &[f32], rank: usize, s: &LqerSettings) -> LowRank {
-    let (a, b) = if s.asym && b.len() % s.group == 0 {
+    let (a, b) = if s.asym && b.len().is_multiple_of(s.group) {
         pack_asym(a, b, s.group)
     } else {
         pack_sym(a, b, rank, s.factor_bits)

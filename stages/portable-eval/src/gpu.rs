@@ -184,7 +184,9 @@ impl Gpu {
 
     /// The largest buffer one binding may hold, in bytes.
     pub fn max_binding(&self) -> u64 {
-        (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size)
+        self.limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size)
     }
 
     /// A device buffer holding `data` (f32 or u32).

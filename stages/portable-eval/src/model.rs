@@ -542,7 +542,8 @@ impl<'a> Fwd<'a> {
         &self.m.k
     }
 
-    /// `y = x wᵀ` for `x` `[m, k]` and `w` `[n, k]`.
+    /// `y = x wᵀ` for `x` `[m, k]` and `w` `[n, k]` (the three dims as the GEMM names them).
+    #[allow(clippy::too_many_arguments)]
     fn gemm(&self, p: &mut Plan<'a>, x: &Buf, w: &Buf, y: &Buf, m: usize, n: usize, k: usize) {
         p.run(
             &self.k().gemm,

@@ -286,7 +286,7 @@ impl Params {
     /// The training budget in ms: the wall-clock cap less the GPTQ reserve (`None`: no cap).
     pub fn budget_ms(&self) -> Option<f64> {
         (self.max_wallclock_seconds > 0.0)
-            .then(|| (self.max_wallclock_seconds - self.gptq_reserve_seconds) * 1e3)
+            .then_some((self.max_wallclock_seconds - self.gptq_reserve_seconds) * 1e3)
     }
 
     /// The LR schedule these params select.

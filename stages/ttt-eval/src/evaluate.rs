@@ -3,14 +3,14 @@
 //! matching pass; adaptive modes go through the score-first drivers of `pgolf_eval::adapt`.
 
 use anyhow::{bail, Result};
-use pgolf_eval::adapt::{score_first_chunks, score_first_docs, ChunkRow};
+use pgolf_eval::adapt::{score_first_chunks, score_first_docs, score_first_phased, ChunkRow};
 use pgolf_eval::fixed::{fixed_schedule, FixedSchedule};
 use pgolf_eval::guards::Normalization;
 use pgolf_eval::pass::{score_windows, PassOptions};
 use pgolf_eval::peers::{merge_reports, share, Peers};
 use pgolf_eval::report::Denominator;
 use pgolf_eval::schedule::{check_single_pass, doc_chunks, sliding};
-use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net, RankPeers};
+use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net, PhasedTtt, RankPeers};
 use pgolf_eval::{Ledger, LedgerReport, ValSet};
 use pgolf_optim::Collective;
 use tch::Device;
@@ -37,7 +37,7 @@ pub fn window_count(
     let all = match p.mode {
         Mode::Flat => n.div_ceil(seq_len),
         Mode::Sliding | Mode::Ttt => sliding(n, seq_len, p.stride)?.len(),
-        Mode::Lora => val
+        Mode::Lora | Mode::Phased => val
             .docs
             .iter()
             .map(|d| d.targets().len().div_ceil(p.lora.chunk.max(1)))
@@ -57,6 +57,10 @@ pub fn evaluate(
 ) -> Result<Outcome> {
     let n = val.n_targets();
     let world = comm.world_size();
+    if world > 1 && p.mode == Mode::Phased {
+        // Phases gather the documents every rank scored so far: not built; one rank is the same.
+        bail!("mode phased on {world} ranks is not built yet: run it on one rank (flat, sliding, ttt and lora take several)");
+    }
     let opts = PassOptions {
         batch_windows: p.batch_windows,
         probes: p.probes,
@@ -169,6 +173,46 @@ pub fn evaluate(
                 report,
                 chunks: vec![],
                 updates: Some(steps[0] as u64),
+                norm,
+                denominator: Denominator::Raw,
+            })
+        }
+        Mode::Phased => {
+            let cfg = p.lora.clone();
+            for d in &val.docs {
+                check_single_pass(
+                    &doc_chunks(d.bos, d.end, cfg.chunk, cfg.context)?,
+                    d.targets(),
+                )?;
+            }
+            let Some(first) = val.docs.first() else {
+                bail!("phased TTT needs documents in the val split");
+            };
+            let bos = val.tokens[first.bos] as i64;
+            let sgd = FullTttConfig {
+                seq_len: Some(p.phased.sgd.seq_len.unwrap_or(seq_len)),
+                ..p.phased.sgd.clone()
+            };
+            let boundaries = p.phased.boundaries(val.docs.len())?;
+            let docs: Vec<usize> = (0..val.docs.len()).collect();
+            let mut phased = PhasedTtt::new(net, cfg.clone(), sgd, bos)?;
+            let mut ledger = Ledger::new(val, 1..n + 1)?;
+            score_first_phased(
+                &mut ledger,
+                &docs,
+                cfg.chunk,
+                cfg.context,
+                cfg.batch_docs,
+                &boundaries,
+                &mut phased,
+                &opts,
+                &mut norm,
+                &mut progress,
+            )?;
+            Ok(Outcome {
+                report: ledger.finish()?,
+                chunks: vec![],
+                updates: Some(phased.steps()),
                 norm,
                 denominator: Denominator::Raw,
             })

@@ -1,7 +1,7 @@
 //! The ttt-eval params (`--params FILE.json`; unknown fields are an error).
 
 use anyhow::{bail, Result};
-use pgolf_eval::torch::{check_numerics, FullTttConfig, LoraConfig};
+use pgolf_eval::torch::{check_numerics, FullTttConfig, LoraConfig, PhasedConfig};
 use pgolf_model::Formulation;
 use pgolf_store::{Compute, Precision};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,8 @@ pub enum Mode {
     Ttt,
     /// Per-document LoRA TTT on doc-isolated chunks (§5.2).
     Lora,
+    /// Phased TTT (§5.4): LoRA TTT with phases of global SGD on already-scored documents.
+    Phased,
 }
 
 impl Mode {
@@ -26,6 +28,7 @@ impl Mode {
             Mode::Sliding => "sliding",
             Mode::Ttt => "ttt",
             Mode::Lora => "lora",
+            Mode::Phased => "phased",
         }
     }
 }
@@ -52,7 +55,10 @@ pub struct Params {
     /// Seed of the torch RNG (LoRA adapter initialization).
     pub seed: i64,
     pub ttt: FullTttConfig,
+    /// The adapters of `lora` and `phased` modes.
     pub lora: LoraConfig,
+    /// The phases of `phased` mode (its adapters are `lora`'s).
+    pub phased: PhasedConfig,
     /// Also write the decoded weights (`decoded.safetensors` + `config.json`, upstream names), so
     /// the Python reference can score the very same weights.
     pub export_decoded: bool,
@@ -78,6 +84,7 @@ impl Default for Params {
             seed: 0,
             ttt: FullTttConfig::default(),
             lora: LoraConfig::default(),
+            phased: PhasedConfig::default(),
             export_decoded: false,
             dump_activations: 0,
             formulation: Formulation::Fast,
@@ -96,7 +103,10 @@ impl Params {
         if self.batch_windows == 0 {
             bail!("params: batch_windows must be positive");
         }
-        if self.seq_len == Some(0) || self.ttt.seq_len == Some(0) {
+        if self.seq_len == Some(0)
+            || self.ttt.seq_len == Some(0)
+            || self.phased.sgd.seq_len == Some(0)
+        {
             bail!("params: seq_len must be positive (leave it out for the model's)");
         }
         check_numerics(self.precision, self.compute)

@@ -1,6 +1,7 @@
 //! ttt-eval on several ranks (Gloo on the CPU): flat, sliding and score-first TTT split over 2 and
 //! 3 ranks give one rank's BPB within 1e-9 (relative) and the same targets and bytes, under a run
-//! key of their own; so does per-document LoRA TTT, its batches of documents shared out.
+//! key of their own; so does per-document LoRA TTT, its batches of documents shared out; phased TTT
+//! refuses several ranks in one line.
 
 mod support;
 
@@ -99,4 +100,34 @@ fn flat_and_sliding_on_several_ranks_give_one_ranks_bpb() {
 
     // LoRA TTT adapted too (Adam steps counted once over the ranks: checked equal above).
     assert!(lora_updates > 0, "LoRA made no update");
+
+    // Phased TTT on two ranks: one line naming what is not built, and no output left.
+    let out = root.path().join("phased-2");
+    let params = root.path().join("phased.json");
+    std::fs::write(
+        &params,
+        json!({"mode": "phased", "precision": "f32"}).to_string(),
+    )
+    .unwrap();
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_ttt-eval"))
+        .args(["--nproc", "2", "--out"])
+        .arg(&out)
+        .arg("--in")
+        .arg(format!("data={}", root.path().join("data").display()))
+        .arg("--in")
+        .arg(format!(
+            "artifact={}",
+            root.path().join("artifact").display()
+        ))
+        .arg("--params")
+        .arg(&params)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success());
+    assert!(
+        err.contains("mode phased on 2 ranks is not built yet"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing left in {}", out.display());
 }

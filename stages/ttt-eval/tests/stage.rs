@@ -147,9 +147,22 @@ fn adaptive_modes_report_their_updates() {
     assert!(h["adaptive_updates"].as_u64().unwrap() > 0);
     assert!(h["guard_score_first"].as_str().unwrap().starts_with("pass"));
     assert!(out.join(files::CHUNKS).is_file());
-    let h = headline(&run(&f, "lora", json!({"mode": "lora", "lora": {"chunk": 8, "context": 16, "batch_docs": 16, "rank": 2}})).unwrap());
+    let lora = json!({"chunk": 8, "context": 16, "batch_docs": 16, "rank": 2});
+    let h = headline(&run(&f, "lora", json!({"mode": "lora", "lora": lora})).unwrap());
     assert_eq!(h["scored_targets"], json!(f.n_targets));
-    assert!(h["adaptive_updates"].as_u64().unwrap() > 0);
+    let lora_updates = h["adaptive_updates"].as_u64().unwrap();
+    assert!(lora_updates > 0);
+    // Phased: the same adapters, and SGD phases on the scored documents add updates.
+    let phased = json!({"mode": "phased", "lora": lora,
+        "phased": {"prefix_docs": 32, "phases": 2, "sgd": {"chunk_tokens": 64, "micro_batch": 4}}});
+    let p = headline(&run(&f, "phased", phased).unwrap());
+    assert_eq!(p["scored_targets"], json!(f.n_targets));
+    assert!(
+        p["adaptive_updates"].as_u64().unwrap() > lora_updates,
+        "{p:?} vs {h:?}"
+    );
+    assert_ne!(p["val_bpb"], h["val_bpb"]);
+    assert!(p["guard_score_first"].as_str().unwrap().starts_with("pass"));
 }
 
 #[test]

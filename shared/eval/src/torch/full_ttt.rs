@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 use tch::{Kind, Tensor};
 
+use pgolf_model::{Documents, Hooks};
+
 use super::net::Net;
 use crate::adapt::{ChunkStep, StreamAdapt};
 use crate::ledger::ScoredSpan;
@@ -72,6 +74,8 @@ pub struct FullTtt<'c> {
     seq_len: usize,
     /// (parameter, momentum buffer) of every trained parameter.
     trained: Vec<(Tensor, Option<Tensor>)>,
+    /// Keep attention inside documents (the BOS id): each micro-batch one packed row.
+    documents: Option<i64>,
     pub steps: u64,
 }
 
@@ -106,8 +110,38 @@ impl<'c> FullTtt<'c> {
             cfg,
             seq_len,
             trained,
+            documents: None,
             steps: 0,
         })
+    }
+
+    /// Trains with attention kept inside documents (those starting at token `bos`): each
+    /// micro-batch's sequences, consecutive in the stream, as one packed row (phased TTT's global
+    /// SGD, R0427's varlen attention).
+    pub fn isolating_documents(mut self, bos: i64) -> FullTtt<'c> {
+        self.documents = Some(bos);
+        self
+    }
+
+    /// The network, trained.
+    pub fn into_net(self) -> Net {
+        self.net
+    }
+
+    /// `epochs` SGD steps at chunk `step`'s learning rate on `tokens` (inputs and targets: the
+    /// targets are `tokens[1..]`), cut into whole sequences of `seq_len` (a shorter stretch trains
+    /// as a single shorter one).
+    pub fn train_tokens(&mut self, tokens: &[u16], step: ChunkStep) -> Result<()> {
+        let n = tokens.len() - 1;
+        let len = self.seq_len.min(n);
+        let rows: Vec<&[u16]> = (0..n / len)
+            .map(|i| &tokens[i * len..(i + 1) * len + 1])
+            .collect();
+        let lr = self.lr(step);
+        for _ in 0..self.cfg.epochs {
+            self.step(&rows, lr)?;
+        }
+        Ok(())
     }
 
     /// Trains together with `peers` (every rank then holds the same network after each step).
@@ -151,7 +185,24 @@ impl<'c> FullTtt<'c> {
                 .to(self.net.device);
             let x = data.narrow(1, 0, t as i64).contiguous();
             let y = data.narrow(1, 1, t as i64).contiguous();
-            let nll = self.net.gpt.token_nll(&x, &y);
+            let nll = match self.documents {
+                None => self.net.gpt.token_nll(&x, &y),
+                Some(bos) => {
+                    // Consecutive sequences: their inputs are one stretch of the stream.
+                    let row = |t: &Tensor| t.reshape([1, -1]);
+                    let inputs: Vec<i64> = group
+                        .iter()
+                        .flat_map(|r| r[..t].iter().map(|&v| v as i64))
+                        .collect();
+                    let docs = Documents::from_tokens(&inputs, bos, t).to_device(self.net.device);
+                    self.net.gpt.token_nll_in(
+                        &row(&x),
+                        &row(&y),
+                        Some(&docs),
+                        &mut Hooks::default(),
+                    )
+                }
+            };
             let loss = nll.sum(Kind::Float) / total as f64;
             loss.backward();
             tch::no_grad(|| {
@@ -224,18 +275,7 @@ impl Scorer for FullTtt<'_> {
 
 impl StreamAdapt for FullTtt<'_> {
     fn update(&mut self, span: ScoredSpan<'_>, step: ChunkStep) -> Result<()> {
-        // x[a−1 .. b]: inputs [..len−1], targets [1..]. Whole sequences of seq_len; a chunk shorter
-        // than one sequence trains as a single shorter one.
-        let tokens = span.tokens();
-        let n = tokens.len() - 1;
-        let len = self.seq_len.min(n);
-        let rows: Vec<&[u16]> = (0..n / len)
-            .map(|i| &tokens[i * len..(i + 1) * len + 1])
-            .collect();
-        let lr = self.lr(step);
-        for _ in 0..self.cfg.epochs {
-            self.step(&rows, lr)?;
-        }
-        Ok(())
+        // x[a−1 .. b]: inputs [..len−1], targets [1..].
+        self.train_tokens(span.tokens(), step)
     }
 }

@@ -28,6 +28,9 @@ pub struct LoraConfig {
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
+    /// AdamW's decoupled decay of the adapters, `p ← p·(1 − lr·wd)` before each step (R0427's
+    /// phased TTT: 0.5); 0 = plain Adam (§5.2).
+    pub weight_decay: f64,
     /// Output scale `α / r` applied to every delta (§5.2 uses none: 1.0).
     pub scale: f64,
     /// Which projections get adapters: any of "q", "k", "v", "o", "mlp_out", "head".
@@ -50,6 +53,7 @@ impl Default for LoraConfig {
             beta1: 0.9,
             beta2: 0.95,
             eps: 1e-10,
+            weight_decay: 0.0,
             scale: 1.0,
             sites: vec!["q".into(), "v".into(), "head".into()],
             chunk: 256,
@@ -148,6 +152,11 @@ impl LoraTtt {
         &self.cfg
     }
 
+    /// The network (its base weights, never changed by the adapters).
+    pub fn into_net(self) -> Net {
+        self.net
+    }
+
     /// (in, out) of a site's projection.
     fn dims(&self, site: Site) -> (i64, i64) {
         let c = self.net.gpt.config();
@@ -170,6 +179,7 @@ impl LoraTtt {
         let Some(set) = self.set.as_mut() else { return };
         set.steps += 1;
         let (b1, b2, eps, lr) = (self.cfg.beta1, self.cfg.beta2, self.cfg.eps, self.cfg.lr);
+        let wd = self.cfg.weight_decay;
         let bc1 = 1.0 - b1.powi(set.steps);
         let bc2 = 1.0 - b2.powi(set.steps);
         tch::no_grad(|| {
@@ -182,6 +192,9 @@ impl LoraTtt {
                     q.m = &q.m * b1 + &g * (1.0 - b1);
                     q.v = &q.v * b2 + g.square() * (1.0 - b2);
                     let update = (&q.m / bc1) / ((&q.v / bc2).sqrt() + eps) * lr;
+                    if wd > 0.0 {
+                        let _ = q.p.f_mul_scalar_(1.0 - lr * wd);
+                    }
                     let _ = q.p.f_sub_(&update);
                     let _ = g.zero_();
                 }

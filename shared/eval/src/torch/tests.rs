@@ -194,6 +194,10 @@ fn frozen_blocks_stay_fixed() {
 }
 
 fn lora_run(val: &ValSet, lr: f64) -> LedgerReport {
+    lora_run_with(val, lr, 0.0)
+}
+
+fn lora_run_with(val: &ValSet, lr: f64, weight_decay: f64) -> LedgerReport {
     let n = val.n_targets();
     let cfg = LoraConfig {
         rank: 2,
@@ -201,6 +205,7 @@ fn lora_run(val: &ValSet, lr: f64) -> LedgerReport {
         chunk: 8,
         context: 16,
         batch_docs: 3,
+        weight_decay,
         ..Default::default()
     };
     let mut ttt = LoraTtt::new(net(7), cfg).unwrap();
@@ -293,4 +298,105 @@ fn lora_ttt_is_doc_isolated_and_score_first() {
     let changed = ValSet::new(tokens, &docs, pgolf_data::ByteLut::byte260(), 1).unwrap();
     let b = lora_run(&changed, 0.05).per_target.unwrap();
     assert_eq!(&adapted[1..120], &b[1..120]);
+}
+
+/// Phased TTT on a tiny model: every target scored once from normalized distributions; before the
+/// first boundary its scores are plain LoRA TTT's (nothing has changed the base model yet); the
+/// phases change the base weights (SGD steps made) and so the later documents' scores.
+#[test]
+fn phased_ttt_scores_like_lora_until_its_first_phase_then_trains_the_model() {
+    use crate::adapt::score_first_phased;
+    let val = random_valset(300, 50, 8);
+    let n = val.n_targets();
+    let lora_cfg = LoraConfig {
+        rank: 2,
+        lr: 0.01,
+        chunk: 8,
+        context: 16,
+        batch_docs: 3,
+        ..Default::default()
+    };
+    let sgd = FullTttConfig {
+        seq_len: Some(16),
+        chunk_tokens: 32,
+        lr: 0.05,
+        micro_batch: 2,
+        epochs: 1,
+        ..Default::default()
+    };
+    let bos = val.tokens[val.docs[0].bos] as i64;
+    let docs: Vec<usize> = (0..val.docs.len()).collect();
+    let mut phased = PhasedTtt::new(net(7), lora_cfg, sgd, bos).unwrap();
+    let mut ledger = Ledger::new(&val, 1..n + 1).unwrap().keep_per_target();
+    let mut norm = Normalization::default();
+    let boundaries = [3, 6];
+    let phases = score_first_phased(
+        &mut ledger,
+        &docs,
+        8,
+        16,
+        3,
+        &boundaries,
+        &mut phased,
+        &opts(),
+        &mut norm,
+        |_| {},
+    )
+    .unwrap();
+    assert!(norm.probes > 0 && norm.max_error < 1e-5);
+    assert_eq!((phases, phased.phases), (2, 2));
+    assert!(
+        phased.sgd_steps > 0 && phased.lora_steps > 0,
+        "{} {}",
+        phased.sgd_steps,
+        phased.lora_steps
+    );
+    let with_phases = ledger.finish().unwrap();
+    let plain = lora_run(&val, 0.01);
+    let (a, b) = (
+        with_phases.per_target.as_ref().unwrap(),
+        plain.per_target.as_ref().unwrap(),
+    );
+    // The first batch (3 documents, before any phase) scores as plain LoRA TTT; later ones differ.
+    let first_batch_docs: usize = 3;
+    let mut order: Vec<usize> = (0..val.docs.len()).collect();
+    order.sort_by_key(|&d| {
+        doc_chunks(val.docs[d].bos, val.docs[d].end, 8, 16)
+            .unwrap()
+            .len()
+    });
+    for &d in &order[..first_batch_docs] {
+        for t in val.docs[d].targets() {
+            assert!(
+                (a[t] - b[t]).abs() < 1e-9,
+                "doc {d} target {t}: {} vs {}",
+                a[t],
+                b[t]
+            );
+        }
+    }
+    // (6 documents: the second phase comes after the last batch.)
+    let later: Vec<usize> = order[boundaries[0]..].to_vec();
+    assert!(
+        later
+            .iter()
+            .flat_map(|&d| val.docs[d].targets())
+            .any(|t| (a[t] - b[t]).abs() > 1e-6),
+        "the phases changed nothing"
+    );
+}
+
+/// AdamW's decay on the adapters (R0427's phased TTT: 0.5) changes the adapted scores; 0 is Adam.
+#[test]
+fn lora_weight_decay_is_decoupled_and_off_by_default() {
+    let val = random_valset(300, 50, 8);
+    let adam = lora_run(&val, 0.05);
+    assert_eq!(adam.total.nll, lora_run_with(&val, 0.05, 0.0).total.nll);
+    let adamw = lora_run_with(&val, 0.05, 5.0);
+    assert!((adamw.total.nll - adam.total.nll).abs() > 1e-6);
+    // With lr 0 nothing moves, decay included.
+    assert_eq!(
+        lora_run(&val, 0.0).total.nll,
+        lora_run_with(&val, 0.0, 5.0).total.nll
+    );
 }
