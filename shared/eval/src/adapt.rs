@@ -168,6 +168,7 @@ pub fn score_first_docs<M: DocAdapt + ?Sized>(
         chunk,
         context,
         batch_docs,
+        longest_first: false,
     };
     batches.run(ledger, model, opts, norm, peers, progress, |_, _, _| Ok(()))
 }
@@ -193,11 +194,13 @@ pub fn score_first_phased<M: PhaseAdapt + ?Sized>(
     if boundaries.windows(2).any(|w| w[0] >= w[1]) || boundaries.first() == Some(&0) {
         bail!("phase boundaries must be positive and increasing, got {boundaries:?}");
     }
+    // As R0427: the batches of similar lengths processed longest first.
     let batches = DocBatches {
         docs,
         chunk,
         context,
         batch_docs,
+        longest_first: true,
     };
     let mut phases = 0;
     batches.run(
@@ -223,12 +226,15 @@ pub fn score_first_phased<M: PhaseAdapt + ?Sized>(
     Ok(phases)
 }
 
-/// The documents of a per-document pass, cut into windows and batches.
+/// The documents of a per-document pass, cut into windows and batches: sorted by their number of
+/// chunks, grouped into batches of `batch_docs` (batch `b` is the `b`-th group, whatever order
+/// they run in: its adapters are seeded by `b`), run shortest first or longest first.
 struct DocBatches<'d> {
     docs: &'d [usize],
     chunk: usize,
     context: usize,
     batch_docs: usize,
+    longest_first: bool,
 }
 
 impl DocBatches<'_> {
@@ -250,6 +256,7 @@ impl DocBatches<'_> {
             chunk,
             context,
             batch_docs,
+            longest_first,
         } = *self;
         let val = ledger.val();
         let mut plans: Vec<Vec<Window>> = Vec::with_capacity(docs.len());
@@ -262,9 +269,14 @@ impl DocBatches<'_> {
         order.sort_by_key(|&i| plans[i].len());
         let vocab = model.vocab_size();
         let plan = ProbePlan::new(plans.iter().map(Vec::len).sum(), opts.probes);
+        let mut groups: Vec<(usize, &[usize])> =
+            order.chunks(batch_docs.max(1)).enumerate().collect();
+        if longest_first {
+            groups.reverse();
+        }
         let mut counter = 0;
         let mut done: Vec<usize> = Vec::with_capacity(docs.len());
-        for (b, batch) in order.chunks(batch_docs.max(1)).enumerate() {
+        for (b, batch) in groups {
             if b % peers.world() != peers.rank() {
                 // Another rank's batch; the probe counter goes on as on one rank.
                 counter += batch.iter().map(|&i| plans[i].len()).sum::<usize>();

@@ -11,8 +11,9 @@
 //! Then fresh adapters: the next batch's [`DocAdapt::reset`] makes them on the updated model.
 //!
 //! Differences from R0427 (said in docs/STAGES.md): one adapter set per physical layer (R0427 has
-//! one per virtual slot of the loop); batches processed shortest first (R0427: longest first); one
-//! rank (R0427 pulls batches from a shared queue).
+//! one per virtual slot of the loop); fresh `A` for every batch (R0427 warm-starts it across a
+//! phase's batches); one rank (R0427 pulls batches from a shared queue). As R0427, the batches of
+//! similar lengths run longest first.
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
