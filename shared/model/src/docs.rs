@@ -110,21 +110,12 @@ impl Documents {
         })
     }
 
-    /// `cu_seqlens` on `device` (the host bounds stay for the reference path). To a GPU it is an
-    /// asynchronous copy from pinned memory, so a training step's host side does not wait for the
-    /// device (a pageable copy would); should pinning fail, the plain copy is as correct.
+    /// `cu_seqlens` on `device` (the host bounds stay for the reference path), copied
+    /// asynchronously so that a training step's host side does not wait for the device.
     pub fn to_device(&self, device: Device) -> Documents {
-        let cu = match device {
-            Device::Cuda(_) if self.cu.device() == Device::Cpu => self
-                .cu
-                .f_pin_memory(device)
-                .and_then(|pinned| pinned.f_to_device_(device, Kind::Int, true, false))
-                .unwrap_or_else(|_| self.cu.to_device(device)),
-            _ => self.cu.to_device(device),
-        };
         Documents {
             bounds: self.bounds.clone(),
-            cu,
+            cu: pgolf_runtime::cuda::to_device_async(&self.cu, device),
             max_len: self.max_len,
         }
     }

@@ -42,6 +42,20 @@ pub fn empty_cache(device: Device) {
     }
 }
 
+/// `t` (on the CPU) on `device`. To a GPU it is an asynchronous copy from pinned memory, so the
+/// host goes on issuing work while the device still runs earlier work (a copy from pageable
+/// memory waits for the device to drain); should pinning fail, the plain copy is as correct, only
+/// slower. The kind is kept.
+pub fn to_device_async(t: &tch::Tensor, device: Device) -> tch::Tensor {
+    match device {
+        Device::Cuda(_) if t.device() == Device::Cpu => t
+            .f_pin_memory(device)
+            .and_then(|pinned| pinned.f_to_device_(device, t.kind(), true, false))
+            .unwrap_or_else(|_| t.to_device(device)),
+        _ => t.to_device(device),
+    }
+}
+
 /// The GPU's name as the CUDA runtime reports it (e.g. "NVIDIA H100 80GB HBM3"), for libtorch's
 /// device index (after `CUDA_VISIBLE_DEVICES`); `None` on the CPU or when CUDA cannot say.
 pub fn gpu_name(device: Device) -> Option<String> {

@@ -13,9 +13,10 @@ use pgolf_data::{
     list_shards, refuse_lookup_table_bytes, ByteLut, PackedSpans, Shard, ShuffledWindows, Split,
     TokenStream, TokenizerInfo,
 };
+use pgolf_model::cuda::to_device_async;
 use pgolf_model::Documents;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 use crate::params::{BatchPlan, Loader};
 
@@ -62,9 +63,20 @@ impl BatchLoader {
         if paths.is_empty() {
             bail!("{}: no fineweb_train_*.bin shards", dir.display());
         }
-        let bos = TokenizerInfo::read(dir)
-            .map(|t| t.bos_id as u16)
-            .unwrap_or(1);
+        // Only packing reads the BOS (a document starts at it); the other draws ignore documents.
+        let bos = match kind {
+            Loader::Packed => {
+                TokenizerInfo::read(dir)
+                    .with_context(|| {
+                        format!(
+                            "{}: the data has no tokenizer.json (not a tokenize output?)",
+                            dir.display()
+                        )
+                    })?
+                    .bos_id as u16
+            }
+            Loader::Sequential | Loader::Shuffled => 0,
+        };
         let draw = Self::draw(&paths, kind, &plan, rank, bos)?;
         Ok(BatchLoader {
             dir: dir.to_path_buf(),
@@ -103,7 +115,7 @@ impl BatchLoader {
         })
     }
 
-    /// The data's BOS id (a packed row's documents start at it).
+    /// The data's BOS id, read for the packed draw (a packed row's documents start at it).
     pub fn bos(&self) -> u16 {
         self.bos
     }
@@ -126,19 +138,18 @@ impl BatchLoader {
         } = self.plan;
         let span = local_tokens + 1;
         let before = out.len();
+        // Sequential and packed: every rank takes all ranks' spans and keeps its own.
+        let rank = self.rank;
+        let keep = |chunk: &[u16], out: &mut Vec<i64>| {
+            let mine = &chunk[rank * span..(rank + 1) * span];
+            out.extend(mine.iter().map(|&t| t as i64));
+            chunk.len() as u64
+        };
         match &mut self.draw {
             Draw::Sequential(stream) => {
-                let chunk = stream.take(span * world_size);
-                self.tokens_taken += chunk.len() as u64;
-                let mine = &chunk[self.rank * span..(self.rank + 1) * span];
-                out.extend(mine.iter().map(|&t| t as i64));
+                self.tokens_taken += keep(&stream.take(span * world_size), out)
             }
-            Draw::Packed(spans) => {
-                let chunk = spans.take(span * world_size);
-                self.tokens_taken += chunk.len() as u64;
-                let mine = &chunk[self.rank * span..(self.rank + 1) * span];
-                out.extend(mine.iter().map(|&t| t as i64));
-            }
+            Draw::Packed(spans) => self.tokens_taken += keep(spans.take(span * world_size), out),
             Draw::Shuffled(windows) => {
                 // Every rank draws its own windows; the count is the same on each.
                 for _ in 0..local_tokens / seq_len {
@@ -183,14 +194,7 @@ impl BatchLoader {
         }
         let per_micro = (mine.len() / grad_accum) as i64;
         let host = Tensor::from_slice(&mine).view([grad_accum as i64, per_micro]);
-        // (Should pinning fail, the plain copy is as correct, only slower.)
-        let all = match self.device {
-            Device::Cuda(_) => host
-                .f_pin_memory(self.device)
-                .and_then(|pinned| pinned.f_to_device_(self.device, Kind::Int64, true, false))
-                .unwrap_or_else(|_| host.to_device(self.device)),
-            _ => host.to_device(self.device),
-        };
+        let all = to_device_async(&host, self.device);
         let (local, t) = (local_tokens as i64, seq_len as i64);
         let rows = local / t;
         (0..grad_accum as i64)

@@ -10,7 +10,7 @@ use pgolf_eval::pass::{score_windows, PassOptions};
 use pgolf_eval::peers::{merge_reports, share, Peers};
 use pgolf_eval::report::Denominator;
 use pgolf_eval::schedule::{check_single_pass, doc_chunks, sliding};
-use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraTtt, Net, PhasedTtt, RankPeers};
+use pgolf_eval::torch::{FullTtt, FullTttConfig, LoraConfig, LoraTtt, Net, PhasedTtt, RankPeers};
 use pgolf_eval::{Ledger, LedgerReport, ValSet};
 use pgolf_optim::Collective;
 use tch::Device;
@@ -139,12 +139,7 @@ pub fn evaluate(
         }
         Mode::Lora => {
             let cfg = p.lora.clone();
-            for d in &val.docs {
-                check_single_pass(
-                    &doc_chunks(d.bos, d.end, cfg.chunk, cfg.context)?,
-                    d.targets(),
-                )?;
-            }
+            check_doc_chunks(val, &cfg)?;
             let docs: Vec<usize> = (0..val.docs.len()).collect();
             let mut lora = LoraTtt::new(net, cfg.clone())?;
             let mut ledger = Ledger::new(val, 1..n + 1)?;
@@ -179,12 +174,7 @@ pub fn evaluate(
         }
         Mode::Phased => {
             let cfg = p.lora.clone();
-            for d in &val.docs {
-                check_single_pass(
-                    &doc_chunks(d.bos, d.end, cfg.chunk, cfg.context)?,
-                    d.targets(),
-                )?;
-            }
+            check_doc_chunks(val, &cfg)?;
             let Some(first) = val.docs.first() else {
                 bail!("phased TTT needs documents in the val split");
             };
@@ -218,4 +208,16 @@ pub fn evaluate(
             })
         }
     }
+}
+
+/// Proves, before any model runs, that the per-document chunk windows of `cfg` score every
+/// document's targets exactly once.
+fn check_doc_chunks(val: &ValSet, cfg: &LoraConfig) -> Result<()> {
+    for d in &val.docs {
+        check_single_pass(
+            &doc_chunks(d.bos, d.end, cfg.chunk, cfg.context)?,
+            d.targets(),
+        )?;
+    }
+    Ok(())
 }
